@@ -1,0 +1,88 @@
+# seqscore: train -> export -> score. `make help` lists the targets.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARTIFACTS ?= artifacts
+FIXTURE_BUILD := build/fixture
+# pip's notices about package indexes this machine does not have are noise, not errors
+QUIET_PIP := grep -v -e 'is ignored: it is neither a file nor a directory' || true
+
+.PHONY: help setup java data train export score demo test test-quick bench fixture lint fmt clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: $(STAMP) java ## create .venv with the scoring runtime and every extra (train, spark, dev)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(VENV)/bin/pip install --quiet -e '.[train,spark,dev]' 2>&1 | $(QUIET_PIP)
+	$(PY) -c 'import numpy, pyarrow, onnxruntime, tensorflow, tf2onnx, pyspark'
+	touch $@
+
+java: ## make sure a Java runtime exists for Spark (installs one with apt-get when missing)
+	@if command -v java >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing a Java runtime for Spark (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null; \
+	else echo "warning: no java on PATH; the Spark tests will be skipped (install a JRE 17+)" >&2; fi
+
+data: $(STAMP) ## write the embedded default dataset to data/default.parquet
+	@mkdir -p data
+	$(PY) -m train --write-default data/default.parquet
+
+train: $(STAMP) ## fit the LSTM (DATA=file.parquet, or X=X.txt Y=Y.txt; default: embedded data)
+	$(PY) -m train --artifacts $(ARTIFACTS) $(if $(DATA),--data $(DATA)) $(if $(X),--x $(X) --y $(Y)) $(TRAIN_FLAGS)
+
+$(ARTIFACTS)/model.keras: | $(STAMP)
+	$(MAKE) train
+
+$(ARTIFACTS)/model.onnx: $(ARTIFACTS)/model.keras
+	$(PY) -m export --artifacts $(ARTIFACTS)
+
+export: $(ARTIFACTS)/model.keras ## convert to a verified artifacts/model.onnx (runs train first if needed)
+	$(PY) -m export --artifacts $(ARTIFACTS) $(EXPORT_FLAGS)
+
+score: $(ARTIFACTS)/model.onnx ## score a Parquet file or directory: make score IN=in.parquet OUT=out.parquet
+	@if [ -z "$(IN)" ] || [ -z "$(OUT)" ]; then echo "usage: make score IN=input.parquet OUT=output.parquet" >&2; exit 2; fi
+	$(PY) -m score $(IN) $(OUT) --model $(ARTIFACTS)/model.onnx $(SCORE_FLAGS)
+
+demo: setup ## set up, train on the embedded default, export, score a sample file, show a preview
+	$(MAKE) train TRAIN_FLAGS=--quiet
+	$(MAKE) export
+	@mkdir -p build/demo
+	$(PY) -m train --write-default build/demo/sample.parquet
+	$(PY) -m score build/demo/sample.parquet build/demo/scored.parquet --model $(ARTIFACTS)/model.onnx --summary build/demo/summary.json
+	@$(PY) -c 'import pyarrow.parquet as pq; t = pq.read_table("build/demo/scored.parquet").slice(0, 5); \
+	[print(row) for row in t.select(["x", "y", "y_pred", "top_k_values", "top_k_probs", "error"]).to_pylist()]'
+	@echo "scored file: build/demo/scored.parquet  summary: build/demo/summary.json"
+
+test: setup ## run the whole test suite (what CI runs)
+	$(PY) -m pytest -q
+
+test-quick: $(STAMP) ## the suite without the slow tests (training, Spark)
+	$(PY) -m pytest -q -m 'not slow'
+
+bench: setup ## benchmark the job against Keras predict and raw onnxruntime; writes bench/results.md
+	$(PY) -m bench
+
+fixture: $(STAMP) ## regenerate the small ONNX model the scoring tests use (tests/fixtures/model.onnx)
+	$(PY) -m train --artifacts $(FIXTURE_BUILD) --layers 1 --units 16 --epochs 15 --quiet
+	$(PY) -m export --artifacts $(FIXTURE_BUILD) --output tests/fixtures/model.onnx
+
+lint: $(STAMP) ## check style and common mistakes (changes nothing)
+	$(VENV)/bin/ruff check train export score tests bench
+
+fmt: $(STAMP) ## format the code in place
+	$(VENV)/bin/ruff format train export score tests bench
+
+clean: ## remove artifacts, build output and caches (keeps .venv)
+	rm -rf $(ARTIFACTS) build data .pytest_cache .hypothesis .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

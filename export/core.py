@@ -1,0 +1,358 @@
+"""Convert the trained Keras model to ONNX, verify it against Keras, and publish it atomically.
+
+The library behind `python -m export`. The published model.onnx is the only thing scoring
+needs: its metadata carries the spec, the training metrics, the data fingerprint, the
+baseline profile for drift monitoring, and the versions that produced it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from score.errors import InputMissing, InvalidInput, ModelError, SeqscoreError
+from score.model import INPUT_NAME, OUTPUT_NAME
+from score.spec import Spec
+
+FORBIDDEN_OPS = ("Loop", "Scan")  # tf2onnx's fallback when it cannot fuse the LSTM
+
+
+class ParityError(SeqscoreError):
+    """ONNX and Keras disagree beyond the stated tolerances: nothing is published."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to convert, how, and where to publish."""
+
+    artifacts: str = "artifacts"  # folder with model.keras, spec.json, test.parquet, metrics.json
+    output: str | None = None  # where model.onnx goes; default: ARTIFACTS/model.onnx
+    opset: int = 17  # ONNX opset; 17 loads in onnxruntime builds from 2022 on
+    random_rows: int = 4096  # random valid sequences checked besides the test split
+    tolerance: float = 1e-5  # max |p_onnx - p_keras| allowed
+    near_tie: float = 1e-6  # argmax may differ only where the top-2 gap is below this
+    seed: int = 0  # for the random sequences
+    quantize: str | None = None  # 'int8': also write model.int8.onnx if it agrees well enough
+    quantize_agreement: float = 0.999  # minimum argmax agreement of int8 with float on the test split
+
+    @property
+    def output_path(self) -> str:
+        return self.output or os.path.join(self.artifacts, "model.onnx")
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise InputMissing(f"{path}: not found; run `make train` first") from None
+    except ValueError as error:
+        raise InvalidInput(f"{path}: not valid JSON ({error})") from None
+
+
+def _force_cpu() -> None:
+    # tf2onnx cannot convert the cuDNN LSTM kernel (CudnnRNNV3): hide every GPU before tracing.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass  # devices already initialised; CUDA_VISIBLE_DEVICES took effect at import
+
+
+def load_keras(artifacts: str):
+    """Load model.keras with the project's custom layer registered."""
+    import keras
+
+    import train  # noqa: F401  (registers OneHot)
+
+    path = os.path.join(artifacts, "model.keras")
+    if not os.path.exists(path):
+        raise InputMissing(f"{path}: not found; run `make train` first")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:  # Keras raises many types for a bad file
+        raise ModelError(f"{path}: cannot be loaded by Keras ({error})") from None
+
+
+def check_softmax_shape(model, spec: Spec) -> None:
+    shape = tuple(model.output_shape)
+    if len(shape) != 3 or shape[-1] != spec.y_classes:
+        raise ModelError(
+            f"the Keras model's output has shape {shape}; expected (batch, time, {spec.y_classes}) "
+            f"softmax probabilities over the y values {spec.describe_y()}"
+        )
+
+
+def convert(model, opset: int):
+    """tf2onnx conversion with named input and output and the fused LSTM op."""
+    import tensorflow as tf
+    import tf2onnx
+
+    signature = (tf.TensorSpec((None, None), tf.int32, name=INPUT_NAME),)
+    model_proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    _rename(model_proto.graph, model_proto.graph.input[0].name, INPUT_NAME)
+    _rename(model_proto.graph, model_proto.graph.output[0].name, OUTPUT_NAME)
+    if len(model_proto.graph.output) != 1:
+        raise ModelError(f"the converted model has {len(model_proto.graph.output)} outputs; expected 1")
+    op_types = {node.op_type for node in model_proto.graph.node}
+    fallback = sorted(op_types & set(FORBIDDEN_OPS))
+    if fallback or "LSTM" not in op_types:
+        raise ModelError(
+            f"tf2onnx did not produce the fused LSTM op (found {', '.join(fallback) or 'no LSTM'}); "
+            f"onnxruntime would run the slow {', '.join(fallback) or 'unfused'} form. Train with "
+            f"standard keras.layers.LSTM (use_cudnn=False, no recurrent dropout)"
+        )
+    return model_proto
+
+
+def _rename(graph, old: str, new: str) -> None:
+    if old == new:
+        return
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.name == old:
+            value.name = new
+
+
+def verification_inputs(spec: Spec, artifacts: str, rows: int, seed: int) -> dict[str, np.ndarray]:
+    """Encoded test split and random valid sequences, as class indices."""
+    import pyarrow.parquet as pq
+
+    from score.encoding import Encoder, sequences_from_list
+
+    table = pq.read_table(os.path.join(artifacts, "test.parquet"), columns=[spec.input_column])
+    raw = sequences_from_list(table.column(spec.input_column), spec.seq_len, spec.input_column)
+    test = Encoder(spec, np.int32).encode_strict(raw)
+    generator = np.random.default_rng(seed)
+    random = generator.integers(0, spec.x_classes, size=(rows, spec.seq_len), dtype=np.int32)
+    return {"test_split": test, "random": random}
+
+
+def compare(keras_probabilities: np.ndarray, onnx_probabilities: np.ndarray, near_tie: float) -> dict:
+    """Max absolute difference, and argmax disagreements that are not genuine near-ties."""
+    difference = float(np.abs(keras_probabilities - onnx_probabilities).max())
+    disagree = keras_probabilities.argmax(-1) != onnx_probabilities.argmax(-1)
+    ordered = np.sort(keras_probabilities, axis=-1)
+    gap = ordered[..., -1] - ordered[..., -2] if keras_probabilities.shape[-1] > 1 else np.ones(disagree.shape)
+    return {
+        "rows": int(keras_probabilities.shape[0]),
+        "max_abs_difference": difference,
+        "argmax_disagreements": int(disagree.sum()),
+        "argmax_disagreements_not_near_tie": int((disagree & (gap >= near_tie)).sum()),
+        "max_row_sum_error": float(np.abs(onnx_probabilities.sum(-1) - 1.0).max()),
+    }
+
+
+def _session(model_bytes: bytes):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+
+
+def verify(model, model_bytes: bytes, inputs: dict[str, np.ndarray], config: ExportConfig) -> dict:
+    session = _session(model_bytes)
+    report = {}
+    for name, indices in inputs.items():
+        keras_probabilities = model.predict(indices, batch_size=4096, verbose=0)
+        onnx_probabilities = session.run([OUTPUT_NAME], {INPUT_NAME: indices})[0]
+        report[name] = compare(keras_probabilities, onnx_probabilities, config.near_tie)
+    failures = []
+    for name, figures in report.items():
+        if not figures["max_abs_difference"] <= config.tolerance:
+            failures.append(
+                f"{name}: max |p_onnx - p_keras| = {figures['max_abs_difference']:.3g} > {config.tolerance:g}"
+            )
+        if figures["argmax_disagreements_not_near_tie"]:
+            failures.append(
+                f"{name}: argmax differs on {figures['argmax_disagreements_not_near_tie']} step(s) "
+                f"that are not near-ties"
+            )
+        if figures["max_row_sum_error"] > 1e-4:
+            failures.append(
+                f"{name}: probabilities do not sum to 1 (off by up to {figures['max_row_sum_error']:.3g}); "
+                f"the model's output is not a softmax"
+            )
+    report["passed"] = not failures
+    report["failures"] = failures
+    return report
+
+
+def package_versions() -> dict[str, str]:
+    import keras
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tf2onnx": tf2onnx.__version__,
+        "onnx": onnx.__version__,
+    }
+
+
+def embed_metadata(model_proto, spec: Spec, metrics: dict, baseline: dict | None, created: dt.datetime) -> None:
+    versions = package_versions()
+    summary_keys = (
+        "token_accuracy", "token_accuracy_per_step", "sequence_accuracy", "top1_accuracy",
+        "top2_accuracy", "top3_accuracy", "majority_baseline_accuracy", "epochs_run", "test_rows",
+    )
+    entries = {
+        "spec": spec.to_json(),
+        "metrics": json.dumps({key: metrics[key] for key in summary_keys if key in metrics}),
+        "data_fingerprint": metrics.get("data_fingerprint", ""),
+        "tensorflow_version": versions["tensorflow"],
+        "keras_version": versions["keras"],
+        "tf2onnx_version": versions["tf2onnx"],
+        "created_at": created.isoformat(timespec="seconds"),
+        "version": f"{created.strftime('%Y%m%dT%H%M%SZ')}-{metrics.get('data_fingerprint', '')[:12]}",
+    }
+    if baseline is not None:
+        entries["baseline"] = json.dumps(baseline)
+    del model_proto.metadata_props[:]
+    for key, value in entries.items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    model_proto.producer_name = "seqscore"
+    model_proto.model_version = int(created.timestamp())
+    model_proto.doc_string = (
+        "Input 'x': int32 class indices (batch, time). Output 'probabilities': float32 "
+        "(batch, time, classes), softmax. The 'spec' metadata maps indices to raw values."
+    )
+
+
+def publish_file(data: bytes, path: str) -> str:
+    """Write ``data`` to ``path`` atomically with a sha256sum-format sidecar; return the digest."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    digest = hashlib.sha256(data).hexdigest()
+    _atomic_write(f"{path}.sha256", f"{digest}  {os.path.basename(path)}\n".encode())
+    _atomic_write(path, data)
+    return digest
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    directory_handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(directory_handle)
+    finally:
+        os.close(directory_handle)
+
+
+def quantize_int8(model_bytes: bytes, test_indices: np.ndarray, config: ExportConfig) -> dict:
+    """Dynamic int8 quantisation, published only if it agrees with the float model."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as scratch:
+        source = os.path.join(scratch, "model.onnx")
+        target = os.path.join(scratch, "model.int8.onnx")
+        with open(source, "wb") as handle:
+            handle.write(model_bytes)
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+        with open(target, "rb") as handle:
+            quantized = handle.read()
+    float_session, int8_session = _session(model_bytes), _session(quantized)
+
+    def timed(session) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        for _ in range(3):
+            output = session.run([OUTPUT_NAME], {INPUT_NAME: test_indices})[0]
+        return output, (time.perf_counter() - started) / 3
+
+    float_output, float_seconds = timed(float_session)
+    int8_output, int8_seconds = timed(int8_session)
+    agreement = float((float_output.argmax(-1) == int8_output.argmax(-1)).mean())
+    report = {
+        "argmax_agreement": agreement,
+        "threshold": config.quantize_agreement,
+        "float_bytes": len(model_bytes),
+        "int8_bytes": len(quantized),
+        "float_seconds_test_split": round(float_seconds, 5),
+        "int8_seconds_test_split": round(int8_seconds, 5),
+        "speedup": round(float_seconds / int8_seconds, 3) if int8_seconds else None,
+        "published": agreement >= config.quantize_agreement,
+    }
+    if report["published"]:
+        int8_path = os.path.splitext(config.output_path)[0] + ".int8.onnx"
+        publish_file(quantized, int8_path)
+        report["path"] = int8_path
+    return report
+
+
+def export(config: ExportConfig) -> dict:
+    """Convert, verify and publish; return the export report.
+
+    Steps: 1. read the spec and the metrics; 2. load the Keras model on the CPU; 3. convert
+    with tf2onnx and check for the fused LSTM op; 4. embed the metadata; 5. verify onnxruntime
+    against Keras on the test split and random sequences; 6. publish atomically (only if 5
+    passed), with the report beside it; 7. optionally quantise.
+    """
+    _force_cpu()
+    # 1-2.
+    spec = Spec.from_dict(_read_json(os.path.join(config.artifacts, "spec.json")))
+    metrics = _read_json(os.path.join(config.artifacts, "metrics.json"))
+    baseline_path = os.path.join(config.artifacts, "baseline.json")
+    baseline = _read_json(baseline_path) if os.path.exists(baseline_path) else None
+    model = load_keras(config.artifacts)
+    check_softmax_shape(model, spec)
+
+    # 3-4.
+    model_proto = convert(model, config.opset)
+    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    embed_metadata(model_proto, spec, metrics, baseline, created)
+    model_bytes = model_proto.SerializeToString()
+
+    # 5.
+    inputs = verification_inputs(spec, config.artifacts, config.random_rows, config.seed)
+    parity = verify(model, model_bytes, inputs, config)
+    report = {
+        "output": os.path.abspath(config.output_path),
+        "opset": config.opset,
+        "tolerance": config.tolerance,
+        "near_tie": config.near_tie,
+        "parity": parity,
+        "created_at": created.isoformat(timespec="seconds"),
+        "bytes": len(model_bytes),
+        "versions": package_versions(),
+    }
+    report_path = os.path.join(os.path.dirname(os.path.abspath(config.output_path)), "export_report.json")
+    if not parity["passed"]:
+        report["published"] = False
+        _atomic_write(report_path, (json.dumps(report, indent=2) + "\n").encode())
+        raise ParityError(
+            "ONNX does not match Keras, nothing published: " + "; ".join(parity["failures"])
+        )
+
+    # 6-7.
+    report["sha256"] = publish_file(model_bytes, config.output_path)
+    report["published"] = True
+    if config.quantize == "int8":
+        report["int8"] = quantize_int8(model_bytes, inputs["test_split"], config)
+    _atomic_write(report_path, (json.dumps(report, indent=2) + "\n").encode())
+    return report

@@ -1,0 +1,79 @@
+"""Named exceptions, each carrying the exit code the command line turns it into.
+
+The codes follow BSD sysexits(3), which schedulers and shell scripts already know; the README
+has the table and says which ones are worth a retry.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_USAGE = 2  # bad command line, or OUTPUT is INPUT
+EXIT_DATAERR = 65  # the input data is bad (rows, schema, not Parquet); retrying will not help
+EXIT_NOINPUT = 66  # INPUT does not exist
+EXIT_SOFTWARE = 70  # a bug in seqscore itself
+EXIT_CANTCREAT = 73  # OUTPUT cannot be created
+EXIT_IOERR = 74  # disk full, network or storage error; may be transient
+EXIT_NOPERM = 77  # no permission to read INPUT
+EXIT_CONFIG = 78  # the model file is missing, corrupt or does not match its spec
+EXIT_SIGINT = 130  # interrupted (Ctrl-C)
+EXIT_SIGTERM = 143  # terminated (SIGTERM)
+
+
+class SeqscoreError(Exception):
+    """Base of every error a person can act on; ``str()`` is the one line to print."""
+
+    exit_code = EXIT_SOFTWARE
+
+
+class UsageError(SeqscoreError):
+    exit_code = EXIT_USAGE
+
+
+class InvalidInput(SeqscoreError):
+    """The data is not what the model takes: bad rows, a missing column, not Parquet."""
+
+    exit_code = EXIT_DATAERR
+
+
+class InvalidRow(InvalidInput):
+    """One row breaks the contract; ``row`` counts from 0 within the batch that was checked."""
+
+    def __init__(self, row: int, reason: str, detail: str) -> None:
+        super().__init__(f"row {row}: {detail}")
+        self.row = row
+        self.reason = reason
+        self.detail = detail
+
+
+class InputMissing(SeqscoreError):
+    exit_code = EXIT_NOINPUT
+
+
+class InputPermission(SeqscoreError):
+    exit_code = EXIT_NOPERM
+
+
+class OutputError(SeqscoreError):
+    """OUTPUT cannot be created: missing parent, a directory in the way, no permission."""
+
+    exit_code = EXIT_CANTCREAT
+
+
+class StorageError(SeqscoreError):
+    """Disk full or another I/O error while reading or writing; may succeed on a retry."""
+
+    exit_code = EXIT_IOERR
+
+
+class ModelError(SeqscoreError):
+    """The model file cannot be used: missing, corrupt, tampered with, or not matching its spec."""
+
+    exit_code = EXIT_CONFIG
+
+
+class Interrupted(SeqscoreError):
+    """A signal asked the job to stop; the temporary output has been removed."""
+
+    def __init__(self, signal_name: str, exit_code: int) -> None:
+        super().__init__(f"interrupted by {signal_name}; no output was published")
+        self.exit_code = exit_code

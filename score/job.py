@@ -1,0 +1,447 @@
+"""The scoring job: Parquet in, scored Parquet out, one record batch at a time.
+
+This module owns file access; the scoring itself is score.core.score_batch_with_stats.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from score import __version__, monitor, storage
+from score import model as models
+from score.core import BatchStats, ScoreOptions, check_input_schema, empty_stats, output_schema
+from score.core import score_batch_with_stats
+from score.encoding import REASONS
+from score.errors import InputMissing, InvalidInput, InvalidRow, SeqscoreError, StorageError, UsageError
+from score.sink import open_sink, write_error, write_small_file
+
+DEFAULT_BATCH_SIZE = 65_536
+SUCCESS_FILE = "_SUCCESS"
+# Limits on the Parquet footer's Thrift structures: a forged file cannot make the reader
+# allocate gigabytes for metadata.
+THRIFT_STRING_LIMIT = 64 << 20
+THRIFT_CONTAINER_LIMIT = 1 << 20
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """One run of the scoring job."""
+
+    input: str  # a Parquet file or a directory of them (path or URI)
+    output: str  # a file (for a file) or a directory (for a directory)
+    model: str = "artifacts/model.onnx"  # the exported ONNX file
+    options: ScoreOptions = field(default_factory=ScoreOptions)
+    batch_size: int = DEFAULT_BATCH_SIZE  # rows per record batch: bounds memory
+    session: models.SessionConfig = field(default_factory=models.SessionConfig)
+    summary: str | None = None  # where to write the JSON summary
+    progress: str = "lines"  # 'bar' on a terminal, 'lines' for logs, 'none' with --quiet
+    max_psi: float | None = None  # fail (65) when any step's input or prediction PSI exceeds it
+
+
+@dataclass
+class FileResult:
+    input: str
+    output: str
+    rows: int
+    rows_invalid: int
+    seconds: float
+
+
+@dataclass
+class RunState:
+    """Everything the summary reports, filled in as the run goes."""
+
+    started: float = field(default_factory=time.perf_counter)
+    started_at: str = field(default_factory=lambda: _now())
+    files: list[FileResult] = field(default_factory=list)
+    stats: BatchStats | None = None
+    scorer: models.Scorer | None = None
+    drift: dict | None = None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+# Inputs ------------------------------------------------------------------------------------------
+def _same_location(first: str, second: str) -> bool:
+    if storage.is_uri(first) or storage.is_uri(second):
+        return first.rstrip("/") == second.rstrip("/")
+    first, second = storage.local_path(first), storage.local_path(second)
+    if os.path.exists(first) and os.path.exists(second):
+        return os.path.samefile(first, second)
+    return os.path.abspath(first) == os.path.abspath(second)
+
+
+def _inside(child: str, parent: str) -> bool:
+    if storage.is_uri(child) or storage.is_uri(parent):
+        return child.rstrip("/").startswith(parent.rstrip("/") + "/")
+    child = os.path.realpath(storage.local_path(child))
+    parent = os.path.realpath(storage.local_path(parent))
+    return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def plan(config: JobConfig) -> tuple[list[tuple[str, str, str]], bool]:
+    """(input, output, relative name) for each file, and whether this is directory mode."""
+    if _same_location(config.input, config.output):
+        raise UsageError(f"OUTPUT is INPUT ({config.output}); choose another output path")
+    if storage.kind(config.input) == "file":
+        if storage.is_directory(config.output):
+            raise _output_is_directory(config.output)
+        return [(config.input, config.output, "")], False
+    if _inside(config.output, config.input):
+        raise UsageError(
+            f"OUTPUT {config.output} is inside INPUT {config.input}; a later run would score "
+            f"its own output. Choose a directory outside the input"
+        )
+    entries = storage.list_parquet(config.input)
+    if not entries:
+        raise InputMissing(f"{config.input}: no *.parquet files in this directory")
+    return [(entry.location, storage.join(config.output, entry.relative), entry.relative)
+            for entry in entries], True
+
+
+def _output_is_directory(location: str) -> Exception:
+    from score.errors import OutputError
+
+    return OutputError(f"{location}: is a directory; INPUT is a file, so OUTPUT must be a file path")
+
+
+def open_parquet(location: str) -> pq.ParquetFile:
+    """Open a Parquet file with bounded Thrift sizes; any failure becomes a named error."""
+    if not storage.is_uri(location):
+        path = storage.local_path(location)
+        try:
+            if os.path.getsize(path) == 0:
+                raise InvalidInput(f"{location}: the file is empty (0 bytes); expected a Parquet file")
+        except OSError as error:
+            raise storage.read_error(location, error) from None
+    source = storage.open_input(location)
+    try:
+        return pq.ParquetFile(
+            source,
+            thrift_string_size_limit=THRIFT_STRING_LIMIT,
+            thrift_container_size_limit=THRIFT_CONTAINER_LIMIT,
+            arrow_extensions_enabled=False,
+            page_checksum_verification=True,
+        )
+    except Exception as error:  # noqa: BLE001  (every reader failure is classified below)
+        source.close()
+        raise read_failure(location, error) from None
+
+
+def read_failure(location: str, error: BaseException) -> Exception:
+    """A failure inside the Parquet reader: corrupt data (65) unless the storage failed (74)."""
+    if isinstance(error, SeqscoreError):
+        return error
+    if isinstance(error, OSError) and getattr(error, "errno", None) is not None:
+        return storage.read_error(location, error)
+    if storage.is_uri(location) and isinstance(error, OSError):
+        mapped = storage.read_error(location, error)
+        if not isinstance(mapped, StorageError) or "AWS Error" in str(error):
+            return mapped
+    detail = _first_line(error)
+    if "magic bytes" in detail or "size is 0" in detail.lower():
+        return InvalidInput(f"{location}: not a Parquet file ({detail})")
+    return InvalidInput(f"{location}: corrupt or truncated Parquet file ({detail})")
+
+
+# The job -------------------------------------------------------------------------------------------
+class Reporter:
+    """Progress: a bar on a terminal, one line per file in logs, or nothing."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.bar = None
+
+    def start(self, location: str, rows: int) -> None:
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=rows, unit="rows", unit_scale=True, desc=os.path.basename(location.rstrip("/")),
+                            file=sys.stderr, dynamic_ncols=True, leave=True)
+
+    def advance(self, rows: int) -> None:
+        if self.bar is not None:
+            self.bar.update(rows)
+
+    def finish(self, result: FileResult) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.mode == "lines":
+            rate = result.rows / result.seconds if result.seconds else 0.0
+            print(
+                f"scored {result.input} -> {result.output}: {result.rows} rows "
+                f"({result.rows_invalid} invalid) in {result.seconds:.2f} s, {rate:,.0f} rows/s",
+                file=sys.stderr,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _output_metadata(scorer: models.Scorer, config: JobConfig, location: str, stats: BatchStats) -> dict:
+    invalid = int(stats.rows - stats.reason_counts[0])
+    return {
+        "seqscore.model_sha256": scorer.sha256,
+        "seqscore.model_version": scorer.version,
+        "seqscore.spec": scorer.spec.to_json(),
+        "seqscore.top_k": str(config.options.top_k),
+        "seqscore.scorer_version": __version__,
+        "seqscore.input": location,
+        "seqscore.rows_in": str(stats.rows),
+        "seqscore.rows_invalid": str(invalid),
+        "seqscore.created_at": _now(),
+    }
+
+
+def drift_report(scorer: models.Scorer, stats: BatchStats) -> dict | None:
+    """PSI per step against the training baseline embedded in the model (None without one)."""
+    baseline_payload = models.baseline(scorer)
+    if baseline_payload is None:
+        return None
+    return monitor.drift(monitor.Profile.from_dict(baseline_payload), stats.profile)
+
+
+def _check_max_psi(location: str, scorer: models.Scorer, stats: BatchStats, max_psi: float | None) -> None:
+    if max_psi is None:
+        return
+    report = drift_report(scorer, stats)
+    if report is None:
+        raise UsageError(f"--max-psi: the model {scorer.location} carries no training baseline")
+    worst, where = monitor.max_psi(report)
+    if worst > max_psi:
+        raise InvalidInput(
+            f"{location}: drift in {where}: PSI {worst:.3f} exceeds --max-psi {max_psi:g}; "
+            f"nothing was published"
+        )
+
+
+def score_file(
+    scorer: models.Scorer,
+    config: JobConfig,
+    input_location: str,
+    output_location: str,
+    reporter: Reporter,
+    on_batch: Callable[[BatchStats], None] | None = None,
+) -> tuple[FileResult, BatchStats]:
+    """Score one Parquet file into one atomically published Parquet file.
+
+    Steps: 1. open the input and check its schema; 2. open a temporary output; 3. stream
+    record batches through the core; 4. close, check drift, commit; on any failure, remove the
+    temporary output so nothing partial is ever published.
+    """
+    started = time.perf_counter()
+    options = config.options
+    parquet = open_parquet(input_location)
+    try:
+        schema = parquet.schema_arrow
+    except Exception as error:  # noqa: BLE001
+        raise read_failure(input_location, error) from None
+    try:
+        check_input_schema(schema, scorer, options)
+    except InvalidInput as error:
+        raise InvalidInput(f"{input_location}: {error}") from None
+
+    sink = open_sink(output_location)
+    writer = None
+    stats = empty_stats(scorer)
+    try:
+        writer = pq.ParquetWriter(sink.target, output_schema(schema, options))
+        reporter.start(input_location, parquet.metadata.num_rows)
+        batches = parquet.iter_batches(batch_size=config.batch_size, use_threads=True)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except Exception as error:  # noqa: BLE001
+                raise read_failure(input_location, error) from None
+            try:
+                scored, batch_stats = score_batch_with_stats(scorer, batch, options)
+            except InvalidRow as error:
+                raise InvalidInput(f"{input_location}: row {stats.rows + error.row}: {error.detail}") from None
+            try:
+                writer.write_batch(scored)
+            except OSError as error:
+                raise write_error(output_location, error) from None
+            stats.merge(batch_stats)
+            reporter.advance(batch.num_rows)
+            if on_batch is not None:
+                on_batch(batch_stats)
+        writer.add_key_value_metadata(_output_metadata(scorer, config, input_location, stats))
+        try:
+            writer.close()
+        except OSError as error:
+            raise write_error(output_location, error) from None
+        writer = None
+        _check_max_psi(input_location, scorer, stats, config.max_psi)
+        sink.commit(stats.rows)
+    except BaseException:
+        reporter.close()
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001  (the first error is the one to report)
+                pass
+        sink.abort()
+        raise
+    finally:
+        parquet.close()
+    invalid = int(stats.rows - stats.reason_counts[0])
+    result = FileResult(input_location, output_location, stats.rows, invalid, time.perf_counter() - started)
+    reporter.finish(result)
+    return result, stats
+
+
+def _prepare_output_directory(location: str) -> None:
+    """Create OUTPUT and remove a stale _SUCCESS, so its presence always means this run finished."""
+    if storage.is_uri(location):
+        from score.remote_sink import remove_object
+
+        remove_object(storage.join(location, SUCCESS_FILE))
+        return
+    path = storage.local_path(location)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise write_error(location, IsADirectoryError(20, "not a directory"))
+    try:
+        os.makedirs(path, exist_ok=True)
+        marker = os.path.join(path, SUCCESS_FILE)
+        if os.path.exists(marker):
+            os.unlink(marker)
+    except OSError as error:
+        raise write_error(location, error) from None
+
+
+def _ensure_parent(output_location: str) -> None:
+    if storage.is_uri(output_location):
+        return
+    parent = os.path.dirname(os.path.abspath(storage.local_path(output_location)))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as error:
+        raise write_error(output_location, error) from None
+
+
+def run(config: JobConfig, state: RunState | None = None) -> RunState:
+    """Run the job; raises a SeqscoreError subclass on failure. ``state`` records progress.
+
+    Steps: 1. load and verify the model (before any data is read); 2. plan the files;
+    3. score each file; 4. in directory mode, write _SUCCESS last.
+    """
+    state = state if state is not None else RunState()
+    if config.batch_size < 1:
+        raise UsageError(f"--batch-size {config.batch_size}: expected a positive integer")
+    scorer = models.load(config.model, config.session)
+    state.scorer = scorer
+    config.options.validate(scorer)
+    state.stats = empty_stats(scorer)
+
+    pairs, directory_mode = plan(config)
+    if directory_mode:
+        _prepare_output_directory(config.output)
+    reporter = Reporter(config.progress)
+    try:
+        for input_location, output_location, relative in pairs:
+            if relative and "/" in relative:
+                _ensure_parent(output_location)
+            result, _ = score_file(scorer, config, input_location, output_location, reporter,
+                                   on_batch=state.stats.merge)
+            state.files.append(result)
+    finally:
+        # Also after a failure: the summary and the warnings then show what was read.
+        state.drift = drift_report(scorer, state.stats)
+    if directory_mode:
+        manifest = {
+            "status": "succeeded",
+            "created_at": _now(),
+            "model_sha256": scorer.sha256,
+            "rows": sum(result.rows for result in state.files),
+            "files": [{"path": relative, "rows": result.rows}
+                      for (_, _, relative), result in zip(pairs, state.files)],
+        }
+        write_small_file(storage.join(config.output, SUCCESS_FILE),
+                         (json.dumps(manifest, indent=2) + "\n").encode())
+    return state
+
+
+# Summary ------------------------------------------------------------------------------------------
+def summary(config: JobConfig, state: RunState, exit_code: int, error: str | None) -> dict:
+    """The --summary JSON: status, counts, speed, distributions and drift."""
+    seconds = time.perf_counter() - state.started
+    stats, scorer = state.stats, state.scorer
+    rows_in = stats.rows if stats is not None else 0
+    rows_out = sum(result.rows for result in state.files)
+    payload: dict = {
+        "status": "succeeded" if exit_code == 0 else "failed",
+        "exit_code": exit_code,
+        "error": error,
+        "input": config.input,
+        "output": config.output,
+        "started_at": state.started_at,
+        "finished_at": _now(),
+        "seconds": round(seconds, 3),
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_per_second": round(rows_in / seconds, 1) if seconds > 0 else None,
+        "scorer_version": __version__,
+        "top_k": config.options.top_k,
+        "on_invalid": config.options.on_invalid,
+        "files": [{"input": r.input, "output": r.output, "rows": r.rows, "rows_invalid": r.rows_invalid,
+                   "seconds": round(r.seconds, 3)} for r in state.files],
+    }
+    if scorer is not None:
+        payload["model"] = {"location": scorer.location, "sha256": scorer.sha256, "version": scorer.version}
+    if stats is not None and scorer is not None:
+        spec = scorer.spec
+        invalid = int(rows_in - stats.reason_counts[0])
+        payload["rows_invalid"] = invalid
+        payload["invalid_by_reason"] = {REASONS[code]: int(stats.reason_counts[code]) for code in REASONS}
+        payload["predicted_class_distribution"] = [
+            {str(value): int(count) for value, count in zip(spec.y_values, row) if count}
+            for row in stats.profile.prediction_counts
+        ]
+        payload["input_value_histogram"] = [
+            {str(value): int(count) for value, count in zip(spec.x_values, row) if count}
+            for row in stats.profile.input_counts
+        ]
+        drift = dict(state.drift or {})
+        drift["baseline"] = state.drift is not None
+        drift["low_confidence_threshold"] = config.options.low_confidence
+        drift["low_confidence_share"] = (
+            round(stats.low_confidence_steps / stats.scored_steps, 6) if stats.scored_steps else None
+        )
+        drift["invalid_share"] = round(invalid / rows_in, 6) if rows_in else None
+        drift["psi_warning_level"] = monitor.PSI_WARNING
+        payload["drift"] = drift
+        payload["distinct_sequences_scored"] = stats.distinct_rows
+    return payload
+
+
+def write_summary(location: str, payload: dict) -> None:
+    write_small_file(location, (json.dumps(payload, indent=2, default=_jsonable) + "\n").encode())
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+

@@ -1,0 +1,216 @@
+"""Loading the model: one ONNX file that carries its own spec, checked before any data is read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+from score import storage
+from score.encoding import Encoder
+from score.errors import InputMissing, ModelError, SeqscoreError
+from score.onnx_wire import WireError, audit_model
+from score.spec import Spec
+
+INPUT_NAME = "x"
+OUTPUT_NAME = "probabilities"
+# Operator domains built into onnxruntime itself; anything else needs a custom-op library.
+# com.microsoft holds onnxruntime's own contrib ops, which int8 quantisation produces.
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+_INDEX_TYPES = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How onnxruntime runs the model."""
+
+    threads: int | None = None  # intra-op threads; None lets onnxruntime use every core
+    spinning: bool = False  # busy-wait between ops: faster on an idle machine, rude on a shared one
+
+
+@dataclass
+class Scorer:
+    """A loaded, verified model: everything the scoring core needs and nothing else."""
+
+    session: ort.InferenceSession
+    spec: Spec
+    encoder: Encoder
+    sha256: str
+    location: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return self.metadata.get("version", "")
+
+    def predict(self, indices: np.ndarray) -> np.ndarray:
+        """Probabilities (rows, seq_len, y classes) for encoded rows."""
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: indices})[0]
+
+
+def session_options(config: SessionConfig) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if config.threads:
+        options.intra_op_num_threads = config.threads
+    spin = "1" if config.spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    options.log_severity_level = 3  # onnxruntime's own warnings would break the one-line rule
+    return options
+
+
+def _read_model_bytes(location: str) -> bytes:
+    try:
+        return storage.read_bytes(location)
+    except InputMissing:
+        raise ModelError(
+            f"{location}: model not found; run `make export`, or pass --model / set SCORE_MODEL"
+        ) from None
+    except SeqscoreError as error:
+        raise ModelError(f"model {error}") from None
+
+
+def _check_checksum(location: str, model_bytes: bytes) -> str:
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    sidecar = location + ".sha256"
+    try:
+        text = storage.read_bytes(sidecar).decode("utf-8", errors="replace")
+    except InputMissing:
+        return digest
+    except SeqscoreError as error:
+        raise ModelError(f"{sidecar}: cannot read the checksum ({error})") from None
+    expected = text.split()[0].lower() if text.split() else ""
+    if expected != digest:
+        raise ModelError(
+            f"{location}: sha256 is {digest} but {os.path.basename(sidecar)} says "
+            f"{expected or 'nothing'}; the model changed after export, re-run `make export`"
+        )
+    return digest
+
+
+def _audit(location: str, model_bytes: bytes) -> None:
+    try:
+        audit = audit_model(model_bytes)
+    except WireError as error:
+        raise ModelError(f"{location}: not an ONNX model ({error})") from None
+    if audit.external_tensors:
+        raise ModelError(
+            f"{location}: the model keeps {audit.external_tensors} tensor(s) in external data "
+            f"files; export it as one self-contained file"
+        )
+    foreign = sorted((audit.opset_domains | audit.node_domains) - STANDARD_DOMAINS)
+    if foreign:
+        raise ModelError(
+            f"{location}: the model uses operator domain(s) {', '.join(foreign)}, which "
+            f"onnxruntime does not ship; only {', '.join(sorted(d or '(default)' for d in STANDARD_DOMAINS))} are allowed"
+        )
+
+
+def _check_io(location: str, session: ort.InferenceSession, spec: Spec) -> np.dtype:
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+        names = ", ".join(i.name for i in inputs) or "none"
+        raise ModelError(f"{location}: model inputs are {names}; expected one input named 'x'")
+    model_input = inputs[0]
+    if model_input.type not in _INDEX_TYPES:
+        raise ModelError(
+            f"{location}: input 'x' is {model_input.type}; expected tensor(int32) or tensor(int64)"
+        )
+    shape = model_input.shape
+    if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != spec.seq_len):
+        raise ModelError(
+            f"{location}: input 'x' has shape {shape}; expected (batch, {spec.seq_len})"
+        )
+    outputs = {o.name: o for o in session.get_outputs()}
+    output = outputs.get(OUTPUT_NAME)
+    if output is None:
+        raise ModelError(
+            f"{location}: model outputs are {', '.join(outputs) or 'none'}; "
+            f"expected one named 'probabilities'"
+        )
+    expected_shape = f"(batch, {spec.seq_len}, {spec.y_classes})"
+    if output.type != "tensor(float)" or len(output.shape) != 3:
+        raise ModelError(
+            f"{location}: output 'probabilities' is {output.type} {output.shape}; "
+            f"expected float32 {expected_shape}"
+        )
+    classes = output.shape[2]
+    if isinstance(classes, int) and classes != spec.y_classes:
+        raise ModelError(
+            f"{location}: output 'probabilities' has {classes} classes but the spec lists "
+            f"{spec.y_classes} y values"
+        )
+    return np.dtype(_INDEX_TYPES[model_input.type])
+
+
+def _probe(location: str, scorer: Scorer) -> None:
+    """Run one sequence through the model: shapes and probabilities must match the spec."""
+    probe = np.zeros((1, scorer.spec.seq_len), dtype=scorer.encoder.index_dtype)
+    try:
+        probabilities = scorer.predict(probe)
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise ModelError(f"{location}: the model fails on a valid sequence ({_first_line(error)})") from None
+    expected = (1, scorer.spec.seq_len, scorer.spec.y_classes)
+    if probabilities.shape != expected or probabilities.dtype != np.float32:
+        raise ModelError(
+            f"{location}: the model returns {probabilities.dtype} {probabilities.shape} for one "
+            f"sequence; expected float32 {expected}"
+        )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def load(location: str, config: SessionConfig = SessionConfig()) -> Scorer:
+    """Load and verify a model; raises ModelError for anything that makes it unusable.
+
+    Steps: 1. read the bytes; 2. check them against model.onnx.sha256 when present; 3. audit
+    external data and operator domains; 4. open an onnxruntime session; 5. read the spec from
+    the metadata; 6. check inputs and outputs against the spec; 7. probe one sequence.
+    """
+    model_bytes = _read_model_bytes(location)
+    digest = _check_checksum(location, model_bytes)
+    _audit(location, model_bytes)
+    try:
+        session = ort.InferenceSession(
+            model_bytes, sess_options=session_options(config), providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:  # onnxruntime's Fail / InvalidGraph / InvalidProtobuf ...
+        raise ModelError(f"{location}: onnxruntime cannot load it ({_first_line(error)})") from None
+    metadata = dict(session.get_modelmeta().custom_metadata_map)
+    if "spec" not in metadata:
+        raise ModelError(
+            f"{location}: no 'spec' in the model metadata; export it with `make export`"
+        )
+    spec = Spec.from_json(metadata["spec"])
+    index_dtype = _check_io(location, session, spec)
+    scorer = Scorer(
+        session=session,
+        spec=spec,
+        encoder=Encoder(spec, index_dtype),
+        sha256=digest,
+        location=location,
+        metadata=metadata,
+    )
+    _probe(location, scorer)
+    return scorer
+
+
+def baseline(scorer: Scorer) -> dict | None:
+    """The training baseline profile embedded by the export, if any."""
+    text = scorer.metadata.get("baseline")
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ModelError(f"{scorer.location}: the 'baseline' metadata is not valid JSON") from None

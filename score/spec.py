@@ -1,0 +1,126 @@
+"""The spec: the one description of the encoding that travels with the model.
+
+Training writes it, the export embeds it in the ONNX metadata under the key ``spec``, and the
+scoring job reads it back from there. Nothing else describes value sets or sequence length.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from score.errors import ModelError
+
+SPEC_FORMAT = 1  # bumped when a field changes meaning; readers refuse a newer format
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Value sets and shape shared by training, export and scoring."""
+
+    x_values: tuple[int, ...]  # the raw input value of each class index, in index order
+    y_values: tuple[int, ...]  # the raw output value of each class index, in index order
+    seq_len: int  # number of steps in every sequence
+    input_column: str = "x"  # column holding the input sequences
+    target_column: str = "y"  # column holding the target sequences (training only)
+    format: int = field(default=SPEC_FORMAT)  # version of this description
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "x_values", tuple(int(v) for v in self.x_values))
+        object.__setattr__(self, "y_values", tuple(int(v) for v in self.y_values))
+        for name in ("x_values", "y_values"):
+            values = getattr(self, name)
+            if not values:
+                raise ModelError(f"spec: {name} is empty; expected at least one value")
+            if len(set(values)) != len(values):
+                raise ModelError(f"spec: {name} repeats a value; expected distinct values")
+            if list(values) != sorted(values):
+                raise ModelError(f"spec: {name} is not in increasing order")
+        if int(self.seq_len) < 1:
+            raise ModelError(f"spec: seq_len is {self.seq_len}; expected a positive integer")
+
+    @property
+    def x_classes(self) -> int:
+        return len(self.x_values)
+
+    @property
+    def y_classes(self) -> int:
+        return len(self.y_values)
+
+    def describe_x(self) -> str:
+        return describe_values(self.x_values)
+
+    def describe_y(self) -> str:
+        return describe_values(self.y_values)
+
+    def to_json(self) -> str:
+        payload = asdict(self)
+        payload["x_values"] = list(self.x_values)
+        payload["y_values"] = list(self.y_values)
+        return json.dumps(payload, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Spec:
+        try:
+            payload = json.loads(text)
+        except (TypeError, ValueError) as error:
+            raise ModelError(f"spec: not valid JSON ({error})") from None
+        if not isinstance(payload, dict):
+            raise ModelError("spec: expected a JSON object")
+        return cls.from_dict(payload)
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> Spec:
+        missing = [key for key in ("x_values", "y_values", "seq_len") if key not in payload]
+        if missing:
+            raise ModelError(f"spec: missing {', '.join(missing)}")
+        spec_format = payload.get("format", SPEC_FORMAT)
+        if not isinstance(spec_format, int) or spec_format > SPEC_FORMAT:
+            raise ModelError(
+                f"spec: format {spec_format!r} is newer than this scorer understands "
+                f"({SPEC_FORMAT}); upgrade seqscore"
+            )
+        try:
+            return cls(
+                x_values=tuple(_as_int(v) for v in payload["x_values"]),
+                y_values=tuple(_as_int(v) for v in payload["y_values"]),
+                seq_len=_as_int(payload["seq_len"]),
+                input_column=str(payload.get("input_column", "x")),
+                target_column=str(payload.get("target_column", "y")),
+                format=spec_format,
+            )
+        except (TypeError, ValueError) as error:
+            raise ModelError(f"spec: {error}") from None
+
+
+def _as_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, found {value!r}")
+    return value
+
+
+def describe_values(values: tuple[int, ...]) -> str:
+    """'0..10' for a contiguous range, else the values separated by commas."""
+    if len(values) > 1 and values[-1] - values[0] == len(values) - 1:
+        return f"{values[0]}..{values[-1]}"
+    return ", ".join(str(v) for v in values)
+
+
+def parse_values(text: str) -> tuple[int, ...]:
+    """Parse '0..10' (inclusive range) or '1,2,5' into sorted distinct integers."""
+    text = text.strip()
+    try:
+        if ".." in text:
+            low_text, high_text = text.split("..", 1)
+            low, high = int(low_text), int(high_text)
+            if high < low:
+                raise ValueError
+            return tuple(range(low, high + 1))
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a value set; expected a range like 0..10 or a list like 1,2,5"
+        ) from None
+    if not values:
+        raise ValueError(f"{text!r} is not a value set; expected a range like 0..10")
+    return tuple(values)

@@ -1,0 +1,161 @@
+"""Where files live: plain paths on a local disk, or URIs that pyarrow's file systems resolve.
+
+Everything that touches a file system for reading goes through here, so that every failure is
+turned into one named error with the documented exit code, whatever the store.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from score.errors import InputMissing, InputPermission, InvalidInput, StorageError
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def is_uri(location: str) -> bool:
+    return bool(_URI.match(location)) and not location.startswith("file://")
+
+
+def local_path(location: str) -> str:
+    """The local path for a plain path or a file:// URI."""
+    if location.startswith("file://"):
+        return location[len("file://") :]
+    return location
+
+
+def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    """The file system and the path within it."""
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), os.path.abspath(local_path(location))
+    try:
+        return pafs.FileSystem.from_uri(location)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as error:
+        raise InputMissing(f"{location}: cannot resolve this URI ({_first_line(error)})") from None
+    except OSError as error:
+        raise read_error(location, error) from None
+
+
+def join(location: str, relative: str) -> str:
+    if is_uri(location):
+        return location.rstrip("/") + "/" + relative
+    return os.path.join(location, relative)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def read_error(location: str, error: BaseException) -> Exception:
+    """Map an exception raised while reading ``location`` to a named error."""
+    text = str(error)
+    code = getattr(error, "errno", None)
+    if isinstance(error, FileNotFoundError) or code == errno.ENOENT:
+        return InputMissing(f"{location}: no such file")
+    if isinstance(error, PermissionError) or code in (errno.EACCES, errno.EPERM):
+        return InputPermission(f"{location}: permission denied")
+    if isinstance(error, IsADirectoryError):
+        return InvalidInput(f"{location}: is a directory; expected a file")
+    if any(marker in text for marker in ("NoSuchBucket", "NoSuchKey", "NOT_FOUND", "Path does not exist")):
+        return InputMissing(f"{location}: no such object or bucket ({_first_line(error)})")
+    if any(marker in text for marker in ("ACCESS_DENIED", "AccessDenied", "Forbidden", "403")):
+        return InputPermission(f"{location}: permission denied ({_first_line(error)})")
+    return StorageError(f"{location}: I/O error while reading ({_first_line(error)})")
+
+
+@dataclass(frozen=True)
+class Entry:
+    location: str  # as given, or joined under the directory that was given
+    relative: str  # path under the directory that was given ('' for a single file)
+
+
+def kind(location: str) -> str:
+    """'file', 'directory', or raise InputMissing."""
+    filesystem, path = resolve(location)
+    try:
+        info = filesystem.get_file_info(path)
+    except OSError as error:
+        raise read_error(location, error) from None
+    if info.type == pafs.FileType.NotFound:
+        raise InputMissing(f"{location}: no such file or directory")
+    if info.type == pafs.FileType.Directory:
+        return "directory"
+    return "file"
+
+
+def exists(location: str) -> bool:
+    filesystem, path = resolve(location)
+    try:
+        return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as error:
+        raise read_error(location, error) from None
+
+
+def is_directory(location: str) -> bool:
+    filesystem, path = resolve(location)
+    try:
+        return filesystem.get_file_info(path).type == pafs.FileType.Directory
+    except OSError as error:
+        raise read_error(location, error) from None
+
+
+def _hidden(relative: str) -> bool:
+    # Spark, Hive and pyarrow datasets all ignore names starting with '_' or '.'
+    return any(part.startswith(("_", ".")) for part in relative.split("/"))
+
+
+def list_parquet(location: str) -> list[Entry]:
+    """Every *.parquet file under a directory, in sorted order, skipping hidden names."""
+    filesystem, path = resolve(location)
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+    except OSError as error:
+        raise read_error(location, error) from None
+    prefix = path.rstrip("/") + "/"
+    entries = []
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.startswith(prefix):
+            continue
+        relative = info.path[len(prefix) :]
+        if relative.endswith(".parquet") and not _hidden(relative):
+            entries.append(Entry(join(location, relative), relative))
+    entries.sort(key=lambda entry: entry.relative)
+    return entries
+
+
+def read_bytes(location: str) -> bytes:
+    """Read a whole (small) file: the model and its checksum."""
+    if not is_uri(location):
+        path = local_path(location)
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except OSError as error:
+            raise read_error(location, error) from None
+    filesystem, path = resolve(location)
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+    except OSError as error:
+        raise read_error(location, error) from None
+
+
+def open_input(location: str) -> pa.NativeFile:
+    """A random-access file for the Parquet reader (streamed by range requests on stores)."""
+    if not is_uri(location):
+        try:
+            return pa.OSFile(local_path(location), "rb")
+        except OSError as error:
+            raise read_error(location, error) from None
+    filesystem, path = resolve(location)
+    try:
+        return filesystem.open_input_file(path)
+    except OSError as error:
+        raise read_error(location, error) from None

@@ -1,0 +1,129 @@
+"""python -m train: fit the sequence LSTM on the embedded default or on your own data."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# Before TensorFlow loads: keep its start-up chatter off the terminal.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from score.errors import EXIT_SIGINT, SeqscoreError, UsageError
+from score.spec import parse_values
+
+DESCRIPTION = """\
+Fit a Keras LSTM that maps integer sequences to integer sequences and write artifacts/.
+Without --data or --x/--y it trains on the embedded default: 10,000 rows of x in 0..10
+(4 steps) with y_t = (x_0 + ... + x_t) mod 25."""
+
+
+def _values(text: str) -> tuple[int, ...]:
+    try:
+        return parse_values(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    from train.core import PRESETS, TrainConfig
+
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m train", description=DESCRIPTION)
+    source = p.add_argument_group("data (default: the embedded dataset)")
+    source.add_argument("--data", metavar="PATH",
+                        help="Parquet file with list-of-integer columns x and y")
+    source.add_argument("--x", metavar="X.txt", dest="x_text",
+                        help="text file of input sequences, whitespace-separated, one per line")
+    source.add_argument("--y", metavar="Y.txt", dest="y_text",
+                        help="text file of target sequences, one per line, aligned with --x")
+    source.add_argument("--x-values", type=_values, metavar="SET",
+                        help="input value set, e.g. 0..10 or 1,3,5 (default: min..max of the data)")
+    source.add_argument("--y-values", type=_values, metavar="SET",
+                        help="output value set, e.g. 0..24 (default: min..max of the data)")
+    source.add_argument("--write-default", metavar="PATH",
+                        help="write the embedded default dataset to PATH as Parquet and exit")
+    model = p.add_argument_group("model")
+    model.add_argument("--preset", choices=sorted(PRESETS),
+                       help="default: 2 LSTM layers of 64 units; question: 4 layers of 24")
+    model.add_argument("--layers", type=_positive, metavar="N",
+                       help=f"stacked LSTM layers (default {defaults.lstm_layers})")
+    model.add_argument("--units", type=_positive, metavar="N",
+                       help=f"units per LSTM layer (default {defaults.units})")
+    fit = p.add_argument_group("fitting")
+    fit.add_argument("--epochs", type=_positive, default=defaults.epochs, metavar="N",
+                     help=f"maximum epochs; early stopping may end sooner (default {defaults.epochs})")
+    fit.add_argument("--batch-size", type=_positive, default=defaults.batch_size, metavar="N",
+                     help=f"rows per gradient step (default {defaults.batch_size})")
+    fit.add_argument("--learning-rate", type=float, default=defaults.learning_rate, metavar="LR",
+                     help=f"Adam learning rate (default {defaults.learning_rate})")
+    fit.add_argument("--patience", type=_positive, default=defaults.patience, metavar="N",
+                     help=f"epochs without a better validation loss before stopping (default {defaults.patience})")
+    fit.add_argument("--seed", type=int, default=defaults.seed, metavar="N",
+                     help=f"seed for the split, the weights and the shuffling (default {defaults.seed})")
+    p.add_argument("--artifacts", default=defaults.artifacts, metavar="DIR",
+                   help=f"where to write the artifacts (default {defaults.artifacts})")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return _run(args)
+    except SeqscoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; the previous artifacts are unchanged", file=sys.stderr)
+        return EXIT_SIGINT
+
+
+def _run(args: argparse.Namespace) -> int:
+    from train import data
+    from train.core import PRESETS, TrainConfig, print_report, train
+
+    if args.write_default:
+        data.write_parquet(data.default_dataset(), args.write_default)
+        print(f"wrote {data.DEFAULT_ROWS} rows of the embedded default to {args.write_default}")
+        return 0
+    if args.data and (args.x_text or args.y_text):
+        raise UsageError("give either --data or --x/--y, not both")
+    if bool(args.x_text) != bool(args.y_text):
+        raise UsageError("--x and --y go together: one file of inputs, one of targets")
+
+    layers, units = PRESETS[args.preset or "default"]
+    config = TrainConfig(
+        artifacts=args.artifacts,
+        lstm_layers=args.layers or layers,
+        units=args.units or units,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        patience=args.patience,
+        seed=args.seed,
+        verbose=0 if args.quiet else "auto",
+    )
+    if args.data:
+        dataset = data.read_parquet(args.data)
+    elif args.x_text:
+        dataset = data.read_text(args.x_text, args.y_text)
+    else:
+        dataset = data.default_dataset()
+    result = train(config, dataset, args.x_values, args.y_values)
+    print_report(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
