@@ -1,0 +1,119 @@
+"""Shared fixtures: the committed ONNX model, Parquet writers, a plain reference scorer, CLI runners."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURE_MODEL = FIXTURES / "model.onnx"
+PARQUET_FUZZ = ROOT.parent / "shared" / "parquet-fuzz"
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    return str(FIXTURE_MODEL)
+
+
+@pytest.fixture(scope="session")
+def scorer(model_path):
+    from score.model import load
+
+    return load(model_path)
+
+
+@pytest.fixture(scope="session")
+def spec(scorer):
+    return scorer.spec
+
+
+def list_array(values: np.ndarray, value_type: pa.DataType = pa.int64()) -> pa.Array:
+    """A list<value_type> array from a (rows, steps) matrix."""
+    rows, steps = values.shape
+    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * steps)
+    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)).cast(value_type))
+
+
+def random_x(rows: int, seed: int = 0, low: int = 0, high: int = 10, steps: int = 4) -> np.ndarray:
+    return np.random.default_rng(seed).integers(low, high + 1, size=(rows, steps), dtype=np.int64)
+
+
+def write_x(path, x: np.ndarray, value_type: pa.DataType = pa.int64(), **columns) -> str:
+    """Write an id column, an x list column and any extra columns to Parquet with pyarrow."""
+    table = pa.table({"id": np.arange(x.shape[0], dtype=np.int64), "x": list_array(x, value_type), **columns})
+    pq.write_table(table, str(path))
+    return str(path)
+
+
+@dataclass
+class Reference:
+    """The plain way: onnxruntime on class indices, np.argmax, a stable descending sort."""
+
+    y_pred: np.ndarray  # (rows, T) raw y values
+    top_values: np.ndarray  # (rows, T, K)
+    top_probs: np.ndarray  # (rows, T, K)
+
+
+def reference(model_path: str, x: np.ndarray, top_k: int = 3) -> Reference:
+    """Score valid raw sequences the obvious way, without any seqscore code."""
+    import json
+
+    session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    spec = json.loads(session.get_modelmeta().custom_metadata_map["spec"])
+    x_values = np.asarray(spec["x_values"])
+    y_values = np.asarray(spec["y_values"])
+    indices = np.searchsorted(x_values, x).astype(np.int32)
+    assert (x_values[indices] == x).all(), "reference() takes valid rows only"
+    probabilities = session.run(["probabilities"], {"x": indices})[0]
+    order = np.argsort(-probabilities, axis=-1, kind="stable")[..., :top_k]
+    return Reference(
+        y_pred=y_values[probabilities.argmax(axis=-1)],
+        top_values=y_values[order],
+        top_probs=np.take_along_axis(probabilities, order, axis=-1),
+    )
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+
+def run_score(*args: str) -> CliResult:
+    """Call `python -m score` in-process through main(argv) and capture its output."""
+    from score.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def run_module(module: str, *args: str, timeout: float = 300, env: dict | None = None,
+               **kwargs) -> subprocess.CompletedProcess:
+    """Run `python -m module args` in a subprocess (for signals, imports, real exit codes)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *[str(a) for a in args]],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env, **kwargs,
+    )
