@@ -98,6 +98,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def one_line(text: str) -> str:
+    """Collapse whitespace and escape unprintable characters (file names and column names in
+    messages come from files nobody checked)."""
+    printable = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in " ".join(text.split()))
+    return printable
+
+
 def _on_sigterm(signum, frame) -> None:
     raise Interrupted("SIGTERM", EXIT_SIGTERM)
 
@@ -169,7 +176,7 @@ def _main(args: argparse.Namespace) -> int:
             raise
         exit_code = EXIT_SOFTWARE
         message = f"internal error ({type(error).__name__}: {error}); rerun with SCORE_DEBUG=1 for details"
-    message = " ".join(message.split()) if message else None
+    message = one_line(message) if message else None
 
     if state.drift:
         for line in monitor.drift_warnings(state.drift):

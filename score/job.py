@@ -155,8 +155,8 @@ def read_failure(location: str, error: BaseException) -> Exception:
         if not isinstance(mapped, StorageError) or "AWS Error" in str(error):
             return mapped
     detail = _first_line(error)
-    if "magic bytes" in detail or "size is 0" in detail.lower():
-        return InvalidInput(f"{location}: not a Parquet file ({detail})")
+    if "magic bytes" in detail:
+        return InvalidInput(f"{location}: not a Parquet file, or truncated (no Parquet footer: {detail})")
     return InvalidInput(f"{location}: corrupt or truncated Parquet file ({detail})")
 
 
@@ -286,6 +286,12 @@ def score_file(
             reporter.advance(batch.num_rows)
             if on_batch is not None:
                 on_batch(batch_stats)
+        claimed = parquet.metadata.num_rows
+        if stats.rows != claimed:
+            raise InvalidInput(
+                f"{input_location}: corrupt Parquet file (the footer claims {claimed} rows but "
+                f"{stats.rows} were read)"
+            )
         writer.add_key_value_metadata(_output_metadata(scorer, config, input_location, stats))
         try:
             writer.close()

@@ -16,6 +16,9 @@ from score.spec import Spec
 CONFIDENCE_BINS = 20  # equal-width bins of the top-1 probability over [0, 1]
 PSI_WARNING = 0.2  # the conventional level above which a shift deserves a look
 _PSI_FLOOR = 1e-4  # share given to an empty bin so that the logarithm stays finite
+# PSI over a handful of rows is noise: with about 20 rows expected per bin, a sample drawn like
+# the baseline stays far below the warning level. Fewer rows: the PSI is reported, not acted on.
+ROWS_PER_BIN = 20
 
 
 @dataclass
@@ -98,13 +101,23 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     return np.where(empty, np.nan, values)
 
 
+def minimum_rows(profile: Profile) -> int:
+    """Rows needed before drift is acted on: ROWS_PER_BIN for each bin of the widest histogram."""
+    widest = max(profile.input_counts.shape[1], profile.prediction_counts.shape[1], CONFIDENCE_BINS)
+    return ROWS_PER_BIN * widest
+
+
 def drift(baseline: Profile, today: Profile) -> dict:
     """PSI per step for inputs, predictions and confidence, as plain lists for JSON."""
 
     def rounded(values: np.ndarray) -> list[float | None]:
         return [None if np.isnan(v) else round(float(v), 6) for v in values]
 
+    rows = today.rows
     return {
+        "rows": rows,
+        "minimum_rows": minimum_rows(today),
+        "checked": rows >= minimum_rows(today),
         "input_psi": rounded(psi(baseline.input_counts, today.input_counts)),
         "prediction_psi": rounded(psi(baseline.prediction_counts, today.prediction_counts)),
         "confidence_psi": rounded(psi(baseline.confidence_counts, today.confidence_counts)),
@@ -114,6 +127,8 @@ def drift(baseline: Profile, today: Profile) -> dict:
 def drift_warnings(report: dict, threshold: float = PSI_WARNING) -> list[str]:
     """One line per step whose input or prediction PSI exceeds the threshold."""
     lines = []
+    if not report.get("checked", True):
+        return lines
     for key, what in (("input_psi", "input values"), ("prediction_psi", "predicted classes")):
         for step, value in enumerate(report.get(key, [])):
             if value is not None and value > threshold:
@@ -125,8 +140,10 @@ def drift_warnings(report: dict, threshold: float = PSI_WARNING) -> list[str]:
 
 
 def max_psi(report: dict) -> tuple[float, str]:
-    """The largest input or prediction PSI and where it is, for --max-psi."""
+    """The largest input or prediction PSI and where it is, for --max-psi (0 if too few rows)."""
     worst, where = 0.0, ""
+    if not report.get("checked", True):
+        return worst, where
     for key, what in (("input_psi", "input values"), ("prediction_psi", "predicted classes")):
         for step, value in enumerate(report.get(key, [])):
             if value is not None and value > worst:
