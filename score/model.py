@@ -191,7 +191,10 @@ def load(location: str, config: SessionConfig = SessionConfig()) -> Scorer:
         raise ModelError(
             f"{location}: no 'spec' in the model metadata; export it with `make export`"
         )
-    spec = Spec.from_json(metadata["spec"])
+    try:
+        spec = Spec.from_json(metadata["spec"])
+    except ModelError as error:
+        raise ModelError(f"{location}: {error}") from None
     index_dtype = _check_io(location, session, spec)
     scorer = Scorer(
         session=session,

@@ -103,11 +103,13 @@ def _text(value: int | memoryview) -> str:
 
 
 def _audit_tensor(data: memoryview, audit: ModelAudit) -> None:
+    external = False
     for number, _, value in fields(data):
         if number == _TENSOR_DATA_LOCATION and value == _DATA_LOCATION_EXTERNAL:
-            audit.external_tensors += 1
+            external = True
         elif number == _TENSOR_EXTERNAL_DATA:
-            audit.external_tensors += 1
+            external = True
+    audit.external_tensors += external
 
 
 def _audit_sparse(data: memoryview, audit: ModelAudit) -> None:
