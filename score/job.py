@@ -415,6 +415,7 @@ def summary(config: JobConfig, state: RunState, exit_code: int, error: str | Non
     }
     if scorer is not None:
         payload["model"] = {"location": scorer.location, "sha256": scorer.sha256, "version": scorer.version}
+        payload["spec"] = json.loads(scorer.spec.to_json())
     if stats is not None and scorer is not None:
         spec = scorer.spec
         invalid = int(rows_in - stats.reason_counts[0])
@@ -429,7 +430,10 @@ def summary(config: JobConfig, state: RunState, exit_code: int, error: str | Non
             for row in stats.profile.input_counts
         ]
         drift = dict(state.drift or {})
-        drift["baseline"] = state.drift is not None
+        baseline = models.baseline(scorer)
+        drift["has_baseline"] = baseline is not None
+        drift["baseline_profile"] = baseline
+        drift["profile"] = stats.profile.to_dict()
         drift["low_confidence_threshold"] = config.options.low_confidence
         drift["low_confidence_share"] = (
             round(stats.low_confidence_steps / stats.scored_steps, 6) if stats.scored_steps else None
