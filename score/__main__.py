@@ -193,4 +193,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
+    # pyarrow imports pandas, when installed, the first time it converts a numpy array, only to
+    # check whether it is a pandas object: 0.3 s of start-up and 60 MB for nothing in this process.
+    sys.modules.setdefault("pandas", None)  # type: ignore[arg-type]
     sys.exit(main())

@@ -99,7 +99,7 @@ def _int_numpy(array: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
     """Zero-copy view of an integer array's values, and its null mask (None if no nulls)."""
     if pa.types.is_dictionary(array.type):
         array = array.dictionary.take(array.indices)
-    dtype = array.type.to_pandas_dtype()
+    dtype = np.dtype(str(array.type))  # 'int8' .. 'uint64'; to_pandas_dtype() would import pandas
     buffer = array.buffers()[1]
     if buffer is None or len(array) == 0:
         values = np.zeros(len(array), dtype=dtype)

@@ -78,11 +78,15 @@ def render(summary: dict, path: str) -> None:
     pyplot.close(figure)
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m score.report", description=__doc__.splitlines()[0])
+    p.add_argument("summary", metavar="SUMMARY.json", help="written by python -m score --summary")
+    p.add_argument("report", metavar="REPORT.png", help="where to write the picture")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m score.report", description=__doc__.splitlines()[0])
-    parser.add_argument("summary", metavar="SUMMARY.json", help="written by python -m score --summary")
-    parser.add_argument("report", metavar="REPORT.png", help="where to write the picture")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         with open(args.summary) as handle:
             summary = json.load(handle)
