@@ -20,7 +20,7 @@ try:
     runpy.run_module("score", run_name="__main__")
 except SystemExit as exit_:
     code = exit_.code
-print(json.dumps(sorted(k for k, v in sys.modules.items() if v is not None)), file=sys.stderr)
+print(json.dumps(sorted(sys.modules)), file=sys.stderr)
 """
 
 
