@@ -195,6 +195,20 @@ def test_codecs_and_row_group_sizes(tmp_path, model_path, codec, row_group_size)
     assert_matches_reference(out, reference(model_path, x))
 
 
+@pytest.mark.parametrize("compliant", [True, False], ids=["element_naming", "legacy_item_naming"])
+def test_list_nesting_of_different_writers(tmp_path, model_path, compliant):
+    # Compliant 3-level lists name the leaf 'element' (pyarrow >= 13, Spark, DuckDB); older
+    # pyarrow and parquet-mr call it 'item' or 'array'. The reader must not care.
+    x = random_x(80, seed=6)
+    pq.write_table(pa.table({"x": list_array(x, pa.int32())}), tmp_path / "in.parquet",
+                   use_compliant_nested_type=compliant)
+    leaf = pq.ParquetFile(tmp_path / "in.parquet").schema.column(0).path
+    assert leaf == ("x.list.element" if compliant else "x.list.item")
+    result = run_score(tmp_path / "in.parquet", tmp_path / "out.parquet", "--model", model_path, "--quiet")
+    assert result.code == 0, result.stderr
+    assert_matches_reference(pq.read_table(tmp_path / "out.parquet"), reference(model_path, x))
+
+
 def test_zero_row_file(tmp_path, model_path):
     pq.write_table(pa.table({"x": pa.array([], pa.list_(pa.int64()))}), tmp_path / "in.parquet")
     result = run_score(tmp_path / "in.parquet", tmp_path / "out.parquet", "--model", model_path, "--quiet")
