@@ -19,7 +19,18 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_MODEL = FIXTURES / "model.onnx"
-PARQUET_FUZZ = ROOT.parent / "shared" / "parquet-fuzz"
+
+def _parquet_fuzz() -> Path:
+    """Apache Arrow's Parquet fuzz regression files: beside the checkout, or where told."""
+    candidates = [os.environ.get("PARQUET_FUZZ_DIR"), ROOT.parent / "shared" / "parquet-fuzz",
+                  "/work/shared/parquet-fuzz"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return ROOT.parent / "shared" / "parquet-fuzz"
+
+
+PARQUET_FUZZ = _parquet_fuzz()
 
 
 @pytest.fixture(scope="session")
