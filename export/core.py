@@ -7,9 +7,11 @@ baseline profile for drift monitoring, and the versions that produced it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -17,17 +19,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from score.errors import InputMissing, InvalidInput, ModelError, SeqscoreError
+from score.errors import (
+    EXIT_SOFTWARE,
+    InputMissing,
+    InvalidInput,
+    ModelError,
+    OutputError,
+    SeqscoreError,
+)
 from score.model import INPUT_NAME, OUTPUT_NAME
 from score.spec import Spec
 
 FORBIDDEN_OPS = ("Loop", "Scan")  # tf2onnx's fallback when it cannot fuse the LSTM
+REPORT_NAME = "export_report.json"  # describes the published model.onnx
+FAILED_REPORT_NAME = "export_report.failed.json"  # the figures of a refused conversion
 
 
 class ParityError(SeqscoreError):
-    """ONNX and Keras disagree beyond the stated tolerances: nothing is published."""
+    """ONNX and Keras disagree beyond the stated tolerances: nothing is published.
 
-    exit_code = 1
+    The model itself passed every structural check, so this is a fault in the conversion
+    (tf2onnx or onnxruntime), not in the user's data or model: exit 70, like any internal error.
+    """
+
+    exit_code = EXIT_SOFTWARE
 
 
 @dataclass(frozen=True)
@@ -70,28 +85,56 @@ def _force_cpu() -> None:
         pass  # devices already initialised; CUDA_VISIBLE_DEVICES took effect at import
 
 
+def _keras_path(artifacts: str) -> str:
+    path = os.path.join(artifacts, "model.keras")
+    if not os.path.isfile(path):
+        raise InputMissing(f"{path}: not found; run `make train` first")
+    return path
+
+
 def load_keras(artifacts: str):
     """Load model.keras with the project's custom layer registered."""
     import keras
 
     import train  # noqa: F401  (registers OneHot)
 
-    path = os.path.join(artifacts, "model.keras")
-    if not os.path.exists(path):
-        raise InputMissing(f"{path}: not found; run `make train` first")
+    path = _keras_path(artifacts)
     try:
         return keras.saving.load_model(path)
-    except Exception as error:  # Keras raises many types for a bad file
-        raise ModelError(f"{path}: cannot be loaded by Keras ({error})") from None
+    except Exception as error:  # noqa: BLE001  (Keras raises many types for a bad file)
+        raise ModelError(f"{path}: cannot be loaded by Keras ({_first_line(error)})") from None
 
 
 def check_softmax_shape(model, spec: Spec) -> None:
+    """Refuse a model that does not map (batch, time) indices to per-step softmax over y."""
+    from train.model import OneHot
+
     shape = tuple(model.output_shape)
-    if len(shape) != 3 or shape[-1] != spec.y_classes:
+    expected = (
+        f"(batch, time, {spec.y_classes}) softmax probabilities over the y values "
+        f"{spec.describe_y()}"
+    )
+    if len(shape) != 3 or shape[-1] != spec.y_classes or shape[1] not in (None, spec.seq_len):
+        raise ModelError(f"the Keras model's output has shape {shape}; expected {expected}")
+    last = model.layers[-1]
+    activation = getattr(getattr(last, "activation", None), "__name__", None)
+    if activation != "softmax" and not _is_softmax_layer(last):
         raise ModelError(
-            f"the Keras model's output has shape {shape}; expected (batch, time, {spec.y_classes}) "
-            f"softmax probabilities over the y values {spec.describe_y()}"
+            f"the Keras model's last layer {last.name!r} ends in "
+            f"{activation or type(last).__name__}, not softmax; expected {expected}"
         )
+    for layer in model.layers:
+        if isinstance(layer, OneHot) and layer.depth != spec.x_classes:
+            raise ModelError(
+                f"the Keras model one-hot encodes {layer.depth} input classes but spec.json lists "
+                f"{spec.x_classes} x values ({spec.describe_x()}); the two come from different runs"
+            )
+
+
+def _is_softmax_layer(layer) -> bool:
+    import keras
+
+    return isinstance(layer, keras.layers.Softmax) and layer.axis in (-1, 2)
 
 
 def convert(model, opset: int):
@@ -100,11 +143,18 @@ def convert(model, opset: int):
     import tf2onnx
 
     signature = (tf.TensorSpec((None, None), tf.int32, name=INPUT_NAME),)
-    model_proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    try:
+        model_proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    except Exception as error:  # noqa: BLE001  (tf2onnx raises many types)
+        raise ModelError(
+            f"tf2onnx cannot convert the model at opset {opset} ({_first_line(error)})"
+        ) from None
+    outputs = len(model_proto.graph.output)
+    if outputs != 1:
+        raise ModelError(f"the converted model has {outputs} outputs; expected 1")
     _rename(model_proto.graph, model_proto.graph.input[0].name, INPUT_NAME)
     _rename(model_proto.graph, model_proto.graph.output[0].name, OUTPUT_NAME)
-    if len(model_proto.graph.output) != 1:
-        raise ModelError(f"the converted model has {len(model_proto.graph.output)} outputs; expected 1")
+    _name_dynamic_axes(model_proto.graph)
     op_types = {node.op_type for node in model_proto.graph.node}
     fallback = sorted(op_types & set(FORBIDDEN_OPS))
     if fallback or "LSTM" not in op_types:
@@ -114,6 +164,19 @@ def convert(model, opset: int):
             f"standard keras.layers.LSTM (use_cudnn=False, no recurrent dropout)"
         )
     return model_proto
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _name_dynamic_axes(graph) -> None:
+    """Call the dynamic axes 'batch' and 'time' instead of tf2onnx's 'unk__12'."""
+    for value in (graph.input[0], graph.output[0]):
+        for dimension, name in zip(value.type.tensor_type.shape.dim, ("batch", "time")):
+            if not dimension.HasField("dim_value"):
+                dimension.dim_param = name
 
 
 def _rename(graph, old: str, new: str) -> None:
@@ -133,7 +196,10 @@ def verification_inputs(spec: Spec, artifacts: str, rows: int, seed: int) -> dic
 
     from score.encoding import Encoder, sequences_from_list
 
-    table = pq.read_table(os.path.join(artifacts, "test.parquet"), columns=[spec.input_column])
+    path = os.path.join(artifacts, "test.parquet")
+    if not os.path.isfile(path):
+        raise InputMissing(f"{path}: not found; run `make train` first")
+    table = pq.read_table(path, columns=[spec.input_column])
     raw = sequences_from_list(table.column(spec.input_column), spec.seq_len, spec.input_column)
     test = Encoder(spec, np.int32).encode_strict(raw)
     generator = np.random.default_rng(seed)
@@ -191,6 +257,7 @@ def verify(model, model_bytes: bytes, inputs: dict[str, np.ndarray], config: Exp
 
 
 def package_versions() -> dict[str, str]:
+    """The versions that produced the file, for its metadata and the report."""
     import keras
     import onnx
     import tensorflow as tf
@@ -217,6 +284,7 @@ def embed_metadata(model_proto, spec: Spec, metrics: dict, baseline: dict | None
         "tensorflow_version": versions["tensorflow"],
         "keras_version": versions["keras"],
         "tf2onnx_version": versions["tf2onnx"],
+        "onnx_version": versions["onnx"],
         "created_at": created.isoformat(timespec="seconds"),
         "version": f"{created.strftime('%Y%m%dT%H%M%SZ')}-{metrics.get('data_fingerprint', '')[:12]}",
     }
@@ -235,16 +303,31 @@ def embed_metadata(model_proto, spec: Spec, metrics: dict, baseline: dict | None
 
 
 def publish_file(data: bytes, path: str) -> str:
-    """Write ``data`` to ``path`` atomically with a sha256sum-format sidecar; return the digest."""
+    """Write ``data`` to ``path`` atomically with a sha256sum-format sidecar; return the digest.
+
+    Both files are written and fsynced under temporary names first, then renamed back to back,
+    so a reader sees a model and a sidecar that disagree only for the instant between renames.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     digest = hashlib.sha256(data).hexdigest()
-    _atomic_write(f"{path}.sha256", f"{digest}  {os.path.basename(path)}\n".encode())
-    _atomic_write(path, data)
+    sidecar = f"{digest}  {os.path.basename(path)}\n".encode()
+    with _staged(f"{path}.sha256", sidecar) as sidecar_temporary, _staged(path, data) as temporary:
+        os.replace(temporary, path)
+        os.replace(sidecar_temporary, f"{path}.sha256")
+    _fsync_directory(directory)
     return digest
 
 
 def _atomic_write(path: str, data: bytes) -> None:
+    with _staged(path, data) as temporary:
+        os.replace(temporary, path)
+    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+
+
+@contextlib.contextmanager
+def _staged(path: str, data: bytes):
+    """A fsynced temporary file beside ``path`` holding ``data``; removed unless renamed."""
     directory = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
     try:
@@ -253,16 +336,49 @@ def _atomic_write(path: str, data: bytes) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
+        yield temporary
+    finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
-        raise
+
+
+def _fsync_directory(directory: str) -> None:
     directory_handle = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(directory_handle)
     finally:
         os.close(directory_handle)
+
+
+def _remove(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice():
+    """Drop onnxruntime.quantization's root-logger advice to run its pre-processing first.
+
+    It goes through ``logging.warning``, which would also install a root handler on first use;
+    lending the root logger Python's last-resort handler for the call prevents that while
+    still printing any other warning as usual.
+    """
+    root = logging.getLogger()
+
+    def advice(record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+    lent = logging.lastResort if not root.handlers and logging.lastResort else None
+    root.addFilter(advice)
+    if lent:
+        root.addHandler(lent)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
+        if lent:
+            root.removeHandler(lent)
 
 
 def quantize_int8(model_bytes: bytes, test_indices: np.ndarray, config: ExportConfig) -> dict:
@@ -274,7 +390,8 @@ def quantize_int8(model_bytes: bytes, test_indices: np.ndarray, config: ExportCo
         target = os.path.join(scratch, "model.int8.onnx")
         with open(source, "wb") as handle:
             handle.write(model_bytes)
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+        with _without_preprocessing_advice():
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8)
         with open(target, "rb") as handle:
             quantized = handle.read()
     float_session, int8_session = _session(model_bytes), _session(quantized)
@@ -299,37 +416,42 @@ def quantize_int8(model_bytes: bytes, test_indices: np.ndarray, config: ExportCo
         "published": agreement >= config.quantize_agreement,
     }
     if report["published"]:
-        int8_path = os.path.splitext(config.output_path)[0] + ".int8.onnx"
-        publish_file(quantized, int8_path)
-        report["path"] = int8_path
+        publish_file(quantized, int8_path(config))
+        report["path"] = int8_path(config)
     return report
+
+
+def int8_path(config: ExportConfig) -> str:
+    return os.path.splitext(config.output_path)[0] + ".int8.onnx"
 
 
 def export(config: ExportConfig) -> dict:
     """Convert, verify and publish; return the export report.
 
-    Steps: 1. read the spec and the metrics; 2. load the Keras model on the CPU; 3. convert
-    with tf2onnx and check for the fused LSTM op; 4. embed the metadata; 5. verify onnxruntime
-    against Keras on the test split and random sequences; 6. publish atomically (only if 5
-    passed), with the report beside it; 7. optionally quantise.
+    Steps: 1. read the spec, the metrics and the test split, and load the Keras model on the
+    CPU, refusing one that does not end in a per-step softmax over the y values; 2. convert with
+    tf2onnx and check for the fused LSTM op; 3. embed the metadata; 4. verify onnxruntime
+    against Keras on the test split and random sequences; 5. publish atomically (only if 4
+    passed), with the report beside it; 6. optionally quantise.
     """
     _force_cpu()
-    # 1-2.
+    # 1. Everything that can be wrong with the inputs fails here, before the slow conversion.
+    _keras_path(config.artifacts)
     spec = Spec.from_dict(_read_json(os.path.join(config.artifacts, "spec.json")))
     metrics = _read_json(os.path.join(config.artifacts, "metrics.json"))
     baseline_path = os.path.join(config.artifacts, "baseline.json")
     baseline = _read_json(baseline_path) if os.path.exists(baseline_path) else None
+    inputs = verification_inputs(spec, config.artifacts, config.random_rows, config.seed)
     model = load_keras(config.artifacts)
     check_softmax_shape(model, spec)
 
-    # 3-4.
+    # 2-3.
     model_proto = convert(model, config.opset)
-    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    created = dt.datetime.now(dt.UTC).replace(microsecond=0)
     embed_metadata(model_proto, spec, metrics, baseline, created)
     model_bytes = model_proto.SerializeToString()
 
-    # 5.
-    inputs = verification_inputs(spec, config.artifacts, config.random_rows, config.seed)
+    # 4.
     parity = verify(model, model_bytes, inputs, config)
     report = {
         "output": os.path.abspath(config.output_path),
@@ -341,18 +463,31 @@ def export(config: ExportConfig) -> dict:
         "bytes": len(model_bytes),
         "versions": package_versions(),
     }
-    report_path = os.path.join(os.path.dirname(os.path.abspath(config.output_path)), "export_report.json")
-    if not parity["passed"]:
-        report["published"] = False
-        _atomic_write(report_path, (json.dumps(report, indent=2) + "\n").encode())
-        raise ParityError(
-            "ONNX does not match Keras, nothing published: " + "; ".join(parity["failures"])
-        )
 
-    # 6-7.
-    report["sha256"] = publish_file(model_bytes, config.output_path)
-    report["published"] = True
-    if config.quantize == "int8":
-        report["int8"] = quantize_int8(model_bytes, inputs["test_split"], config)
-    _atomic_write(report_path, (json.dumps(report, indent=2) + "\n").encode())
+    # 5-6. export_report.json always describes the published model.onnx; a refused conversion
+    # leaves its figures in export_report.failed.json instead.
+    directory = os.path.dirname(os.path.abspath(config.output_path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        if not parity["passed"]:
+            report["published"] = False
+            _atomic_write(os.path.join(directory, FAILED_REPORT_NAME), _json_bytes(report))
+            raise ParityError(
+                "ONNX does not match Keras, nothing published: " + "; ".join(parity["failures"])
+            )
+        report["sha256"] = publish_file(model_bytes, config.output_path)
+        report["published"] = True
+        if config.quantize == "int8":
+            report["int8"] = quantize_int8(model_bytes, inputs["test_split"], config)
+        if not report.get("int8", {}).get("published"):
+            # An int8 file beside the new model was quantised from an older one.
+            _remove([int8_path(config), int8_path(config) + ".sha256"])
+        _atomic_write(os.path.join(directory, REPORT_NAME), _json_bytes(report))
+        _remove([os.path.join(directory, FAILED_REPORT_NAME)])
+    except OSError as error:
+        raise OutputError(f"{config.output_path}: cannot write the model ({error})") from None
     return report
+
+
+def _json_bytes(payload: dict) -> bytes:
+    return (json.dumps(payload, indent=2) + "\n").encode()

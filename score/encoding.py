@@ -224,13 +224,14 @@ class Encoder:
                 return np.zeros(values.shape, np.int64), np.zeros(values.shape, bool)
             in_range = (values >= values.dtype.type(low)) & (values <= values.dtype.type(high))
         clipped = np.where(in_range, values, self.x_min if values.dtype == object else values.dtype.type(low))
-        shifted = clipped.astype(np.int64) - self.x_min
+        clipped = clipped.astype(np.int64)
         if self._table is not None:
-            indices = self._table[shifted]
+            indices = self._table[clipped - self.x_min]
         else:
-            position = np.searchsorted(self.x_values - self.x_min, shifted)
+            # Search the raw values: shifting by x_min overflows int64 for a very wide value set.
+            position = np.searchsorted(self.x_values, clipped)
             position = np.minimum(position, len(self.x_values) - 1)
-            indices = np.where(self.x_values[position] - self.x_min == shifted, position, -1)
+            indices = np.where(self.x_values[position] == clipped, position, -1)
         known = in_range & (indices >= 0)
         return np.where(known, indices, 0), known
 

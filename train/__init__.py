@@ -4,4 +4,11 @@ Importing the package registers the model's custom layer, so that
 ``import train; keras.saving.load_model("artifacts/model.keras")`` works in a plain session.
 """
 
+import os
+
+# Importing the package imports TensorFlow, and `python -m train` imports the package before
+# train/__main__.py runs: keep TensorFlow's C++ start-up info and warnings (CPU feature notes,
+# absl's preamble) off the terminal here, unless the caller chose a level.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from train.model import OneHot  # noqa: F401  (registers the layer with Keras)

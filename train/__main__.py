@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-# Before TensorFlow loads: keep its start-up chatter off the terminal.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+# TensorFlow's log level is set in train/__init__.py, which Python imports before this module.
 from score.errors import EXIT_SIGINT, SeqscoreError, UsageError
 from score.spec import parse_values
 

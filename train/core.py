@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from score.encoding import Encoder, RawSequences
+from score.errors import InvalidInput, OutputError
 from score.monitor import Profile
 from score.spec import Spec
 from train.data import Dataset, default_dataset, infer_spec, list_column, split
@@ -48,7 +49,7 @@ class TrainResult:
     artifacts: str
 
 
-def _one_hot_free_inputs(spec: Spec, values: np.ndarray) -> np.ndarray:
+def _encode_inputs(spec: Spec, values: np.ndarray) -> np.ndarray:
     """Encode raw values with the scoring contract, so training cannot encode differently."""
     rows, steps = values.shape
     raw = RawSequences(
@@ -64,7 +65,7 @@ def _one_hot_free_inputs(spec: Spec, values: np.ndarray) -> np.ndarray:
 
 def _encode_targets(spec: Spec, values: np.ndarray) -> np.ndarray:
     y_spec = Spec(spec.y_values, spec.y_values, spec.seq_len)
-    return _one_hot_free_inputs(y_spec, values)
+    return _encode_inputs(y_spec, values)
 
 
 def evaluate(probabilities: np.ndarray, targets: np.ndarray, train_targets: np.ndarray) -> dict:
@@ -127,21 +128,67 @@ def plot_curves(history: dict, path: str) -> None:
 
 
 def publish_directory(staging: str, target: str) -> None:
-    """Move a complete staging folder into place, replacing the previous one."""
+    """Move a complete staging folder into place, replacing the previous one.
+
+    The previous folder is renamed aside first and put back if the final rename fails, so the
+    target is always either the old folder or the new one.
+    """
     previous = None
     if os.path.exists(target):
-        previous = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=os.path.dirname(target) or ".")
+        previous = tempfile.mkdtemp(
+            prefix=f".{os.path.basename(target)}.old-", dir=os.path.dirname(target) or "."
+        )
         os.rmdir(previous)
         os.replace(target, previous)
-    os.replace(staging, target)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        if previous:
+            os.replace(previous, target)
+        raise
     if previous:
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def _write_artifacts(staging: str, model, spec: Spec, metrics: dict, profile: Profile,
+                     test_table, history: dict) -> None:
+    """Everything `python -m export` and the scoring job need, into the staging folder."""
+    import pyarrow.parquet as pq
+
+    model.save(os.path.join(staging, "model.keras"))
+    _write_json(os.path.join(staging, "spec.json"), json.loads(spec.to_json()))
+    _write_json(os.path.join(staging, "metrics.json"), metrics)
+    _write_json(os.path.join(staging, "baseline.json"), profile.to_dict(), indent=None)
+    pq.write_table(test_table, os.path.join(staging, "test.parquet"))
+    plot_curves(history, os.path.join(staging, "training_curves.png"))
+
+
+def _write_json(path: str, payload: dict, indent: int | None = 2) -> None:
+    with open(path, "w") as handle:
+        json.dump(payload, handle, indent=indent)
+        handle.write("\n")
 
 
 def _test_table(dataset: Dataset, rows: np.ndarray):
     import pyarrow as pa
 
     return pa.table({"x": list_column(dataset.x[rows]), "y": list_column(dataset.y[rows])})
+
+
+def _dataset(inputs: np.ndarray, targets: np.ndarray | None, batch_size: int,
+             shuffle_seed: int | None = None):
+    """A tf.data pipeline over in-memory arrays, seeded when shuffled.
+
+    Keras would build one from numpy arrays itself, but its pipeline has a map step that, under
+    op determinism, makes TensorFlow log a spurious C++ error on every epoch after the first
+    ('NodeDef mentions attribute use_unbounded_threadpool'): the command line must stay quiet.
+    """
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices(inputs if targets is None else (inputs, targets))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(inputs), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(1)
 
 
 def train(
@@ -154,10 +201,9 @@ def train(
 
     Steps: 1. infer the spec and encode through the scoring contract; 2. split; 3. fit with
     early stopping; 4. evaluate on the test split; 5. write everything into a staging folder
-    beside the target; 6. move it into place.
+    beside the target; 6. move it into place. Bad data fails in 1-2, before any fitting.
     """
     import keras
-    import pyarrow.parquet as pq
     import tensorflow as tf
 
     from train.model import build_model
@@ -167,9 +213,12 @@ def train(
 
     # 1-2. Spec, encoding, split.
     spec = infer_spec(dataset, x_values, y_values)
-    inputs = _one_hot_free_inputs(spec, dataset.x)
+    inputs = _encode_inputs(spec, dataset.x)
     targets = _encode_targets(spec, dataset.y)
-    parts = split(len(inputs), config.seed, config.validation_fraction, config.test_fraction)
+    try:
+        parts = split(len(inputs), config.seed, config.validation_fraction, config.test_fraction)
+    except InvalidInput as error:
+        raise InvalidInput(f"{dataset.source}: {error}") from None
 
     # 3. Fit, deterministically for a given seed.
     keras.utils.set_random_seed(config.seed)
@@ -179,18 +228,18 @@ def train(
         monitor="val_loss", patience=config.patience, restore_best_weights=True
     )
     history = model.fit(
-        inputs[parts.train],
-        targets[parts.train],
-        validation_data=(inputs[parts.validation], targets[parts.validation]),
+        _dataset(inputs[parts.train], targets[parts.train], config.batch_size, config.seed),
+        validation_data=_dataset(
+            inputs[parts.validation], targets[parts.validation], config.batch_size
+        ),
         epochs=config.epochs,
-        batch_size=config.batch_size,
         callbacks=[stop],
-        shuffle=True,
+        shuffle=False,  # the pipeline shuffles, seeded, every epoch
         verbose=config.verbose,
     ).history
 
     # 4. Evaluate.
-    test_probabilities = model.predict(inputs[parts.test], batch_size=4096, verbose=0)
+    test_probabilities = model.predict(_dataset(inputs[parts.test], None, 4096), verbose=0)
     metrics = evaluate(test_probabilities, targets[parts.test], targets[parts.train])
     metrics.update(
         epochs_run=len(history["loss"]),
@@ -198,34 +247,38 @@ def train(
         wall_seconds=round(time.perf_counter() - started, 2),
         data_fingerprint=dataset.fingerprint(),
         data_source=dataset.source,
-        rows={"train": int(parts.train.size), "validation": int(parts.validation.size),
-              "test": int(parts.test.size)},
-        config={key: value for key, value in asdict(config).items() if key not in ("artifacts", "verbose")},
+        rows={
+            "train": int(parts.train.size),
+            "validation": int(parts.validation.size),
+            "test": int(parts.test.size),
+        },
+        config={
+            key: value
+            for key, value in asdict(config).items()
+            if key not in ("artifacts", "verbose")
+        },
     )
     profile = baseline_profile(spec, inputs, test_probabilities)
 
     # 5-6. Stage and publish.
     target = os.path.abspath(config.artifacts)
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
     try:
-        model.save(os.path.join(staging, "model.keras"))
-        with open(os.path.join(staging, "spec.json"), "w") as handle:
-            handle.write(json.dumps(json.loads(spec.to_json()), indent=2) + "\n")
-        with open(os.path.join(staging, "metrics.json"), "w") as handle:
-            json.dump(metrics, handle, indent=2)
-            handle.write("\n")
-        with open(os.path.join(staging, "baseline.json"), "w") as handle:
-            json.dump(profile.to_dict(), handle)
-            handle.write("\n")
-        pq.write_table(_test_table(dataset, parts.test), os.path.join(staging, "test.parquet"))
-        plot_curves(history, os.path.join(staging, "training_curves.png"))
-        os.chmod(staging, 0o755)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        staging = tempfile.mkdtemp(
+            prefix=f".{os.path.basename(target)}.tmp-", dir=os.path.dirname(target)
+        )
+    except OSError as error:
+        raise OutputError(f"{target}: cannot create the artifacts folder ({error})") from None
+    try:
+        _write_artifacts(
+            staging, model, spec, metrics, profile, _test_table(dataset, parts.test), history
+        )
+        os.chmod(staging, 0o755)  # mkdtemp's 0o700 would hide the artifacts from other users
         publish_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    except OSError as error:
+        raise OutputError(f"{target}: cannot write the artifacts ({error})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already once published
     return TrainResult(spec=spec, metrics=metrics, artifacts=target)
 
 

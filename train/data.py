@@ -8,6 +8,7 @@ are the encoding contract's business (score.encoding), applied afterwards.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,20 +109,7 @@ def _as_int64(raw: RawSequences, source: str) -> np.ndarray:
 
 def read_parquet(path: str, x_column: str = "x", y_column: str = "y") -> Dataset:
     """Read two list-of-integer columns; any list type, integer width and writer's nesting."""
-    try:
-        table = pq.read_table(
-            storage.open_input(path),
-            columns=None,
-            thrift_string_size_limit=64 << 20,
-            thrift_container_size_limit=1 << 20,
-        )
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowMemoryError) as error:
-        raise InvalidInput(f"{path}: not a readable Parquet file ({_first_line(error)})") from None
-    except OSError as error:
-        if getattr(error, "errno", None) is None:
-            raise InvalidInput(f"{path}: not a readable Parquet file ({_first_line(error)})") from None
-        raise storage.read_error(path, error) from None
-
+    table = _read_table(path)
     for column in (x_column, y_column):
         if column not in table.column_names:
             found = ", ".join(table.column_names) or "none"
@@ -145,19 +133,45 @@ def read_parquet(path: str, x_column: str = "x", y_column: str = "y") -> Dataset
 
     x_raw = sequences_from_list(x_array, seq_len, x_column)
     y_raw = sequences_from_list(y_array, seq_len, y_column)
+    problems = []
     for raw in (x_raw, y_raw):
         problem = _first_problem(raw, seq_len)
         if raw is y_raw and problem and "values; expected" in problem[1]:
             row = problem[0]
             problem = (row, f"x has {seq_len} values but y has {int(raw.lengths[row])}")
         if problem:
-            raise InvalidInput(f"{path}: column {raw.column!r}, row {problem[0]}: {problem[1]}")
+            problems.append((problem[0], raw.column, problem[1]))
+    if problems:
+        row, column, detail = min(problems, key=lambda problem: problem[0])  # x first on a tie
+        raise InvalidInput(f"{path}: column {column!r}, row {row}: {detail}")
     return Dataset(_as_int64(x_raw, path), _as_int64(y_raw, path), path)
+
+
+def _read_table(path: str) -> pa.Table:
+    source = storage.open_input(path)
+    try:
+        if source.size() == 0:
+            raise InvalidInput(f"{path}: the file is empty (0 bytes); expected a Parquet file")
+        return pq.read_table(
+            source,
+            thrift_string_size_limit=64 << 20,
+            thrift_container_size_limit=1 << 20,
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowMemoryError) as error:
+        raise InvalidInput(f"{path}: not a readable Parquet file ({_first_line(error)})") from None
+    except OSError as error:
+        if getattr(error, "errno", None) is None:
+            raise InvalidInput(f"{path}: not a readable Parquet file ({_first_line(error)})") from None
+        raise storage.read_error(path, error) from None
+    finally:
+        source.close()
 
 
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    line = lines[0] if lines else type(error).__name__
+    # Arrow names the in-memory source, which says nothing to the person who passed a path.
+    return re.sub(r"^Could not open Parquet input source '[^']*': ", "", line)
 
 
 # Plain text -------------------------------------------------------------------------------------
@@ -197,7 +211,18 @@ def _read_text_matrix(path: str) -> np.ndarray:
     try:
         return np.asarray(rows, dtype=np.int64)
     except OverflowError:
-        raise InvalidInput(f"{path}: a value does not fit in a signed 64-bit integer") from None
+        number, value = next(
+            (number, value)
+            for number, values in enumerate(rows, start=1)
+            for value in values
+            if not _INT64_MIN <= value <= _INT64_MAX
+        )
+        raise InvalidInput(
+            f"{path}: line {number}: {value} does not fit in a signed 64-bit integer"
+        ) from None
+
+
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 
 def _is_int(token: str) -> bool:
@@ -226,6 +251,9 @@ def read_text(x_path: str, y_path: str) -> Dataset:
 
 
 # Value sets ---------------------------------------------------------------------------------------
+MAX_CLASSES = 10_000  # an inferred value set beyond this is almost surely codes, not a range
+
+
 def infer_spec(
     dataset: Dataset,
     x_values: tuple[int, ...] | None = None,
@@ -233,12 +261,20 @@ def infer_spec(
 ) -> Spec:
     """The spec: given value sets, or the full integer range min..max of each column."""
 
-    def full_range(values: np.ndarray) -> tuple[int, ...]:
-        return tuple(range(int(values.min()), int(values.max()) + 1))
+    def full_range(column: str, values: np.ndarray) -> tuple[int, ...]:
+        low, high = int(values.min()), int(values.max())
+        if high - low + 1 > MAX_CLASSES:
+            # One class per integer in min..max: sparse codes would make a huge softmax.
+            raise InvalidInput(
+                f"{dataset.source}: column {column!r} spans {low}..{high}, "
+                f"{high - low + 1} classes as a full range (more than {MAX_CLASSES}); "
+                f"list the values that occur with --{column}-values, e.g. 1,20,300"
+            )
+        return tuple(range(low, high + 1))
 
     spec = Spec(
-        x_values=x_values or full_range(dataset.x),
-        y_values=y_values or full_range(dataset.y),
+        x_values=x_values or full_range("x", dataset.x),
+        y_values=y_values or full_range("y", dataset.y),
         seq_len=dataset.seq_len,
     )
     for column, values, allowed in (("x", dataset.x, spec.x_values), ("y", dataset.y, spec.y_values)):
@@ -264,8 +300,8 @@ class Split:
 
 def split(rows: int, seed: int, validation: float = 0.1, test: float = 0.1) -> Split:
     """A seeded shuffle cut into train / validation / test (80/10/10 by default)."""
-    test_rows = int(round(rows * test))
-    validation_rows = int(round(rows * validation))
+    test_rows = round(rows * test)
+    validation_rows = round(rows * validation)
     if min(test_rows, validation_rows) < 1 or rows - test_rows - validation_rows < 1:
         raise InvalidInput(
             f"only {rows} rows: the {1 - validation - test:.0%}/{validation:.0%}/{test:.0%} "
