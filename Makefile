@@ -60,8 +60,7 @@ demo: setup ## set up, train on the embedded default, export, score a sample fil
 	@mkdir -p build/demo
 	$(PY) -m train --write-default build/demo/sample.parquet
 	$(PY) -m score build/demo/sample.parquet build/demo/scored.parquet --model $(ARTIFACTS)/model.onnx --summary build/demo/summary.json
-	@$(PY) -c 'import pyarrow.parquet as pq; t = pq.read_table("build/demo/scored.parquet").slice(0, 5); \
-	[print(row) for row in t.select(["x", "y", "y_pred", "top_k_values", "top_k_probs", "error"]).to_pylist()]'
+	@$(PY) -m score.preview build/demo/scored.parquet 5
 	@echo "scored file: build/demo/scored.parquet  summary: build/demo/summary.json"
 
 test: setup ## run the whole test suite (what CI runs)

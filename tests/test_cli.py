@@ -62,6 +62,7 @@ def test_score_help_runs_and_lists_exit_codes():
 def parsers():
     yield "score", importlib.import_module("score.__main__").parser()
     yield "score.report", importlib.import_module("score.report").parser()
+    yield "score.preview", importlib.import_module("score.preview").parser()
     yield "train", importlib.import_module("train.__main__").parser()
     yield "export", importlib.import_module("export.__main__").parser()
     try:
@@ -112,3 +113,22 @@ def test_usage_errors_exit_2(module, positional):
     assert result.returncode == 2
     assert "--no-such-flag" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_preview_prints_the_first_rows(tmp_path, model_path, capsys):
+    from score.preview import main as preview
+
+    x = random_x(7, seed=3)
+    source = write_x(tmp_path / "in.parquet", x)
+    assert run_score_quiet(source, tmp_path / "out.parquet", model_path) == 0
+    assert preview([str(tmp_path / "out.parquet"), "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"x={x[0].tolist()}  y_pred=")
+    assert lines[0].count(";") == 3  # four steps
+
+
+def run_score_quiet(source, output, model_path) -> int:
+    from conftest import run_score
+
+    return run_score(source, output, "--model", model_path, "--quiet").code
