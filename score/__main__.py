@@ -29,14 +29,14 @@ cannot be created; 74 I/O error (disk full, network: retry); 77 no permission to
 78 model missing, corrupt or not matching its spec; 130 Ctrl-C; 143 SIGTERM."""
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (schedulers keep the last line)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -67,13 +67,13 @@ def _non_negative(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m score", description=DESCRIPTION, epilog=EPILOG,
+    p = OneLineParser(prog="python -m score", description=DESCRIPTION, epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", metavar="INPUT", help="Parquet file or directory (path or URI)")
     p.add_argument("output", metavar="OUTPUT", help="output file, or directory when INPUT is one")
     p.add_argument("--model", metavar="PATH",
                    help="the exported ONNX file (default $SCORE_MODEL, else artifacts/model.onnx)")
-    p.add_argument("--top-k", type=_positive, default=3, metavar="K",
+    p.add_argument("--top-k", type=positive_int, default=3, metavar="K",
                    help="most likely classes reported per step, 1..classes (default 3)")
     p.add_argument("--on-invalid", choices=["error", "null"], default="error",
                    help="error: stop at the first invalid row, exit 65, write nothing (default); "
@@ -83,9 +83,9 @@ def parser() -> argparse.ArgumentParser:
                          help="list column holding the sequences (default: the model's, usually x)")
     columns.add_argument("--input-columns", metavar="A,B,C,D",
                          help="wide layout: one integer column per step, in step order")
-    p.add_argument("--batch-size", type=_positive, default=None, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help="rows per record batch; bounds memory (default 65536)")
-    p.add_argument("--threads", type=_positive, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="onnxruntime intra-op threads (default: one per core)")
     p.add_argument("--summary", metavar="PATH",
                    help="write a JSON summary (status, counts, speed, distributions, drift)")

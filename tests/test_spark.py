@@ -1,0 +1,369 @@
+"""Scale-out on Spark: the local job's batch function through mapInArrow, row for row the same.
+
+One local[2] session serves the module; the command line runs in three subprocesses (its own
+JVM each). Everything that starts a JVM is marked slow and skipped when `java` is not on PATH.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import ROOT, list_array, random_x, run_module, run_score
+
+from score import spark as scale  # imports no pyspark: the refusal tests need none
+from score.core import ScoreOptions, output_schema, score_batch
+from score.errors import InvalidInput, ModelError
+from score.model import load
+
+
+def _spark_missing() -> str | None:
+    if shutil.which("java") is None:
+        return "no `java` on PATH: Spark needs a JRE 17+ (make setup installs one)"
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is missing: it is the 'spark' extra, pip install -e '.[spark]'"
+    return None
+
+
+needs_spark = pytest.mark.skipif(_spark_missing() is not None, reason=_spark_missing() or "")
+# mapInArrow builds a pandas_udf internally, and pyspark 4 warns about pandas 3 it never uses.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:PySpark does not yet fully support pandas:FutureWarning"
+)
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] session for the module: starting a JVM costs seconds on a 2-core machine."""
+    from pyspark.sql import SparkSession
+
+    previous = os.environ.get("PYSPARK_PYTHON")
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # the workers need this venv's seqscore
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("seqscore-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        # Small Arrow batches: several batches per task, so partition-relative counts matter.
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "400")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+    if previous is None:
+        os.environ.pop("PYSPARK_PYTHON", None)
+    else:
+        os.environ["PYSPARK_PYTHON"] = previous
+
+
+def sequences_with_invalid_rows(rows: int, seed: int) -> list:
+    """Valid random sequences, with every kind of invalid row mixed in."""
+    x = random_x(rows, seed=seed).tolist()
+    rng = np.random.default_rng(seed + 100)
+    for row in rng.choice(rows, size=rows // 10, replace=False):
+        kind = row % 6
+        if kind == 0:
+            x[row][rng.integers(4)] = 11  # just past x_max
+        elif kind == 1:
+            x[row][rng.integers(4)] = -7
+        elif kind == 2:
+            x[row][rng.integers(4)] = None
+        elif kind == 3:
+            x[row] = x[row][:3]
+        elif kind == 4:
+            x[row] = x[row] + [1]
+        else:
+            x[row] = None
+    return x
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Four Parquet files, 3,400 rows with globally unique ids and a pass-through column."""
+    directory = tmp_path_factory.mktemp("spark") / "input"
+    directory.mkdir()
+    first_id = 0
+    for part, rows in enumerate([1000, 900, 800, 700]):
+        ids = np.arange(first_id, first_id + rows, dtype=np.int64)
+        table = pa.table({
+            "id": ids,
+            "x": pa.array(sequences_with_invalid_rows(rows, seed=part), pa.list_(pa.int64())),
+            "name": pa.array([f"row-{i}" for i in ids]),
+        })
+        pq.write_table(table, directory / f"part-{part}.parquet", row_group_size=300)
+        first_id += rows
+    return directory
+
+
+def write_single_bad_row(directory: Path) -> tuple[Path, str]:
+    """Two clean files and one with one bad row; returns the directory and the bad file."""
+    directory.mkdir()
+    for part in range(3):
+        x = random_x(500, seed=10 + part)
+        if part == 1:
+            x[321, 2] = 99
+        table = pa.table({"id": np.arange(500, dtype=np.int64) + 500 * part, "x": list_array(x)})
+        pq.write_table(table, directory / f"part-{part}.parquet")
+    return directory, str(directory / "part-1.parquet")
+
+
+def sorted_by_id(table: pa.Table) -> pa.Table:
+    return table.sort_by("id")
+
+
+# Row for row the local job ---------------------------------------------------------------
+@pytest.mark.slow
+@needs_spark
+def test_spark_equals_the_local_job_row_for_row(spark, dataset, model_path, tmp_path):
+    local_out, spark_out = tmp_path / "local", tmp_path / "spark"
+    result = run_score(dataset, local_out, "--model", model_path, "--on-invalid", "null", "--quiet")
+    assert result.code == 0, result.stderr
+
+    config = scale.SparkJobConfig(str(dataset), str(spark_out), model_path,
+                                  ScoreOptions(on_invalid="null"))
+    state = scale.run(spark, config, load(model_path), scale.SparkRunState())
+
+    assert (spark_out / "_SUCCESS").exists()
+    assert len(list(spark_out.glob("part-*.parquet"))) >= 2
+    local = sorted_by_id(pq.read_table(local_out))
+    scored = sorted_by_id(pq.read_table(spark_out))
+    assert scored.column_names == local.column_names
+    assert scored.column("id").equals(local.column("id"))  # the join on id: the same rows
+    invalid = local.column("error").null_count
+    assert state.rows == local.num_rows == 3400
+    assert state.rows_invalid == local.num_rows - invalid == 340
+    # Spark names list items `element` where pyarrow says `item`; the values must be identical,
+    # probabilities bit for bit: the same function on the same model, one row never depends on
+    # the others in its batch.
+    assert scored.cast(local.schema).equals(local)
+
+
+@pytest.mark.slow
+@needs_spark
+def test_score_dataframe_declares_the_local_jobs_output_schema(spark, dataset, model_path):
+    df = spark.read.parquet(str(dataset))
+    scored = scale.score_dataframe(df, model_path, top_k=5, on_invalid="null")
+    arrow = output_schema(pa.schema([("id", pa.int64()), ("x", pa.list_(pa.int64())),
+                                     ("name", pa.string())]), ScoreOptions(top_k=5))
+    assert scored.columns == arrow.names
+    types = {f.name: f.dataType.simpleString() for f in scored.schema.fields}
+    assert types["y_pred"] == "array<bigint>"
+    assert types["top_k_values"] == "array<array<bigint>>"
+    assert types["top_k_probs"] == "array<array<float>>"
+    assert types["error"] == "string"
+    row = scored.where("error IS NULL").first()
+    assert len(row.top_k_values) == 4 and all(len(step) == 5 for step in row.top_k_values)
+
+
+@pytest.mark.slow
+@needs_spark
+def test_the_wide_layout_matches_the_core(spark, scorer, model_path):
+    rows = [(i, *[int(v) for v in step]) for i, step in enumerate(random_x(200, seed=7))]
+    rows[5] = (5, 1, 2, 11, 4)  # out of range
+    rows[9] = (9, 1, None, 3, 4)  # a null step
+    columns = ("a", "b", "c", "d")
+    df = spark.createDataFrame(rows, "id long, a long, b long, c long, d long")
+    scored = scale.score_dataframe(df, model_path, top_k=2, on_invalid="null",
+                                   input_columns=columns).collect()
+    batch = pa.record_batch([pa.array(column, pa.int64()) for column in zip(*rows)],
+                            names=["id", *columns])
+    expected = score_batch(scorer, batch, ScoreOptions(top_k=2, on_invalid="null",
+                                                       input_columns=columns))
+    assert [row.asDict() for row in sorted(scored, key=lambda row: row.id)] == expected.to_pylist()
+
+
+# Invalid rows under 'error' --------------------------------------------------------------
+@pytest.mark.slow
+@needs_spark
+def test_the_first_invalid_row_fails_the_job_with_the_local_jobs_message(spark, model_path,
+                                                                        tmp_path):
+    directory, bad_file = write_single_bad_row(tmp_path / "input")
+    local = run_score(directory, tmp_path / "local", "--model", model_path, "--quiet")
+    assert local.code == 65
+    config = scale.SparkJobConfig(str(directory), str(tmp_path / "spark"), model_path)
+    with pytest.raises(InvalidInput) as raised:
+        scale.run(spark, config, load(model_path))
+    assert f"error: {raised.value}" == local.lines[-1]
+    assert str(raised.value).startswith(f"{bad_file}: row 321: x[2] = 99 ")
+    assert not (tmp_path / "spark" / "_SUCCESS").exists()
+
+
+@pytest.mark.slow
+@needs_spark
+def test_rows_not_read_from_files_are_located_within_their_partition(spark, model_path):
+    df = spark.createDataFrame([(1, [1, 2, 3, 4]), (2, [1, 2, 3, 4]), (3, [1, 2, 99, 4])],
+                               "id long, x array<bigint>").coalesce(1)
+    with pytest.raises(Exception) as raised:
+        scale.score_dataframe(df, model_path).collect()
+    error = scale.spark_error(raised.value)
+    assert isinstance(error, InvalidInput)
+    assert str(error) == (
+        "partition 0: row 2 of the partition: "
+        "x[2] = 99 is not one of the model's input values (0..10)"
+    )
+
+
+# The model on the executors -----------------------------------------------------------------------
+def plan_for(spark, model: str, shipped: Path | None, sha256: str) -> scale.WorkerPlan:
+    name = scale.ship_model(spark, str(shipped)) if shipped is not None else None
+    return scale.WorkerPlan(model, name, sha256, threads=1, options=ScoreOptions(on_invalid="null"))
+
+
+def score_with(spark, plan: scale.WorkerPlan):
+    df = spark.createDataFrame([(1, [1, 2, 3, 4]), (2, [5, 6, 7, 8])], "id long, x array<bigint>")
+    schema = scale.spark_output_schema(df.schema, plan.options)
+    return df.mapInArrow(functools.partial(scale.score_partition, plan), schema).collect()
+
+
+@pytest.mark.slow
+@needs_spark
+def test_executors_that_cannot_read_the_path_use_the_copy_shipped_by_spark_files(spark, model_path,
+                                                                                 tmp_path):
+    shipped = tmp_path / "shipped-model.onnx"  # a name no other test ships
+    shutil.copyfile(model_path, shipped)
+    missing = str(tmp_path / "not-on-this-executor.onnx")
+    plan = plan_for(spark, missing, shipped, load(model_path).sha256)
+    rows = score_with(spark, plan)
+    assert [row.error for row in rows] == [None, None]
+    assert rows[0].y_pred == [1, 3, 6, 10]
+
+
+@pytest.mark.slow
+@needs_spark
+def test_an_executor_refuses_a_model_that_is_not_the_drivers(spark, model_path):
+    plan = plan_for(spark, model_path, None, "0" * 64)
+    with pytest.raises(Exception) as raised:
+        score_with(spark, plan)
+    error = scale.spark_error(raised.value)
+    assert isinstance(error, ModelError) and error.exit_code == 78
+    assert "cannot read the driver's model" in str(error) and "spark-submit --files" in str(error)
+
+
+# The command line -------------------------------------------------------------------------
+# For the JVMs the command line starts: no web UI, and the quick-starting JIT for a short run.
+QUICK_JVM = {"PYSPARK_SUBMIT_ARGS": "--conf spark.ui.enabled=false "
+                                    "--driver-java-options -XX:TieredStopAtLevel=1 pyspark-shell"}
+
+
+@pytest.mark.slow
+@needs_spark
+def test_cli_invalid_row_exits_65_with_one_line_and_leaves_no_output(model_path, tmp_path):
+    directory, bad_file = write_single_bad_row(tmp_path / "input")
+    output = tmp_path / "scored"
+    result = run_module("score.spark", directory, output, "--model", model_path,
+                        "--master", "local[2]", "--on-invalid", "error", env=QUICK_JVM)
+    assert result.returncode == 65, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: {bad_file}: row 321: x[2] = 99 is not one of the model's input values (0..10)"
+    ]
+    assert not output.exists()  # no _SUCCESS, no part files, not even the empty directory
+
+
+@pytest.mark.slow
+@needs_spark
+def test_cli_null_keeps_every_row_and_commits_with_success(model_path, tmp_path):
+    directory, _ = write_single_bad_row(tmp_path / "input")
+    output = tmp_path / "scored"
+    result = run_module("score.spark", directory, output, "--model", model_path,
+                        "--master", "local[2]", "--on-invalid", "null", "--threads", "1",
+                        env=QUICK_JVM)
+    assert result.returncode == 0, result.stderr
+    assert (output / "_SUCCESS").exists()
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"scored {directory} -> {output}: 1500 rows (1 invalid) in ")
+    table = pq.read_table(output)
+    assert table.num_rows == 1500 and table.column("error").null_count == 1499
+
+
+@pytest.mark.slow
+@needs_spark
+def test_cli_sigterm_cancels_the_job_and_removes_its_output(model_path, tmp_path):
+    directory = tmp_path / "input"
+    directory.mkdir()
+    table = pa.table({"id": np.arange(40_000, dtype=np.int64), "x": list_array(random_x(40_000))})
+    pq.write_table(table, directory / "part-0.parquet")
+    output = tmp_path / "scored"
+    # One row per Arrow batch keeps the job running long enough to be interrupted.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "score.spark", directory, output, "--model", model_path,
+         "--master", "local[2]", "--batch-size", "1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **QUICK_JVM},
+    )
+    deadline = time.monotonic() + 120
+    while not (output / "_temporary").exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "the write never started"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert stderr.splitlines() == ["error: interrupted by SIGTERM; no output was published"]
+    assert not output.exists()
+
+
+# Refusals before Spark starts (no JVM needed) ---------------------------------------------
+def run_spark_cli(*args) -> tuple[int, list[str]]:
+    import io
+    from contextlib import redirect_stderr
+
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = scale.main([str(a) for a in args])
+    return code, [line for line in err.getvalue().splitlines() if line.strip()]
+
+
+def test_a_bad_model_exits_78_on_the_driver_before_spark_starts(tmp_path, monkeypatch):
+    directory, _ = write_single_bad_row(tmp_path / "input")
+    monkeypatch.setattr(scale, "start_session", lambda config: pytest.fail("Spark started"))
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    code, lines = run_spark_cli(directory, tmp_path / "out", "--model", tmp_path / "broken.onnx")
+    assert code == 78
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: {tmp_path / 'broken.onnx'}: not an ONNX model")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("make_output", "expected_code", "expected"),
+    [
+        pytest.param("exists", 73, "already exists", id="output_exists"),
+        pytest.param("is_input", 2, "OUTPUT is INPUT", id="output_is_input"),
+        pytest.param("inside_input", 2, "is inside INPUT", id="output_inside_input"),
+        pytest.param("missing_input", 66, "no such file or directory", id="input_missing"),
+    ],
+)
+def test_locations_are_refused_before_spark_starts(model_path, tmp_path, monkeypatch, make_output,
+                                                   expected_code, expected):
+    directory, _ = write_single_bad_row(tmp_path / "input")
+    monkeypatch.setattr(scale, "start_session", lambda config: pytest.fail("Spark started"))
+    output = {"exists": tmp_path, "is_input": directory, "inside_input": directory / "out",
+              "missing_input": tmp_path / "out"}[make_output]
+    source = tmp_path / "nothing-here" if make_output == "missing_input" else directory
+    code, lines = run_spark_cli(source, output, "--model", model_path)
+    assert code == expected_code
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
+
+
+def test_importing_score_spark_does_not_import_pyspark():
+    result = run_module_code("import sys, score.spark; score.spark.parser(); "
+                             "print(sorted(m for m in sys.modules if m.startswith('pyspark')))")
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def run_module_code(code: str):
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
