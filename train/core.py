@@ -282,7 +282,9 @@ def train(
     return TrainResult(spec=spec, metrics=metrics, artifacts=target)
 
 
-def print_report(result: TrainResult, stream=sys.stdout) -> None:
+def print_report(result: TrainResult, stream=None) -> None:
+    """The two-line report; ``stream`` defaults to the sys.stdout of the moment of the call."""
+    stream = sys.stdout if stream is None else stream
     metrics = result.metrics
     steps = ", ".join(f"{v:.4f}" for v in metrics["token_accuracy_per_step"])
     print(
