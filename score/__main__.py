@@ -187,7 +187,7 @@ def _main(args: argparse.Namespace) -> int:
         try:
             job.write_summary(config.summary, job.summary(config, state, exit_code, message))
         except SeqscoreError as error:
-            print(f"error: --summary {config.summary}: {error}", file=sys.stderr)
+            print(f"error: --summary {error}", file=sys.stderr)  # the message names the location
             exit_code = exit_code or error.exit_code
     return exit_code
 

@@ -100,7 +100,7 @@ def plan(config: JobConfig) -> tuple[list[tuple[str, str, str]], bool]:
     if _same_location(config.input, config.output):
         raise UsageError(f"OUTPUT is INPUT ({config.output}); choose another output path")
     if storage.kind(config.input) == "file":
-        if storage.is_directory(config.output):
+        if storage.is_directory(config.output, for_output=True):
             raise _output_is_directory(config.output)
         return [(config.input, config.output, "")], False
     if _inside(config.output, config.input):
@@ -138,6 +138,9 @@ def open_parquet(location: str) -> pq.ParquetFile:
             thrift_container_size_limit=THRIFT_CONTAINER_LIMIT,
             arrow_extensions_enabled=False,
             page_checksum_verification=True,
+            # On a store, fetch each row group's column chunks in a few coalesced range
+            # requests rather than one per page; memory stays bounded by a row group.
+            pre_buffer=storage.is_uri(location),
         )
     except Exception as error:  # noqa: BLE001  (every reader failure is classified below)
         source.close()
@@ -320,8 +323,9 @@ def score_file(
 def _prepare_output_directory(location: str) -> None:
     """Create OUTPUT and remove a stale _SUCCESS, so its presence always means this run finished."""
     if storage.is_uri(location):
-        from score.remote_sink import remove_object
+        from score.remote_sink import check_output_directory, remove_object
 
+        check_output_directory(location)
         remove_object(storage.join(location, SUCCESS_FILE))
         return
     path = storage.local_path(location)

@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from score import storage
 from score.encoding import Encoder
-from score.errors import InputMissing, ModelError, SeqscoreError
+from score.errors import InputMissing, ModelError, SeqscoreError, StorageError
 from score.onnx_wire import WireError, audit_model
 from score.spec import Spec
 
@@ -73,6 +73,8 @@ def _read_model_bytes(location: str) -> bytes:
         raise ModelError(
             f"{location}: model not found; run `make export`, or pass --model / set SCORE_MODEL"
         ) from None
+    except StorageError as error:  # a network or disk failure: worth a retry (74), not a bad model
+        raise StorageError(f"model {error}") from None
     except SeqscoreError as error:
         raise ModelError(f"model {error}") from None
 
@@ -84,6 +86,8 @@ def _check_checksum(location: str, model_bytes: bytes) -> str:
         text = storage.read_bytes(sidecar).decode("utf-8", errors="replace")
     except InputMissing:
         return digest
+    except StorageError as error:
+        raise StorageError(f"checksum {error}") from None
     except SeqscoreError as error:
         raise ModelError(f"{sidecar}: cannot read the checksum ({error})") from None
     expected = text.split()[0].lower() if text.split() else ""

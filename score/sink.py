@@ -3,6 +3,7 @@
 Local disks: write a temporary file beside OUTPUT, fsync it, check its row count from the
 footer, ``os.replace`` it over OUTPUT and fsync the directory. A job killed at any moment
 (SIGKILL included) leaves OUTPUT absent, the previous complete file, or the new complete one.
+Object stores: score.remote_sink, imported only when OUTPUT is a URI.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def _first_line(error: BaseException) -> str:
 
 def write_error(location: str, error: BaseException) -> Exception:
     """Map an exception raised while writing ``location`` to a named error."""
+    if storage.is_uri(location):
+        from score import remote_sink
+
+        return remote_sink.write_error(location, error)
     code = getattr(error, "errno", None)
     if code is None:
         # Arrow's own IOError carries the errno only in its text: "[errno 28] ..."

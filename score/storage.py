@@ -7,8 +7,10 @@ turned into one named error with the documented exit code, whatever the store.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -31,10 +33,18 @@ def local_path(location: str) -> str:
 
 
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
-    """The file system and the path within it."""
+    """The file system and the path within it.
+
+    Object stores are resolved once per bucket: pyarrow's from_uri may look up the bucket's
+    region with a request, and a run resolves the same bucket for every file it touches.
+    """
     if not is_uri(location):
         return pafs.LocalFileSystem(), os.path.abspath(local_path(location))
+    parts = urllib.parse.urlsplit(location)
     try:
+        if parts.scheme in _BUCKET_SCHEMES and not parts.query and parts.netloc:
+            filesystem = _bucket_filesystem(f"{parts.scheme}://{parts.netloc}")
+            return filesystem, parts.netloc + urllib.parse.unquote(parts.path)
         return pafs.FileSystem.from_uri(location)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as error:
         raise InputMissing(f"{location}: cannot resolve this URI ({_first_line(error)})") from None
@@ -42,9 +52,20 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
         raise read_error(location, error) from None
 
 
+# Schemes whose paths are BUCKET/KEY, so that one file system serves a whole bucket.
+_BUCKET_SCHEMES = {"s3", "gs", "gcs"}
+
+
+@functools.lru_cache(maxsize=32)
+def _bucket_filesystem(root: str) -> pafs.FileSystem:
+    return pafs.FileSystem.from_uri(root)[0]
+
+
 def join(location: str, relative: str) -> str:
+    """``relative`` under a directory; a URI keeps its query (``?endpoint_override=...``)."""
     if is_uri(location):
-        return location.rstrip("/") + "/" + relative
+        parts = urllib.parse.urlsplit(location)
+        return parts._replace(path=parts.path.rstrip("/") + "/" + relative).geturl()
     return os.path.join(location, relative)
 
 
@@ -63,11 +84,20 @@ def read_error(location: str, error: BaseException) -> Exception:
         return InputPermission(f"{location}: permission denied")
     if isinstance(error, IsADirectoryError):
         return InvalidInput(f"{location}: is a directory; expected a file")
-    if any(marker in text for marker in ("NoSuchBucket", "NoSuchKey", "NOT_FOUND", "Path does not exist")):
+    if any(marker in text for marker in _MISSING):
         return InputMissing(f"{location}: no such object or bucket ({_first_line(error)})")
-    if any(marker in text for marker in ("ACCESS_DENIED", "AccessDenied", "Forbidden", "403")):
+    if any(marker in text for marker in DENIED):
         return InputPermission(f"{location}: permission denied ({_first_line(error)})")
-    return StorageError(f"{location}: I/O error while reading ({_first_line(error)})")
+    what = "storage or network error" if is_uri(location) else "I/O error"
+    return StorageError(f"{location}: {what} while reading ({_first_line(error)})")
+
+
+# How pyarrow's object-store clients spell "not there" and "not allowed" in their errors.
+_MISSING = ("NoSuchBucket", "NO_SUCH_BUCKET", "NoSuchKey", "NO_SUCH_KEY", "NOT_FOUND",
+            "RESOURCE_NOT_FOUND", "Path does not exist", "Bucket does not exist")
+DENIED = ("ACCESS_DENIED", "AccessDenied", "Forbidden", "HTTP 403", "response code 403",
+           "INVALID_ACCESS_KEY_ID", "InvalidAccessKeyId", "SIGNATURE_DOES_NOT_MATCH",
+           "SignatureDoesNotMatch")
 
 
 @dataclass(frozen=True)
@@ -84,10 +114,23 @@ def kind(location: str) -> str:
     except OSError as error:
         raise read_error(location, error) from None
     if info.type == pafs.FileType.NotFound:
-        raise InputMissing(f"{location}: no such file or directory")
+        raise InputMissing(f"{location}: {_what_is_missing(filesystem, path, location)}")
     if info.type == pafs.FileType.Directory:
         return "directory"
     return "file"
+
+
+def _what_is_missing(filesystem: pafs.FileSystem, path: str, location: str) -> str:
+    """'no such bucket' when the bucket itself is absent: the likelier typo to look for."""
+    if urllib.parse.urlsplit(location).scheme in _BUCKET_SCHEMES and "/" in path.strip("/"):
+        bucket = path.strip("/").split("/")[0]
+        try:
+            if filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
+                return f"no such bucket '{bucket}'"
+        except OSError:
+            pass  # the question was only for a better message
+        return "no such object or prefix"
+    return "no such file or directory"
 
 
 def exists(location: str) -> bool:
@@ -98,11 +141,16 @@ def exists(location: str) -> bool:
         raise read_error(location, error) from None
 
 
-def is_directory(location: str) -> bool:
+def is_directory(location: str, for_output: bool = False) -> bool:
+    """Whether ``location`` is a directory; ``for_output``: a failure means OUTPUT (73, 74)."""
     filesystem, path = resolve(location)
     try:
         return filesystem.get_file_info(path).type == pafs.FileType.Directory
     except OSError as error:
+        if for_output:
+            from score.sink import write_error
+
+            raise write_error(location, error) from None
         raise read_error(location, error) from None
 
 
