@@ -18,10 +18,23 @@ import pyarrow.parquet as pq
 
 from score import __version__, monitor, storage
 from score import model as models
-from score.core import BatchStats, ScoreOptions, check_input_schema, empty_stats, output_schema
-from score.core import score_batch_with_stats
+from score.core import (
+    BatchStats,
+    ScoreOptions,
+    check_input_schema,
+    empty_stats,
+    output_schema,
+    score_batch_with_stats,
+)
 from score.encoding import REASONS
-from score.errors import InputMissing, InvalidInput, InvalidRow, SeqscoreError, StorageError, UsageError
+from score.errors import (
+    InputMissing,
+    InvalidInput,
+    InvalidRow,
+    SeqscoreError,
+    StorageError,
+    UsageError,
+)
 from score.sink import open_sink, write_error, write_small_file
 
 DEFAULT_BATCH_SIZE = 65_536
@@ -69,7 +82,7 @@ class RunState:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _first_line(error: BaseException) -> str:

@@ -159,7 +159,7 @@ def _probe(location: str, scorer: Scorer) -> None:
     probe = np.zeros((1, scorer.spec.seq_len), dtype=scorer.encoder.index_dtype)
     try:
         probabilities = scorer.predict(probe)
-    except Exception as error:  # onnxruntime raises its own exception types
+    except Exception as error:  # noqa: BLE001  (onnxruntime raises its own exception types)
         raise ModelError(f"{location}: the model fails on a valid sequence ({_first_line(error)})") from None
     expected = (1, scorer.spec.seq_len, scorer.spec.y_classes)
     if probabilities.shape != expected or probabilities.dtype != np.float32:
@@ -188,7 +188,7 @@ def load(location: str, config: SessionConfig = SessionConfig()) -> Scorer:
         session = ort.InferenceSession(
             model_bytes, sess_options=session_options(config), providers=["CPUExecutionProvider"]
         )
-    except Exception as error:  # onnxruntime's Fail / InvalidGraph / InvalidProtobuf ...
+    except Exception as error:  # noqa: BLE001  onnxruntime's Fail / InvalidGraph / InvalidProtobuf ...
         raise ModelError(f"{location}: onnxruntime cannot load it ({_first_line(error)})") from None
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     if "spec" not in metadata:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import FIXTURES, PARQUET_FUZZ, ROOT, list_array, random_x, run_score, write_x
+from conftest import FIXTURES, PARQUET_FUZZ, ROOT, random_x, run_score, write_x
 
 MALFORMED = FIXTURES / "malformed"
 X_RANGE = "(0..10)"
