@@ -1,0 +1,427 @@
+"""bench/results.md, bench/throughput.png and the printed ratios, from one run's Results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import math
+import os
+import platform
+
+from bench import measure
+from bench.run import (
+    DEFAULT,
+    DISTINCT,
+    LARGE,
+    PROPOSED,
+    PROPOSED_BATCH_SIZE,
+    SWEEP_DISTINCT,
+    Results,
+)
+
+LIBRARIES = ("onnxruntime", "pyarrow", "numpy", "tensorflow", "keras")
+# The in-memory paths' reference for each workload (the job's files share their model).
+FAMILY = {DEFAULT: DEFAULT, LARGE: DEFAULT, DISTINCT: DISTINCT, SWEEP_DISTINCT: DISTINCT}
+KERAS = "Keras predict + argmax + top-3"
+RAW = "raw onnxruntime"
+JOB = "job (`python -m score`)"
+JOB_PROPOSED = "job + proposed patch"
+
+
+# Machine -------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def memory_gib() -> float:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return float("nan")
+
+
+def library_version(name: str) -> str:
+    for distribution in (name, f"{name}-cpu"):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "absent"
+
+
+def machine_lines(results: Results) -> list[str]:
+    libraries = ", ".join(f"{name} {library_version(name)}" for name in LIBRARIES)
+    return [
+        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} cores; RAM {memory_gib():.1f} GiB",
+        f"- Python {platform.python_version()}; {libraries}",
+        f"- Threads for every path: {results.config.threads}",
+    ]
+
+
+# Figures ---------------------------------------------------------------------------------------------
+def table_rows(results: Results) -> list[dict]:
+    """One row per path and workload: rows/s, ratios, peak RSS."""
+    rows = []
+    for family in (DEFAULT, DISTINCT):
+        keras = results.keras[family].best
+        raw = results.onnxruntime[family].best
+
+        def row(
+            path: str, workload: str, rows_timed: int, batch: str, rate: float, rss: float
+        ) -> dict:
+            return {
+                "path": path,
+                "workload": workload,
+                "rows": rows_timed,
+                "batch": batch,
+                "rate": rate,
+                "keras": rate / keras,
+                "raw": rate / raw,
+                "rss": rss,
+            }
+
+        in_memory = results.config.in_memory_rows
+        keras_run, raw_run = results.keras[family], results.onnxruntime[family]
+        rows.append(
+            row(
+                KERAS,
+                family,
+                in_memory,
+                str(keras_run.best_batch_size),
+                keras_run.best,
+                keras_run.peak_rss_mb,
+            )
+        )
+        rows.append(
+            row(
+                RAW,
+                family,
+                in_memory,
+                str(raw_run.best_batch_size),
+                raw_run.best,
+                raw_run.peak_rss_mb,
+            )
+        )
+        for name in (DEFAULT, LARGE) if family == DEFAULT else (DISTINCT,):
+            workload = results.workloads[name]
+            run = results.job[name]
+            rows.append(
+                row(JOB, family, workload.rows, "default", run.rows_per_second, run.peak_rss_mb)
+            )
+            proposed = results.proposed.get(name)
+            if proposed is not None:
+                rows.append(
+                    row(
+                        JOB_PROPOSED,
+                        family,
+                        workload.rows,
+                        f"{PROPOSED_BATCH_SIZE}",
+                        proposed.rows_per_second,
+                        proposed.peak_rss_mb,
+                    )
+                )
+    return rows
+
+
+def targets(results: Results, job: dict[str, measure.JobRun]) -> list[tuple[str, str, bool]]:
+    """The issue's targets for one set of job runs: (target, measured, met)."""
+    if not all(name in job for name in (DEFAULT, LARGE, DISTINCT)):
+        return []
+    keras = results.keras[DEFAULT].best
+    raw = results.onnxruntime[DISTINCT].best
+    speed = job[DEFAULT].rows_per_second / keras
+    overhead = job[DISTINCT].rows_per_second / raw
+    small, large = job[DEFAULT].peak_rss_mb, job[LARGE].peak_rss_mb
+    cold_runs = results.proposed_cold_start if job is results.proposed else results.cold_start
+    cold = cold_runs.median if cold_runs else float("nan")
+    return [
+        (
+            f"job >= 5x Keras, default {results.workloads[DEFAULT].rows:,} rows",
+            f"{speed:.2f}x",
+            speed >= 5,
+        ),
+        (
+            f"job >= 0.85x raw onnxruntime, all-distinct {results.workloads[DISTINCT].rows:,} rows",
+            f"{overhead:.2f}x",
+            overhead >= 0.85,
+        ),
+        (
+            f"peak RSS at {results.workloads[LARGE].rows:,} rows <= 400 MB",
+            f"{large:.0f} MB",
+            large <= 400,
+        ),
+        (
+            f"peak RSS at {results.workloads[LARGE].rows:,} rows <= 1.10x the "
+            f"{results.workloads[DEFAULT].rows:,}-row figure",
+            f"{large / small:.2f}x ({small:.0f} MB)",
+            large <= 1.10 * small,
+        ),
+        ("cold start <= 1.0 s (1-row file, median)", f"{cold:.2f} s", cold <= 1.0),
+    ]
+
+
+def _rate(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:,.0f}"
+
+
+def _mark(met: bool) -> str:
+    return "PASS" if met else "MISS"
+
+
+# results.md --------------------------------------------------------------------------------------------
+def main_table(results: Results) -> list[str]:
+    lines = [
+        "| path | workload | rows timed | batch | rows/s | x Keras | x raw ORT | peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in table_rows(results):
+        lines.append(
+            f"| {row['path']} | {row['workload']} | {row['rows']:,} | {row['batch']} | {_rate(row['rate'])} "
+            f"| {row['keras']:.2f} | {row['raw']:.2f} | {row['rss']:.0f} |"
+        )
+    return lines
+
+
+def targets_table(results: Results) -> list[str]:
+    current = targets(results, results.job)
+    proposed = targets(results, results.proposed)
+    header = "| target | job | | job + proposed patch | |" if proposed else "| target | job | |"
+    lines = [header, "|---|---:|---|---:|---|" if proposed else "|---|---:|---|"]
+    for index, (target, measured, met) in enumerate(current):
+        line = f"| {target} | {measured} | {_mark(met)} |"
+        if proposed:
+            _, proposed_measured, proposed_met = proposed[index]
+            line += f" {proposed_measured} | {_mark(proposed_met)} |"
+        lines.append(line)
+    return lines
+
+
+def batch_sweep_table(results: Results) -> list[str]:
+    names = (DEFAULT, SWEEP_DISTINCT)
+    lines = [
+        "| batch size | raw ORT, default | job, default | job RSS MB | raw ORT, all-distinct "
+        "| job, all-distinct | job RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size in sorted(set(results.config.batch_sizes) | set(results.config.job_batch_sizes)):
+        cells = []
+        for name in names:
+            raw = results.onnxruntime[FAMILY[name]].rates.get(size)
+            job = results.job_batch_sweep.get(name, {}).get(size)
+            cells += [
+                _rate(raw),
+                _rate(job.rows_per_second if job else None),
+                f"{job.peak_rss_mb:.0f}" if job else "-",
+            ]
+        lines.append(f"| {size:,} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def thread_table(results: Results) -> list[str]:
+    counts = sorted({n for path in results.thread_sweep.values() for w in path.values() for n in w})
+    lines = [
+        "| path | workload | "
+        + " | ".join(f"{n} thread{'s' if n > 1 else ''}" for n in counts)
+        + " |",
+        "|---|---|" + "---:|" * len(counts),
+    ]
+    for path, per_workload in results.thread_sweep.items():
+        for name, rates in per_workload.items():
+            lines.append(
+                f"| {path} | {_label(results, name)} | "
+                + " | ".join(_rate(rates.get(n)) for n in counts)
+                + " |"
+            )
+    return lines
+
+
+def dedup_table(results: Results) -> list[str]:
+    lines = [
+        "| workload | rows the model ran | job with de-duplication | without | gain |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, figures in results.dedup.items():
+        lines.append(
+            f"| {_label(results, name)} | {figures['model_rows_share']:.1%} | {_rate(figures['with'])} "
+            f"| {_rate(figures['without'])} | {figures['with'] / figures['without']:.2f}x |"
+        )
+    return lines
+
+
+def variants_table(results: Results) -> list[str]:
+    names = (DEFAULT, SWEEP_DISTINCT)
+    lines = [
+        "| job variant | "
+        + " | ".join(f"{_label(results, n)} rows/s | RSS MB" for n in names)
+        + " |",
+        "|---|" + "---:|---:|" * len(names),
+    ]
+    for label, runs in results.variants.items():
+        cells = []
+        for name in names:
+            run = runs.get(name)
+            if isinstance(run, measure.JobRun):
+                cells += [_rate(run.rows_per_second), f"{run.peak_rss_mb:.0f}"]
+            else:
+                cells += [str(run or "-"), "-"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _label(results: Results, name: str) -> str:
+    workload = results.workloads[name]
+    return f"{FAMILY[name]} {_short(workload.rows)}"
+
+
+def _short(rows: int) -> str:
+    if rows >= 1_000_000 and rows % 1_000_000 == 0:
+        return f"{rows // 1_000_000}M"
+    if rows >= 1000 and rows % 1000 == 0:
+        return f"{rows // 1000}k"
+    return f"{rows:,}"
+
+
+def markdown(results: Results, quick: bool) -> str:
+    config = results.config
+    cold = results.cold_start
+    workloads = results.workloads
+    text = [
+        "# Benchmark: the scoring job against Keras predict and raw onnxruntime",
+        "",
+        "Written by `make bench` (`python -m bench`); the figures below are from one run on one"
+        " machine, so compare the ratios, not the absolute rates, with another run.",
+        *(
+            ["", "**A `--quick` smoke run: small files, single runs; not a measurement.**"]
+            if quick
+            else []
+        ),
+        "",
+        *machine_lines(results),
+        "",
+        "## Side by side",
+        "",
+        f"Workloads: *default* draws every step uniformly from the default model's x values (4 steps,"
+        f" 11 values: only 11^4 = 14,641 possible sequences, so rows repeat), "
+        f"{_short(workloads[DEFAULT].rows)} and {_short(workloads[LARGE].rows)} rows; *all-distinct*"
+        f" has {_short(workloads[DISTINCT].rows)} rows of 12 steps, no two alike, scored by a"
+        f" 12-step model of the same shape (2 LSTM layers of 64 units) that the benchmark trains.",
+        f"Keras and raw onnxruntime time the first {config.in_memory_rows:,} rows, already"
+        f" encoded in memory (best of {config.repeat}); raw onnxruntime is shown at its best batch"
+        f" size. The job is the whole process, `python -m score IN OUT --quiet`: start-up, model"
+        f" check, Parquet in, validation, inference, top-3, Parquet out, atomic publish.",
+        "",
+        *main_table(results),
+        "",
+        "## Targets (issue 6)",
+        "",
+        *targets_table(results),
+        "",
+        f"Cold start (`python -m score` on a 1-row file, {len(cold.seconds)} runs): best"
+        f" {cold.best:.2f} s, median {cold.median:.2f} s"
+        + (
+            f"; with the proposed patch best {results.proposed_cold_start.best:.2f} s, median"
+            f" {results.proposed_cold_start.median:.2f} s."
+            if results.proposed_cold_start
+            else "."
+        ),
+        "",
+        "## De-duplication",
+        "",
+        "The job runs each distinct sequence of a record batch through the model once.",
+        "",
+        *dedup_table(results),
+        "",
+        "## Batch size",
+        "",
+        "Raw onnxruntime: rows per `session.run`. The job: `--batch-size` (rows per Parquet"
+        " record batch; the default is the job's own).",
+        "",
+        *batch_sweep_table(results),
+        "",
+        "![rows/s against batch size](throughput.png)",
+        "",
+        "## Threads",
+        "",
+        *thread_table(results),
+    ]
+    if results.variants:
+        text += [
+            "",
+            "## Candidate changes to score/ (bench.variant)",
+            "",
+            "Each is patched into the job in its own process by `python -m bench.variant`;"
+            " score/ is not edited. *proposed* is " + ", ".join(PROPOSED) + f" with --batch-size"
+            f" {PROPOSED_BATCH_SIZE:,}.",
+            "",
+            *variants_table(results),
+        ]
+    return "\n".join(text) + "\n"
+
+
+# throughput.png ---------------------------------------------------------------------------------------
+def plot(results: Results, path: str) -> None:
+    """rows/s against batch size for each path, one panel per workload, log x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for axis, name in zip(axes, (DEFAULT, SWEEP_DISTINCT)):
+        family = FAMILY[name]
+        raw = results.onnxruntime[family].rates
+        axis.plot(list(raw), list(raw.values()), "o-", label=f"{RAW} (in memory)")
+        sweep = results.job_batch_sweep.get(name, {})
+        axis.plot(
+            list(sweep),
+            [run.rows_per_second for run in sweep.values()],
+            "s-",
+            label="job, Parquet to Parquet",
+        )
+        keras = results.keras[family]
+        axis.plot(
+            [keras.best_batch_size],
+            [keras.best],
+            "D",
+            color="tab:red",
+            label=f"Keras predict + argmax + top-3 (batch {keras.best_batch_size})",
+        )
+        axis.axhline(keras.best, color="tab:red", linestyle=":", linewidth=1)
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("batch size (rows)")
+        axis.set_ylabel("rows/s")
+        axis.set_ylim(bottom=0)
+        axis.set_title(f"{_label(results, name)} rows")
+        axis.grid(True, which="major", alpha=0.3)
+        axis.legend(fontsize=8, loc="best")
+    figure.suptitle(
+        f"seqscore throughput, {results.config.threads} threads, {cpu_model()}", fontsize=10
+    )
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# Console -----------------------------------------------------------------------------------------------
+def summary_lines(results: Results) -> list[str]:
+    lines = []
+    for row in table_rows(results):
+        lines.append(
+            f"{row['path']:32s} {row['workload']:13s} {row['rows']:>10,} rows {_rate(row['rate']):>10} rows/s"
+            f"  {row['keras']:5.2f}x Keras  {row['raw']:5.2f}x raw ORT  {row['rss']:6.0f} MB"
+        )
+    for label, job in (("job", results.job), ("job + proposed", results.proposed)):
+        for target, measured, met in targets(results, job):
+            lines.append(f"{_mark(met)}  {label}: {target}: {measured}")
+    return lines
