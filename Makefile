@@ -69,8 +69,8 @@ test: setup ## run the whole test suite (what CI runs)
 test-quick: $(STAMP) ## the suite without the slow tests (training, Spark)
 	$(PY) -m pytest -q -m 'not slow'
 
-bench: setup ## benchmark the job against Keras predict and raw onnxruntime; writes bench/results.md
-	$(PY) -m bench
+bench: setup ## benchmark the job against Keras predict and raw onnxruntime (BENCH_FLAGS=--quick: a smoke run)
+	$(PY) -m bench $(BENCH_FLAGS)
 
 fixture: $(STAMP) ## regenerate the small ONNX model the scoring tests use (tests/fixtures/model.onnx)
 	$(PY) -m train --artifacts $(FIXTURE_BUILD) --layers 1 --units 16 --epochs 15 --quiet
