@@ -13,15 +13,24 @@ import onnxruntime as ort
 from score import storage
 from score.encoding import Encoder
 from score.errors import InputMissing, ModelError, SeqscoreError, StorageError
-from score.onnx_wire import WireError, audit_model
+from score.onnx_wire import WireError, audit_model, with_top_k
 from score.spec import Spec
 
 INPUT_NAME = "x"
 OUTPUT_NAME = "probabilities"
+# What the scorer adds to the graph at load time: a TopK over the probabilities, with K fed
+# at run time (score.onnx_wire.with_top_k). Never in the model file itself.
+K_INPUT = "seqscore_top_k"
+TOP_PROBABILITIES = "seqscore_top_probabilities"
+TOP_CLASSES = "seqscore_top_classes"
 # Operator domains built into onnxruntime itself; anything else needs a custom-op library.
 # com.microsoft holds onnxruntime's own contrib ops, which int8 quantisation produces.
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 _INDEX_TYPES = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}
+# Rows per session.run. onnxruntime's LSTM needs a few KB per row and step and its arena keeps
+# the peak, so a whole record batch at once costs memory in proportion to --batch-size; and
+# runs of about this size were the fastest in the benchmark's sweep (bench/results.md).
+INFERENCE_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class Scorer:
     sha256: str
     location: str
     metadata: dict[str, str] = field(default_factory=dict)
+    graph_top_k: bool = False  # the session computes top-k itself (a TopK added at load time)
 
     @property
     def version(self) -> str:
@@ -49,7 +59,31 @@ class Scorer:
 
     def predict(self, indices: np.ndarray) -> np.ndarray:
         """Probabilities (rows, seq_len, y classes) for encoded rows."""
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: indices})[0]
+        return self.predict_top_k(indices, 1)[0]
+
+    def predict_top_k(self, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Probabilities, and with ``graph_top_k`` the k best probabilities and classes per step.
+
+        Runs INFERENCE_ROWS rows at a time: onnxruntime's arena keeps the peak of a run, and
+        runs of about this size were the fastest in the benchmark's sweep.
+        """
+        rows, steps, classes = indices.shape[0], self.spec.seq_len, self.spec.y_classes
+        names = [OUTPUT_NAME, TOP_PROBABILITIES, TOP_CLASSES] if self.graph_top_k else [OUTPUT_NAME]
+        feed_k = {K_INPUT: np.array([k], dtype=np.int64)} if self.graph_top_k else {}
+        if rows <= INFERENCE_ROWS:
+            outputs = self.session.run(names, {INPUT_NAME: indices, **feed_k})
+            return (outputs[0], outputs[1], outputs[2]) if self.graph_top_k else (outputs[0], None, None)
+        probabilities = np.empty((rows, steps, classes), dtype=np.float32)
+        top_probabilities = np.empty((rows, steps, k), dtype=np.float32) if self.graph_top_k else None
+        top_classes = np.empty((rows, steps, k), dtype=np.int64) if self.graph_top_k else None
+        for start in range(0, rows, INFERENCE_ROWS):
+            stop = start + INFERENCE_ROWS
+            outputs = self.session.run(names, {INPUT_NAME: indices[start:stop], **feed_k})
+            probabilities[start:stop] = outputs[0]
+            if self.graph_top_k:
+                top_probabilities[start:stop] = outputs[1]
+                top_classes[start:stop] = outputs[2]
+        return probabilities, top_probabilities, top_classes
 
 
 def session_options(config: SessionConfig) -> ort.SessionOptions:
@@ -118,7 +152,7 @@ def _audit(location: str, model_bytes: bytes) -> None:
 
 
 def _check_io(location: str, session: ort.InferenceSession, spec: Spec) -> np.dtype:
-    inputs = session.get_inputs()
+    inputs = [i for i in session.get_inputs() if i.name != K_INPUT]
     if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
         names = ", ".join(i.name for i in inputs) or "none"
         raise ModelError(f"{location}: model inputs are {names}; expected one input named 'x'")
@@ -132,7 +166,7 @@ def _check_io(location: str, session: ort.InferenceSession, spec: Spec) -> np.dt
         raise ModelError(
             f"{location}: input 'x' has shape {shape}; expected (batch, {spec.seq_len})"
         )
-    outputs = {o.name: o for o in session.get_outputs()}
+    outputs = {o.name: o for o in session.get_outputs() if o.name not in (TOP_PROBABILITIES, TOP_CLASSES)}
     output = outputs.get(OUTPUT_NAME)
     if output is None:
         raise ModelError(
@@ -174,6 +208,25 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+def _open_session(location: str, model_bytes: bytes, config: SessionConfig) -> tuple[ort.InferenceSession, bool]:
+    """A session with a TopK over the probabilities added, or, where that fails, the plain one.
+
+    onnxruntime's TopK is several times faster than numpy's top-k over the same output; a model
+    whose graph does not take it (another output name, an old opset) is scored as it is.
+    """
+    options = session_options(config)
+    providers = ["CPUExecutionProvider"]
+    try:
+        extended = with_top_k(model_bytes, OUTPUT_NAME, K_INPUT, TOP_PROBABILITIES, TOP_CLASSES)
+        return ort.InferenceSession(extended, sess_options=options, providers=providers), True
+    except Exception:  # noqa: BLE001  (the plain session below reports what is wrong)
+        pass
+    try:
+        return ort.InferenceSession(model_bytes, sess_options=options, providers=providers), False
+    except Exception as error:  # noqa: BLE001  onnxruntime's Fail / InvalidGraph / InvalidProtobuf ...
+        raise ModelError(f"{location}: onnxruntime cannot load it ({_first_line(error)})") from None
+
+
 def load(location: str, config: SessionConfig = SessionConfig()) -> Scorer:
     """Load and verify a model; raises ModelError for anything that makes it unusable.
 
@@ -184,12 +237,7 @@ def load(location: str, config: SessionConfig = SessionConfig()) -> Scorer:
     model_bytes = _read_model_bytes(location)
     digest = _check_checksum(location, model_bytes)
     _audit(location, model_bytes)
-    try:
-        session = ort.InferenceSession(
-            model_bytes, sess_options=session_options(config), providers=["CPUExecutionProvider"]
-        )
-    except Exception as error:  # noqa: BLE001  onnxruntime's Fail / InvalidGraph / InvalidProtobuf ...
-        raise ModelError(f"{location}: onnxruntime cannot load it ({_first_line(error)})") from None
+    session, graph_top_k = _open_session(location, model_bytes, config)
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     if "spec" not in metadata:
         raise ModelError(
@@ -207,6 +255,7 @@ def load(location: str, config: SessionConfig = SessionConfig()) -> Scorer:
         sha256=digest,
         location=location,
         metadata=metadata,
+        graph_top_k=graph_top_k,
     )
     _probe(location, scorer)
     return scorer

@@ -170,3 +170,71 @@ def audit_model(model_bytes: bytes) -> ModelAudit:
                 if function_number == _FUNCTION_NODE and function_wire == 2:
                     _audit_node(function_value, audit, 1)
     return audit
+
+
+# Writing: a graph fragment that protobuf merges into the model ----------------------------------
+# A message field that appears twice on the wire is merged, and repeated fields are appended, so
+# a model's bytes followed by a second `graph` field holding only new nodes, inputs and outputs
+# parse as the model with those additions: no onnx package, no re-serialisation of the weights.
+_GRAPH_INPUT = 11
+_GRAPH_OUTPUT = 12
+_NODE_INPUT = 1
+_NODE_OUTPUT = 2
+_NODE_NAME = 3
+_VALUE_INFO_NAME = 1
+_VALUE_INFO_TYPE = 2
+_TYPE_TENSOR = 1
+_TENSOR_TYPE_ELEM_TYPE = 1
+_TENSOR_TYPE_SHAPE = 2
+_SHAPE_DIM = 1
+_DIM_VALUE = 1
+FLOAT = 1  # onnx TensorProto.DataType
+INT64 = 7
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def _int_field(number: int, value: int) -> bytes:
+    return _encode_varint(number << 3) + _encode_varint(value)
+
+
+def _tensor_value_info(name: str, elem_type: int, dims: tuple[int, ...] | None = None) -> bytes:
+    tensor_type = _int_field(_TENSOR_TYPE_ELEM_TYPE, elem_type)
+    if dims is not None:
+        shape = b"".join(_length_delimited(_SHAPE_DIM, _int_field(_DIM_VALUE, d)) for d in dims)
+        tensor_type += _length_delimited(_TENSOR_TYPE_SHAPE, shape)
+    return (_length_delimited(_VALUE_INFO_NAME, name.encode())
+            + _length_delimited(_VALUE_INFO_TYPE, _length_delimited(_TYPE_TENSOR, tensor_type)))
+
+
+def with_top_k(model_bytes: bytes, source: str, k_input: str, values: str, classes: str) -> bytes:
+    """The model plus a TopK over its output ``source`` (last axis, largest first).
+
+    K is a graph input (int64, shape [1]), so one session serves every --top-k. ONNX's TopK
+    breaks ties by the lower index, as a stable descending sort does.
+    """
+    node = (_length_delimited(_NODE_INPUT, source.encode())
+            + _length_delimited(_NODE_INPUT, k_input.encode())
+            + _length_delimited(_NODE_OUTPUT, values.encode())
+            + _length_delimited(_NODE_OUTPUT, classes.encode())
+            + _length_delimited(_NODE_NAME, f"{values}_node".encode())
+            + _length_delimited(_NODE_OP_TYPE, b"TopK"))
+    fragment = (_length_delimited(_GRAPH_NODE, node)
+                + _length_delimited(_GRAPH_INPUT, _tensor_value_info(k_input, INT64, (1,)))
+                + _length_delimited(_GRAPH_OUTPUT, _tensor_value_info(values, FLOAT))
+                + _length_delimited(_GRAPH_OUTPUT, _tensor_value_info(classes, INT64)))
+    return model_bytes + _length_delimited(_MODEL_GRAPH, fragment)

@@ -415,3 +415,112 @@ def test_model_from_environment(tmp_path, model_path, monkeypatch):
     result = run_score(source, tmp_path / "out2.parquet")
     assert result.code == 78
     assert result.lines == [f"error: {tmp_path / 'nope.onnx'}: model not found; run `make export`, or pass --model / set SCORE_MODEL"]
+
+
+# Top-k inside onnxruntime, and the run's result cache ------------------------------------------------
+def tie_model(path, probabilities: np.ndarray) -> str:
+    """An ONNX model that returns ``probabilities`` (1, T, C) for every row, whatever its input."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    steps, classes = probabilities.shape[1:]
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["xf", "axis"], ["xu"]),
+             helper.make_node("Mul", ["xu", "zeros"], ["m"]),
+             helper.make_node("Add", ["m", "table"], ["probabilities"])]
+    initializers = [numpy_helper.from_array(np.array([2], dtype=np.int64), "axis"),
+                    numpy_helper.from_array(np.zeros((1, 1, classes), dtype=np.float32), "zeros"),
+                    numpy_helper.from_array(probabilities.astype(np.float32), "table")]
+    graph = helper.make_graph(
+        nodes, "ties", [helper.make_tensor_value_info("x", TensorProto.INT32, ["batch", "time"])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", "time", classes])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    spec = {"x_values": list(range(11)), "y_values": list(range(classes)), "seq_len": steps, "input_column": "x"}
+    helper.set_model_props(model, {"spec": json.dumps(spec)})
+    onnx.save_model(model, str(path))
+    return str(path)
+
+
+def test_top_k_in_onnxruntime_breaks_ties_like_a_stable_sort(tmp_path):
+    from score.model import load
+
+    rng = np.random.default_rng(1)
+    table = rng.integers(0, 4, size=(1, 6, 9)).astype(np.float32) / 10  # ties across the k-th place
+    scorer = load(tie_model(tmp_path / "ties.onnx", table))
+    assert scorer.graph_top_k
+    x = random_x(30, seed=2)[:, :1].repeat(6, axis=1)
+    for k in range(1, 10):
+        out = score_batch(scorer, batch_of(x), ScoreOptions(top_k=k))
+        expected = np.argsort(-table[0], axis=-1, kind="stable")[:, :k]
+        assert (as_numpy(out.column("top_k_values")) == expected[None]).all(), k
+        assert (as_numpy(out.column("top_k_probs")) == np.take_along_axis(table[0], expected, -1)[None]).all()
+
+
+def test_a_model_that_cannot_take_the_added_top_k_is_scored_with_numpy(model_path, monkeypatch):
+    import score.model
+
+    monkeypatch.setattr(score.model, "with_top_k", lambda *args: b"not a model")
+    plain = score.model.load(model_path)
+    assert not plain.graph_top_k
+    monkeypatch.undo()
+    with_graph = score.model.load(model_path)
+    assert with_graph.graph_top_k
+    x = random_x(5000, seed=9)
+    for k in (1, 3, 25):
+        options = ScoreOptions(top_k=k, dedup=False)
+        first, second = score_batch(plain, batch_of(x), options), score_batch(with_graph, batch_of(x), options)
+        assert first.column("top_k_values").equals(second.column("top_k_values"))
+        assert first.column("top_k_probs").equals(second.column("top_k_probs"))
+
+
+def test_the_run_cache_scores_a_sequence_once_across_batches_and_files(tmp_path, model_path):
+    low_variety = [random_x(3000, seed=seed, high=2) for seed in (11, 12)]  # 3**4 = 81 sequences
+    (tmp_path / "in").mkdir()
+    for number, x in enumerate(low_variety):
+        write_x(tmp_path / "in" / f"part-{number}.parquet", x)
+    summary = tmp_path / "summary.json"
+    result = run_score(tmp_path / "in", tmp_path / "out", "--model", model_path, "--batch-size", "256",
+                       "--summary", summary, "--quiet")
+    assert result.code == 0, result.stderr  # with drift warnings: values 0..2 only
+    every_row = np.concatenate(low_variety)
+    assert json.loads(summary.read_text())["distinct_sequences_scored"] == len(np.unique(every_row, axis=0))
+    for number, x in enumerate(low_variety):
+        assert_matches_reference(pq.read_table(tmp_path / "out" / f"part-{number}.parquet"), reference(model_path, x))
+
+
+def test_the_run_cache_stays_within_its_bound_and_steps_aside_when_rows_do_not_repeat(scorer, model_path):
+    from score.core import ResultCache
+
+    entry_bytes = 8 + 4 * 3 * (2 + 4)
+    cache = ResultCache(steps=4, k=3, classes=25, max_bytes=100 * entry_bytes)
+    assert cache.capacity == 100
+    x = random_x(2000, seed=13)  # ~2000 distinct sequences: far more than the cache holds
+    for start in range(0, len(x), 250):
+        rows = x[start : start + 250]
+        out, stats = score_batch_with_stats(scorer, batch_of(rows), ScoreOptions(), cache)
+        assert_matches_reference(out, reference(model_path, rows))
+        assert cache.keys.size <= 100
+        assert (np.diff(cache.keys) > 0).all()
+    assert not cache.enabled  # full, and serving almost nothing
+    assert cache.keys.size == 0  # its memory is let go
+    repeat = x[:250]
+    out, stats = score_batch_with_stats(scorer, batch_of(repeat), ScoreOptions(), cache)
+    assert stats.distinct_rows == len(np.unique(repeat, axis=0))  # no longer consulted
+    assert_matches_reference(out, reference(model_path, repeat))
+
+
+def test_the_run_cache_never_keeps_a_non_finite_result(tmp_path):
+    from score.core import ResultCache
+    from score.model import load
+
+    table = np.full((1, 4, 25), np.nan, dtype=np.float32)
+    scorer = load(tie_model(tmp_path / "nan.onnx", np.where(np.arange(4)[None, :, None] < 3, 0.04, table)))
+    # Every output step but the last is finite: every row is broken, none may be cached.
+    cache = ResultCache(steps=4, k=3, classes=25)
+    x = random_x(50, seed=14)
+    out, stats = score_batch_with_stats(scorer, batch_of(x), ScoreOptions(on_invalid="null"), cache)
+    assert cache.keys.size == 0
+    assert out.column("y_pred").null_count == 50
