@@ -76,14 +76,22 @@ def onnxruntime_rates(
 ) -> dict[int, float]:
     """session.run over pre-encoded integer arrays, nothing else: this runtime's ceiling.
 
-    The session is the job's own (score.model.load: same options), so only the work around
-    inference differs between this path and the job.
+    A plain session on the model file with the job's session options (score.model.session_options),
+    fetching the probabilities only: the top-k the job adds to the graph at load time is part of
+    the job's work, not of this ceiling.
     """
-    from score.model import INPUT_NAME, OUTPUT_NAME, SessionConfig, load
+    import onnxruntime as ort
 
-    scorer = load(os.path.join(model_dir, "model.onnx"), SessionConfig(threads=threads))
+    from score.model import INPUT_NAME, OUTPUT_NAME, SessionConfig, load, session_options
+
+    path = os.path.join(model_dir, "model.onnx")
+    scorer = load(path, SessionConfig(threads=threads))  # for the index type the model takes
     inputs = encoded_rows(model_dir, data, rows, scorer.encoder.index_dtype)
-    session = scorer.session
+    session = ort.InferenceSession(
+        path,
+        sess_options=session_options(SessionConfig(threads=threads)),
+        providers=["CPUExecutionProvider"],
+    )
 
     def run(batch_size: int) -> None:
         for start in range(0, len(inputs), batch_size):

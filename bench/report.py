@@ -13,8 +13,6 @@ from bench.run import (
     DEFAULT,
     DISTINCT,
     LARGE,
-    PROPOSED,
-    PROPOSED_BATCH_SIZE,
     SWEEP_DISTINCT,
     Results,
 )
@@ -25,7 +23,6 @@ FAMILY = {DEFAULT: DEFAULT, LARGE: DEFAULT, DISTINCT: DISTINCT, SWEEP_DISTINCT: 
 KERAS = "Keras predict + argmax + top-3"
 RAW = "raw onnxruntime"
 JOB = "job (`python -m score`)"
-JOB_PROPOSED = "job + proposed patch"
 
 
 # Machine -------------------------------------------------------------------------------------------
@@ -120,18 +117,6 @@ def table_rows(results: Results) -> list[dict]:
             rows.append(
                 row(JOB, family, workload.rows, "default", run.rows_per_second, run.peak_rss_mb)
             )
-            proposed = results.proposed.get(name)
-            if proposed is not None:
-                rows.append(
-                    row(
-                        JOB_PROPOSED,
-                        family,
-                        workload.rows,
-                        f"{PROPOSED_BATCH_SIZE}",
-                        proposed.rows_per_second,
-                        proposed.peak_rss_mb,
-                    )
-                )
     return rows
 
 
@@ -144,8 +129,7 @@ def targets(results: Results, job: dict[str, measure.JobRun]) -> list[tuple[str,
     speed = job[DEFAULT].rows_per_second / keras
     overhead = job[DISTINCT].rows_per_second / raw
     small, large = job[DEFAULT].peak_rss_mb, job[LARGE].peak_rss_mb
-    cold_runs = results.proposed_cold_start if job is results.proposed else results.cold_start
-    cold = cold_runs.median if cold_runs else float("nan")
+    cold = results.cold_start.median if results.cold_start else float("nan")
     return [
         (
             f"job >= 5x Keras, default {results.workloads[DEFAULT].rows:,} rows",
@@ -195,16 +179,9 @@ def main_table(results: Results) -> list[str]:
 
 
 def targets_table(results: Results) -> list[str]:
-    current = targets(results, results.job)
-    proposed = targets(results, results.proposed)
-    header = "| target | job | | job + proposed patch | |" if proposed else "| target | job | |"
-    lines = [header, "|---|---:|---|---:|---|" if proposed else "|---|---:|---|"]
-    for index, (target, measured, met) in enumerate(current):
-        line = f"| {target} | {measured} | {_mark(met)} |"
-        if proposed:
-            _, proposed_measured, proposed_met = proposed[index]
-            line += f" {proposed_measured} | {_mark(proposed_met)} |"
-        lines.append(line)
+    lines = ["| target | measured | |", "|---|---:|---|"]
+    for target, measured, met in targets(results, results.job):
+        lines.append(f"| {target} | {measured} | {_mark(met)} |")
     return lines
 
 
@@ -329,17 +306,12 @@ def markdown(results: Results, quick: bool) -> str:
         *targets_table(results),
         "",
         f"Cold start (`python -m score` on a 1-row file, {len(cold.seconds)} runs): best"
-        f" {cold.best:.2f} s, median {cold.median:.2f} s"
-        + (
-            f"; with the proposed patch best {results.proposed_cold_start.best:.2f} s, median"
-            f" {results.proposed_cold_start.median:.2f} s."
-            if results.proposed_cold_start
-            else "."
-        ),
+        f" {cold.best:.2f} s, median {cold.median:.2f} s.",
         "",
         "## De-duplication",
         "",
-        "The job runs each distinct sequence of a record batch through the model once.",
+        "The job runs each distinct sequence of a record batch through the model once, and keeps"
+        " the results in a bounded cache for the rest of the run; *without* switches both off.",
         "",
         *dedup_table(results),
         "",
@@ -359,11 +331,10 @@ def markdown(results: Results, quick: bool) -> str:
     if results.variants:
         text += [
             "",
-            "## Candidate changes to score/ (bench.variant)",
+            "## What each optimisation pays (bench.variant)",
             "",
-            "Each is patched into the job in its own process by `python -m bench.variant`;"
-            " score/ is not edited. *proposed* is " + ", ".join(PROPOSED) + f" with --batch-size"
-            f" {PROPOSED_BATCH_SIZE:,}.",
+            "The job with one optimisation switched off, patched in its own process by"
+            " `python -m bench.variant` (score/ is not edited); compare each row with the first.",
             "",
             *variants_table(results),
         ]
@@ -421,7 +392,6 @@ def summary_lines(results: Results) -> list[str]:
             f"{row['path']:32s} {row['workload']:13s} {row['rows']:>10,} rows {_rate(row['rate']):>10} rows/s"
             f"  {row['keras']:5.2f}x Keras  {row['raw']:5.2f}x raw ORT  {row['rss']:6.0f} MB"
         )
-    for label, job in (("job", results.job), ("job + proposed", results.proposed)):
-        for target, measured, met in targets(results, job):
-            lines.append(f"{_mark(met)}  {label}: {target}: {measured}")
+    for target, measured, met in targets(results, results.job):
+        lines.append(f"{_mark(met)}  {target}: {measured}")
     return lines

@@ -21,17 +21,15 @@ from bench.workloads import (
     prepare_workload,
 )
 
-# The changes to score/ measured through bench.variant, each alone and together. PROPOSED is
-# what bench/proposed-score.patch would make the job; the report shows the job with and
-# without it.
+# The job with one of its optimisations switched off (bench.variant), to show what each pays.
 VARIANTS = {
-    "chunked inference": ("--chunked",),
-    "top-k by argmax": ("--fast-top-k",),
-    "overlapped I/O": ("--overlap",),
-    "thread spinning": ("--spinning",),
+    "no de-duplication (and no cache)": ("--no-dedup",),
+    "no result cache across batches": ("--no-cache",),
+    "top-k in numpy, not in the graph": ("--numpy-top-k",),
+    "no reader/writer threads": ("--serial-io",),
+    "whole batch per session.run": ("--whole-batch",),
+    "with thread spinning": ("--spinning",),
 }
-PROPOSED = ("--chunked", "--fast-top-k", "--overlap")
-PROPOSED_BATCH_SIZE = 131_072
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class BenchConfig:
     keras_batch_size: int = 4096  # the question's way
     repeat: int = 2  # the in-memory paths and the cheap job runs report the best of this many
     cold_runs: int = 7  # runs of the job on a 1-row file
-    variants: bool = True  # also measure the candidate changes to score/ (bench.variant)
+    variants: bool = True  # also measure the job with each optimisation off (bench.variant)
 
 
 # A smoke test of the whole pipeline in about a minute: small files, few points, no repeats.
@@ -76,12 +74,10 @@ class Results:
     keras: dict[str, measure.InMemoryRun] = field(default_factory=dict)  # per workload
     onnxruntime: dict[str, measure.InMemoryRun] = field(default_factory=dict)  # per workload
     job: dict[str, measure.JobRun] = field(default_factory=dict)  # per workload
-    proposed: dict[str, measure.JobRun] = field(default_factory=dict)  # per workload
     job_batch_sweep: dict[str, dict[int, measure.JobRun]] = field(default_factory=dict)
     # path -> workload -> threads -> rows/s
     thread_sweep: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
     cold_start: measure.ColdStart | None = None
-    proposed_cold_start: measure.ColdStart | None = None
     dedup: dict[str, dict[str, float]] = field(default_factory=dict)  # workload -> figures
     variants: dict[str, dict[str, measure.JobRun | str]] = field(default_factory=dict)  # name -> w
 
@@ -114,7 +110,7 @@ def prepare(config: BenchConfig, log=print) -> dict[str, Workload]:
 
 def run_benchmark(config: BenchConfig, log=print) -> Results:
     """Steps: 1. models and data; 2. the three paths side by side; 3. de-duplication;
-    4. the job's batch sweep; 5. the thread sweep; 6. cold start; 7. candidate changes."""
+    4. the job's batch sweep; 5. the thread sweep; 6. cold start; 7. each optimisation off."""
     results = Results(config, prepare(config, log))
     workloads = results.workloads
     threads = config.threads
@@ -166,7 +162,7 @@ def run_benchmark(config: BenchConfig, log=print) -> Results:
         workloads[DEFAULT].model, config.work, threads, config.cold_runs
     )
 
-    # 7. Candidate changes to score/, measured without touching it.
+    # 7. What each optimisation pays: the job with it switched off.
     if config.variants:
         measure_variants(results, config, log)
     return results
@@ -225,41 +221,17 @@ def thread_sweep(
 
 
 def measure_variants(results: Results, config: BenchConfig, log=print) -> None:
-    """The job with each candidate change, then with the proposed set, on the targets' files.
+    """The job with each optimisation switched off, on the default and all-distinct files.
 
     A variant that no longer applies (score/ has moved on) is reported as failed, not fatal.
     """
     workloads = results.workloads
-    candidates = dict(VARIANTS)
-    candidates["no change (bench.variant itself)"] = ()
-    candidates["proposed, default batch size"] = PROPOSED
+    candidates = {"the job as it is (through bench.variant)": (), **VARIANTS}
     for label, flags in candidates.items():
         results.variants[label] = {}
         for name in (DEFAULT, SWEEP_DISTINCT):
             log(f"{name}: variant {label}")
             results.variants[label][name] = _try_job(workloads[name], config, flags, None)
-    label = f"proposed, batch {PROPOSED_BATCH_SIZE:,}"
-    results.variants[label] = {}
-    for name in (DEFAULT, SWEEP_DISTINCT):
-        log(f"{name}: variant {label}")
-        results.variants[label][name] = _try_job(
-            workloads[name], config, PROPOSED, PROPOSED_BATCH_SIZE
-        )
-    for name in (DEFAULT, LARGE, DISTINCT):
-        log(f"{name}: the job with the proposed change")
-        run = _try_job(workloads[name], config, PROPOSED, PROPOSED_BATCH_SIZE)
-        if isinstance(run, measure.JobRun):
-            results.proposed[name] = run
-    try:
-        results.proposed_cold_start = measure.cold_start(
-            workloads[DEFAULT].model,
-            config.work,
-            config.threads,
-            config.cold_runs,
-            variant=PROPOSED,
-        )
-    except BenchError as error:
-        log(f"cold start with the proposed change failed: {error}")
 
 
 def _try_job(

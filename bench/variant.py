@@ -1,9 +1,9 @@
-"""`python -m score` with one candidate change patched in, for measuring it before proposing it.
+"""`python -m score` with one of its optimisations switched off, to measure what each one pays.
 
-`python -m bench.variant [--chunked] [--fast-top-k] [--overlap] [--spinning] [--no-dedup] -- ARGS`
-runs score's own `main(ARGS)` in this process after patching score's modules, so the variant
-pays the same start-up, reading, validation and writing as the job and differs only in the
-patched piece. No file under score/ changes.
+`python -m bench.variant [--no-dedup] [--no-cache] [--numpy-top-k] [--serial-io] [--whole-batch]
+[--spinning] -- ARGS` runs score's own `main(ARGS)` in this process after patching score's
+modules, so the variant pays the same start-up, reading, validation and writing as the job and
+differs only in the patched piece. No file under score/ changes.
 """
 
 from __future__ import annotations
@@ -14,23 +14,54 @@ import sys
 
 
 def patch_no_dedup() -> None:
-    """Run every valid row through the model, repeated or not (ScoreOptions.dedup=False)."""
+    """Run every valid row through the model, repeated or not (no de-duplication, no cache)."""
     import score.job
 
     original = score.job.score_batch_with_stats
 
-    def without_dedup(scorer, batch, options):
-        return original(scorer, batch, dataclasses.replace(options, dedup=False))
+    def without_dedup(scorer, batch, options, cache=None):
+        return original(scorer, batch, dataclasses.replace(options, dedup=False), None)
 
     score.job.score_batch_with_stats = without_dedup
 
 
-def patch_overlap() -> None:
-    """Read and write Parquet in threads of their own, beside inference (bench/overlap.py)."""
+def patch_no_cache() -> None:
+    """De-duplicate within each record batch only: no result cache across batches and files."""
     import score.job
-    from bench.overlap import score_file_overlapped
 
-    score.job.score_file = score_file_overlapped
+    score.job.ResultCache = lambda *args, **kwargs: None
+
+
+def patch_numpy_top_k() -> None:
+    """Top-k in numpy (k passes of argmax) instead of a TopK added to the onnxruntime graph."""
+    import score.model
+
+    score.model.with_top_k = lambda *args: b"not a model"  # the load falls back to the plain graph
+
+
+def patch_serial_io() -> None:
+    """Read, score and write one batch after the other, with no reader or writer thread."""
+    import score.pipeline
+
+    class InlineWriter:
+        def __init__(self, writer, depth=1):
+            self.writer = writer
+
+        def write(self, batch):
+            self.writer.write_batch(batch)
+
+        def finish(self):
+            pass
+
+    score.pipeline.prefetch = lambda batches, depth=1: iter(batches)
+    score.pipeline.BackgroundWriter = InlineWriter
+
+
+def patch_whole_batch() -> None:
+    """Run the model over the whole record batch at once, not INFERENCE_ROWS rows at a time."""
+    import score.model
+
+    score.model.INFERENCE_ROWS = 1 << 40
 
 
 def patch_spinning() -> None:
@@ -45,69 +76,12 @@ def patch_spinning() -> None:
     score.model.load = load_spinning
 
 
-CHUNK_ROWS = 1024  # rows per session.run in the chunked variant (the raw onnxruntime sweep's best)
-
-
-def patch_chunked() -> None:
-    """Run the model over at most CHUNK_ROWS rows at a time, whatever the record batch size.
-
-    onnxruntime's LSTM needs a few KB per row and time step, and its arena keeps the peak; in
-    chunks memory no longer grows with --batch-size, and smaller runs are faster here.
-    """
-    import numpy as np
-
-    import score.model
-
-    def predict_in_chunks(self, indices):
-        rows = indices.shape[0]
-        if rows <= CHUNK_ROWS:
-            return self.session.run([score.model.OUTPUT_NAME], {score.model.INPUT_NAME: indices})[0]
-        shape = (rows, self.spec.seq_len, self.spec.y_classes)
-        probabilities = np.empty(shape, dtype=np.float32)
-        for start in range(0, rows, CHUNK_ROWS):
-            chunk = indices[start : start + CHUNK_ROWS]
-            probabilities[start : start + CHUNK_ROWS] = self.session.run(
-                [score.model.OUTPUT_NAME], {score.model.INPUT_NAME: chunk}
-            )[0]
-        return probabilities
-
-    score.model.Scorer.predict = predict_in_chunks
-
-
-def top_k_by_argmax(probabilities, k):
-    """score.core.top_k by k passes of argmax: ties go to the lower class, as before."""
-    import numpy as np
-
-    classes = probabilities.shape[-1]
-    if k >= classes:
-        return np.argsort(-probabilities, axis=-1, kind="stable")
-    flat = probabilities.reshape(-1, classes)
-    rows = np.arange(flat.shape[0])
-    best = np.empty((flat.shape[0], k), dtype=np.intp)
-    taken = np.empty((flat.shape[0], k), dtype=flat.dtype)
-    # Each pass hides the class it found (probabilities are >= 0, so -inf is never the max);
-    # argmax returns the first of equal values, so ties go to the lower class index.
-    for rank in range(k):
-        best[:, rank] = flat.argmax(axis=1)
-        taken[:, rank] = flat[rows, best[:, rank]]
-        flat[rows, best[:, rank]] = -np.inf
-    for rank in range(k):  # put the caller's probabilities back as they were
-        flat[rows, best[:, rank]] = taken[:, rank]
-    return best.reshape(probabilities.shape[:-1] + (k,))
-
-
-def patch_fast_top_k() -> None:
-    """Top-k by k passes of argmax instead of argpartition, lexsort and a tie check."""
-    import score.core
-
-    score.core.top_k = top_k_by_argmax
-
-
 PATCHES = {
-    "chunked": patch_chunked,
-    "fast_top_k": patch_fast_top_k,
     "no_dedup": patch_no_dedup,
-    "overlap": patch_overlap,
+    "no_cache": patch_no_cache,
+    "numpy_top_k": patch_numpy_top_k,
+    "serial_io": patch_serial_io,
+    "whole_batch": patch_whole_batch,
     "spinning": patch_spinning,
 }
 
