@@ -184,9 +184,9 @@ class ResultCache:
 
     The model is deterministic, so a sequence seen in an earlier batch needs no second run:
     on data like the default (11**4 possible sequences) every batch after the first is served
-    from here. Memory is bounded by ``max_bytes``: once full the cache stops growing, and a
-    full cache that serves under MIN_HIT_RATE of a batch switches itself off and lets its
-    memory go (data that does not repeat would only pay for the look-ups).
+    from here. Memory is bounded by ``max_bytes``: once full the cache stops growing. A cache
+    that already holds results but serves under MIN_HIT_RATE of a batch switches itself off and
+    lets its memory go: data that does not repeat would only pay for look-ups and inserts.
     """
 
     MIN_HIT_RATE = 0.05
@@ -225,8 +225,8 @@ class ResultCache:
         self.probabilities = np.concatenate([self.probabilities, probabilities])[order]
 
     def settle(self, hit_rate: float) -> None:
-        """After a batch: a full cache that did not pay switches off."""
-        if self.enabled and self.keys.size >= self.capacity and hit_rate < self.MIN_HIT_RATE:
+        """After a look-up: a cache that held results but served under MIN_HIT_RATE switches off."""
+        if self.enabled and self.keys.size and hit_rate < self.MIN_HIT_RATE:
             self.enabled = False
             self.keys = self.keys[:0]
             self.best = self.best[:0]
@@ -301,13 +301,13 @@ def _infer(
     hits = int(hit.sum())
     run = np.flatnonzero(~hit) if hits else None
     model_input = rows if run is None else rows[run]
-    if model_input.shape[0]:
-        probabilities, best_probabilities, best = scorer.predict_top_k(np.ascontiguousarray(model_input), k)
+    model_input = np.ascontiguousarray(model_input)
+    if scorer.graph_top_k:  # top-k inside onnxruntime; non-finite rows are dropped by the caller
+        finite, best_probabilities, best = scorer.predict_top_k(model_input, k)
     else:
-        probabilities = np.zeros((0, steps, classes), dtype=np.float32)
-        best_probabilities = best = None
-    finite = np.isfinite(probabilities).all(axis=(1, 2))
-    if best is None or not finite.all():  # onnxruntime's TopK orders NaN arbitrarily: redo here
+        probabilities = (scorer.predict(model_input) if model_input.shape[0]
+                         else np.zeros((0, steps, classes), dtype=np.float32))
+        finite = np.isfinite(probabilities).all(axis=(1, 2))
         best = top_k(probabilities, k)
         best_probabilities = np.take_along_axis(probabilities, best, axis=-1)
     if hits:  # put the cached and the computed rows together, in row order
@@ -318,9 +318,9 @@ def _infer(
         merged_best[hit], merged_probabilities[hit] = cached_best, cached_probabilities
         merged_best[run], merged_probabilities[run], merged_finite[run] = best, best_probabilities, finite
     if use_cache:
+        cache.settle(hits / rows.shape[0] if rows.shape[0] else 1.0)
         ran_keys = keys if run is None else keys[run]
         cache.add(ran_keys[finite], best[finite], best_probabilities[finite])
-        cache.settle(hits / rows.shape[0] if rows.shape[0] else 1.0)
     if hits:
         return merged_best, merged_probabilities, merged_finite, model_input.shape[0]
     return best, best_probabilities, finite, model_input.shape[0]

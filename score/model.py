@@ -23,6 +23,7 @@ OUTPUT_NAME = "probabilities"
 K_INPUT = "seqscore_top_k"
 TOP_PROBABILITIES = "seqscore_top_probabilities"
 TOP_CLASSES = "seqscore_top_classes"
+ROW_SUMS = "seqscore_row_sums"
 # Operator domains built into onnxruntime itself; anything else needs a custom-op library.
 # com.microsoft holds onnxruntime's own contrib ops, which int8 quantisation produces.
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
@@ -59,31 +60,39 @@ class Scorer:
 
     def predict(self, indices: np.ndarray) -> np.ndarray:
         """Probabilities (rows, seq_len, y classes) for encoded rows."""
-        return self.predict_top_k(indices, 1)[0]
+        probabilities = np.empty((indices.shape[0], self.spec.seq_len, self.spec.y_classes), np.float32)
+        for start, outputs in self._runs(indices, [OUTPUT_NAME], k=1):
+            probabilities[start : start + len(outputs[0])] = outputs[0]
+        return probabilities
 
-    def predict_top_k(self, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Probabilities, and with ``graph_top_k`` the k best probabilities and classes per step.
+    def predict_top_k(self, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """With ``graph_top_k``: whether each row's output is finite, and its k best
+        probabilities and classes per step, all computed inside onnxruntime.
 
-        Runs INFERENCE_ROWS rows at a time: onnxruntime's arena keeps the peak of a run, and
-        runs of about this size were the fastest in the benchmark's sweep.
+        Finiteness comes from the sum of each row's probabilities: NaN or infinity anywhere
+        makes it non-finite (so would finite values near float32's limit, which no softmax
+        gives). The full probabilities never leave onnxruntime.
         """
-        rows, steps, classes = indices.shape[0], self.spec.seq_len, self.spec.y_classes
-        names = [OUTPUT_NAME, TOP_PROBABILITIES, TOP_CLASSES] if self.graph_top_k else [OUTPUT_NAME]
+        rows, steps = indices.shape[0], self.spec.seq_len
+        finite = np.empty(rows, dtype=bool)
+        top_probabilities = np.empty((rows, steps, k), dtype=np.float32)
+        top_classes = np.empty((rows, steps, k), dtype=np.int64)
+        for start, (sums, values, classes) in self._runs(indices, [ROW_SUMS, TOP_PROBABILITIES, TOP_CLASSES], k):
+            stop = start + len(sums)
+            finite[start:stop] = np.isfinite(sums)
+            top_probabilities[start:stop] = values
+            top_classes[start:stop] = classes
+        return finite, top_probabilities, top_classes
+
+    def _runs(self, indices: np.ndarray, names: list[str], k: int):
+        """(first row, outputs) of session.run over INFERENCE_ROWS rows at a time.
+
+        onnxruntime's arena keeps the peak of a run, and runs of about this size were the
+        fastest in the benchmark's sweep (bench/results.md).
+        """
         feed_k = {K_INPUT: np.array([k], dtype=np.int64)} if self.graph_top_k else {}
-        if rows <= INFERENCE_ROWS:
-            outputs = self.session.run(names, {INPUT_NAME: indices, **feed_k})
-            return (outputs[0], outputs[1], outputs[2]) if self.graph_top_k else (outputs[0], None, None)
-        probabilities = np.empty((rows, steps, classes), dtype=np.float32)
-        top_probabilities = np.empty((rows, steps, k), dtype=np.float32) if self.graph_top_k else None
-        top_classes = np.empty((rows, steps, k), dtype=np.int64) if self.graph_top_k else None
-        for start in range(0, rows, INFERENCE_ROWS):
-            stop = start + INFERENCE_ROWS
-            outputs = self.session.run(names, {INPUT_NAME: indices[start:stop], **feed_k})
-            probabilities[start:stop] = outputs[0]
-            if self.graph_top_k:
-                top_probabilities[start:stop] = outputs[1]
-                top_classes[start:stop] = outputs[2]
-        return probabilities, top_probabilities, top_classes
+        for start in range(0, indices.shape[0], INFERENCE_ROWS):
+            yield start, self.session.run(names, {INPUT_NAME: indices[start : start + INFERENCE_ROWS], **feed_k})
 
 
 def session_options(config: SessionConfig) -> ort.SessionOptions:
@@ -166,7 +175,7 @@ def _check_io(location: str, session: ort.InferenceSession, spec: Spec) -> np.dt
         raise ModelError(
             f"{location}: input 'x' has shape {shape}; expected (batch, {spec.seq_len})"
         )
-    outputs = {o.name: o for o in session.get_outputs() if o.name not in (TOP_PROBABILITIES, TOP_CLASSES)}
+    outputs = {o.name: o for o in session.get_outputs() if o.name not in (TOP_PROBABILITIES, TOP_CLASSES, ROW_SUMS)}
     output = outputs.get(OUTPUT_NAME)
     if output is None:
         raise ModelError(
@@ -217,7 +226,7 @@ def _open_session(location: str, model_bytes: bytes, config: SessionConfig) -> t
     options = session_options(config)
     providers = ["CPUExecutionProvider"]
     try:
-        extended = with_top_k(model_bytes, OUTPUT_NAME, K_INPUT, TOP_PROBABILITIES, TOP_CLASSES)
+        extended = with_top_k(model_bytes, OUTPUT_NAME, K_INPUT, TOP_PROBABILITIES, TOP_CLASSES, ROW_SUMS)
         return ort.InferenceSession(extended, sess_options=options, providers=providers), True
     except Exception:  # noqa: BLE001  (the plain session below reports what is wrong)
         pass

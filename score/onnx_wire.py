@@ -188,6 +188,14 @@ _TENSOR_TYPE_ELEM_TYPE = 1
 _TENSOR_TYPE_SHAPE = 2
 _SHAPE_DIM = 1
 _DIM_VALUE = 1
+_ATTRIBUTE_NAME = 1
+_ATTRIBUTE_INT = 3
+_ATTRIBUTE_TYPE = 20
+_ATTRIBUTE_TYPE_INT = 2
+_TENSOR_DIMS = 1
+_TENSOR_DATA_TYPE = 2
+_TENSOR_INT64_DATA = 7
+_TENSOR_NAME = 8
 FLOAT = 1  # onnx TensorProto.DataType
 INT64 = 7
 
@@ -221,20 +229,38 @@ def _tensor_value_info(name: str, elem_type: int, dims: tuple[int, ...] | None =
             + _length_delimited(_VALUE_INFO_TYPE, _length_delimited(_TYPE_TENSOR, tensor_type)))
 
 
-def with_top_k(model_bytes: bytes, source: str, k_input: str, values: str, classes: str) -> bytes:
-    """The model plus a TopK over its output ``source`` (last axis, largest first).
+def with_top_k(model_bytes: bytes, source: str, k_input: str, values: str, classes: str, sums: str) -> bytes:
+    """The model plus a TopK over its output ``source`` (last axis, largest first), and the
+    sum of ``source`` over all but the first axis (one number per row).
 
     K is a graph input (int64, shape [1]), so one session serves every --top-k. ONNX's TopK
-    breaks ties by the lower index, as a stable descending sort does.
+    breaks ties by the lower index, as a stable descending sort does. ReduceSum takes its axes
+    as an input from opset 13 on; a model with an older opset fails to load this way and is
+    scored with the plain graph instead.
     """
-    node = (_length_delimited(_NODE_INPUT, source.encode())
-            + _length_delimited(_NODE_INPUT, k_input.encode())
-            + _length_delimited(_NODE_OUTPUT, values.encode())
-            + _length_delimited(_NODE_OUTPUT, classes.encode())
-            + _length_delimited(_NODE_NAME, f"{values}_node".encode())
-            + _length_delimited(_NODE_OP_TYPE, b"TopK"))
-    fragment = (_length_delimited(_GRAPH_NODE, node)
+    top_k = (_length_delimited(_NODE_INPUT, source.encode())
+             + _length_delimited(_NODE_INPUT, k_input.encode())
+             + _length_delimited(_NODE_OUTPUT, values.encode())
+             + _length_delimited(_NODE_OUTPUT, classes.encode())
+             + _length_delimited(_NODE_NAME, f"{values}_node".encode())
+             + _length_delimited(_NODE_OP_TYPE, b"TopK"))
+    axes_name = f"{sums}_axes"
+    keepdims = (_length_delimited(_ATTRIBUTE_NAME, b"keepdims") + _int_field(_ATTRIBUTE_INT, 0)
+                + _int_field(_ATTRIBUTE_TYPE, _ATTRIBUTE_TYPE_INT))
+    reduce_sum = (_length_delimited(_NODE_INPUT, source.encode())
+                  + _length_delimited(_NODE_INPUT, axes_name.encode())
+                  + _length_delimited(_NODE_OUTPUT, sums.encode())
+                  + _length_delimited(_NODE_NAME, f"{sums}_node".encode())
+                  + _length_delimited(_NODE_OP_TYPE, b"ReduceSum")
+                  + _length_delimited(_NODE_ATTRIBUTE, keepdims))
+    axes = (_int_field(_TENSOR_DIMS, 2) + _int_field(_TENSOR_DATA_TYPE, INT64)
+            + _length_delimited(_TENSOR_INT64_DATA, _encode_varint(1) + _encode_varint(2))
+            + _length_delimited(_TENSOR_NAME, axes_name.encode()))
+    fragment = (_length_delimited(_GRAPH_NODE, top_k)
+                + _length_delimited(_GRAPH_NODE, reduce_sum)
+                + _length_delimited(_GRAPH_INITIALIZER, axes)
                 + _length_delimited(_GRAPH_INPUT, _tensor_value_info(k_input, INT64, (1,)))
                 + _length_delimited(_GRAPH_OUTPUT, _tensor_value_info(values, FLOAT))
-                + _length_delimited(_GRAPH_OUTPUT, _tensor_value_info(classes, INT64)))
+                + _length_delimited(_GRAPH_OUTPUT, _tensor_value_info(classes, INT64))
+                + _length_delimited(_GRAPH_OUTPUT, _tensor_value_info(sums, FLOAT)))
     return model_bytes + _length_delimited(_MODEL_GRAPH, fragment)
