@@ -199,16 +199,13 @@ class ResultCache:
         self.best = np.empty((0, steps, k), dtype=self.index_dtype)
         self.probabilities = np.empty((0, steps, k), dtype=np.float32)
         self.enabled = self.capacity > 0
-        self.hits = 0
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each key: whether it is cached, and where."""
         if not self.enabled or self.keys.size == 0:
             return np.zeros(keys.size, dtype=bool), np.zeros(keys.size, dtype=np.intp)
         slot = np.searchsorted(self.keys, keys).clip(max=self.keys.size - 1)
-        hit = self.keys[slot] == keys
-        self.hits += int(hit.sum())
-        return hit, slot
+        return self.keys[slot] == keys, slot
 
     def get(self, slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.best[slot].astype(np.intp), self.probabilities[slot]
@@ -219,8 +216,9 @@ class ResultCache:
         if not self.enabled or room <= 0 or keys.size == 0:
             return
         keys, best, probabilities = keys[:room], best[:room], probabilities[:room]
-        order = np.argsort(np.concatenate([self.keys, keys]), kind="stable")
-        self.keys = np.concatenate([self.keys, keys])[order]
+        merged = np.concatenate([self.keys, keys])
+        order = np.argsort(merged, kind="stable")
+        self.keys = merged[order]
         self.best = np.concatenate([self.best, best.astype(self.index_dtype)])[order]
         self.probabilities = np.concatenate([self.probabilities, probabilities])[order]
 
@@ -300,8 +298,7 @@ def _infer(
     hit, slot = cache.lookup(keys) if use_cache else (np.zeros(rows.shape[0], dtype=bool), None)
     hits = int(hit.sum())
     run = np.flatnonzero(~hit) if hits else None
-    model_input = rows if run is None else rows[run]
-    model_input = np.ascontiguousarray(model_input)
+    model_input = np.ascontiguousarray(rows if run is None else rows[run])
     if scorer.graph_top_k:  # top-k inside onnxruntime; non-finite rows are dropped by the caller
         finite, best_probabilities, best = scorer.predict_top_k(model_input, k)
     else:

@@ -26,10 +26,9 @@ import pyarrow.parquet as pq
 
 from score import storage
 from score.errors import OutputError, SeqscoreError, StorageError
-from score.sink import signals_held
+from score.sink import check_row_count, signals_held
 
 # Text of pyarrow's errors (AWS error names, HTTP codes) that mean "cannot create OUTPUT here".
-_DENIED = storage.DENIED
 _CANNOT_CREATE = ("NoSuchBucket", "NO_SUCH_BUCKET", "Bucket does not exist", "RESOURCE_NOT_FOUND")
 
 
@@ -48,7 +47,7 @@ def write_error(location: str, error: BaseException) -> SeqscoreError:
     if any(marker in text for marker in ("NO_SUCH_BUCKET", "NoSuchBucket")):
         bucket = urllib.parse.urlsplit(location).netloc
         return OutputError(f"{location}: cannot create the output (no such bucket '{bucket}')")
-    if isinstance(error, PermissionError) or any(m in text for m in _DENIED):
+    if isinstance(error, PermissionError) or any(m in text for m in storage.DENIED):
         return OutputError(f"{location}: cannot create the output: permission denied ({_first_line(error)})")
     if isinstance(error, FileNotFoundError) or any(m in text for m in _CANNOT_CREATE):
         return OutputError(f"{location}: cannot create the output ({_first_line(error)})")
@@ -104,11 +103,7 @@ class RemoteSink:
                 rows = pq.read_metadata(written).num_rows
         except OSError as error:
             raise write_error(self.location, error) from None
-        if rows != expected_rows:
-            raise StorageError(
-                f"{self.location}: the written object holds {rows} rows, expected {expected_rows}; "
-                f"nothing was published"
-            )
+        check_row_count(self.location, rows, expected_rows, what="object")
         try:
             with signals_held():
                 self.filesystem.move(self.temporary, self.path)

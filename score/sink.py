@@ -51,6 +51,15 @@ def write_error(location: str, error: BaseException) -> Exception:
     return StorageError(f"{location}: I/O error while writing ({_first_line(error)}); nothing was published")
 
 
+def check_row_count(location: str, rows: int, expected_rows: int, what: str = "file") -> None:
+    """The footer of what was written must hold every row scored, or nothing is published."""
+    if rows != expected_rows:
+        raise StorageError(
+            f"{location}: the written {what} holds {rows} rows, expected {expected_rows}; "
+            f"nothing was published"
+        )
+
+
 @contextmanager
 def signals_held():
     """Hold SIGTERM and SIGINT while the output is renamed, so a rename is never half-done."""
@@ -107,11 +116,7 @@ class LocalSink:
             rows = pq.read_metadata(self.temporary).num_rows
         except OSError as error:
             raise write_error(self.location, error) from None
-        if rows != expected_rows:
-            raise StorageError(
-                f"{self.location}: the written file holds {rows} rows, expected {expected_rows}; "
-                f"nothing was published"
-            )
+        check_row_count(self.location, rows, expected_rows)
         try:
             with signals_held():
                 os.replace(self.temporary, self.path)
