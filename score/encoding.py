@@ -22,12 +22,16 @@ WRONG_LENGTH = 2
 NULL_ELEMENT = 3
 UNKNOWN_VALUE = 4
 NON_FINITE_OUTPUT = 5
+TOO_LONG = 6  # variable-length models: longer than the longest training length (or --max-length)
+EMPTY_SEQUENCE = 7  # variable-length models: an empty list
 REASONS = {
     NULL_ROW: "null_row",
     WRONG_LENGTH: "wrong_length",
     NULL_ELEMENT: "null_element",
     UNKNOWN_VALUE: "unknown_value",
     NON_FINITE_OUTPUT: "non_finite_output",
+    TOO_LONG: "too_long",
+    EMPTY_SEQUENCE: "empty_sequence",
 }
 
 # A lookup table is the fastest encoder; beyond this span of raw values use a binary search.
@@ -195,6 +199,117 @@ def sequences_from_columns(arrays: list[pa.Array], columns: list[str]) -> RawSeq
     )
 
 
+@dataclass
+class RaggedSequences:
+    """Sequences of any length, flat: the elements of every gathered row back to back.
+
+    A row is gathered when it is not null and has 1..``limit`` elements; any other row has no
+    elements here (``offsets`` gives it none), so a row far longer than the limit is refused
+    from its length alone and never copied.
+    """
+
+    values: np.ndarray  # (elements,) the column's integer dtype
+    element_null: np.ndarray | None  # (elements,) bool, None when no element is null
+    offsets: np.ndarray  # (rows + 1,) int64: row i is values[offsets[i]:offsets[i + 1]]
+    lengths: np.ndarray  # (rows,) int64: each row's own number of elements (0 for a null row)
+    row_null: np.ndarray  # (rows,) bool: the whole sequence is null
+    column: str  # the column named in messages
+    limit: int  # the longest row gathered
+
+    @property
+    def rows(self) -> int:
+        return self.lengths.size
+
+    @property
+    def gathered_lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def _list_offsets(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Element offsets (rows + 1, into the child values) and lengths of a list-like array."""
+    rows = len(array)
+    row_null = _row_nulls(array)
+    if pa.types.is_fixed_size_list(array.type):
+        size = array.type.list_size
+        offsets = (np.arange(rows + 1, dtype=np.int64) + array.offset) * size
+    else:
+        offset_dtype = np.int64 if pa.types.is_large_list(array.type) else np.int32
+        offsets = np.frombuffer(
+            array.buffers()[1], dtype=offset_dtype, count=array.offset + rows + 1
+        )[array.offset :].astype(np.int64, copy=False)
+    lengths = np.where(row_null, 0, np.diff(offsets))
+    return offsets, lengths
+
+
+def _plain_list(array: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary.take(array.indices)
+    if _is_list_view(array.type):
+        array = array.cast(pa.large_list(array.type.value_type))
+    return array
+
+
+def segment_gather(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Flat positions of the segments [start, start + length), one after the other."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    shift = np.repeat(starts.astype(np.int64) - (ends - lengths), lengths)
+    return np.arange(total, dtype=np.int64) + shift
+
+
+def ragged_from_list(array: pa.Array | pa.ChunkedArray, column: str, limit: int) -> RaggedSequences:
+    """Read a list column of integers of any length; rows longer than ``limit`` are not read."""
+    array = _plain_list(array)
+    row_null = _row_nulls(array)
+    source_offsets, lengths = _list_offsets(array)
+    gathered = ~row_null & (lengths >= 1) & (lengths <= limit)
+    counts = np.where(gathered, lengths, 0)
+    offsets = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    child_values, child_nulls = _int_numpy(array.values)
+    start, stop = int(source_offsets[0]), int(source_offsets[-1])
+    if gathered.all() and stop - start == offsets[-1]:
+        # The common case: every row is read, back to back: a view, no copy.
+        values = child_values[start:stop]
+        element_null = child_nulls[start:stop] if child_nulls is not None else None
+    else:
+        positions = segment_gather(source_offsets[:-1], counts)
+        values = child_values[positions]
+        element_null = child_nulls[positions] if child_nulls is not None else None
+    if element_null is not None and not element_null.any():
+        element_null = None
+    return RaggedSequences(values, element_null, offsets, lengths.astype(np.int64), row_null,
+                           column, int(limit))
+
+
+def to_padded(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, width: int,
+              fill: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a flat ragged array as a (len(rows), width) matrix, right-padded with ``fill``,
+    and the (len(rows), width) mask of real steps. Every row must fit in ``width``."""
+    lengths = offsets[rows + 1] - offsets[rows]
+    mask = np.arange(width) < lengths[:, None]
+    matrix = np.full((rows.size, width), fill, dtype=flat.dtype)
+    matrix[mask] = flat[segment_gather(offsets[rows], lengths)]
+    return matrix, mask
+
+
+@dataclass
+class EncodedRagged:
+    """Class indices of every gathered element, and why each invalid row is invalid."""
+
+    indices: np.ndarray  # (elements,) class indices, aligned with RaggedSequences.values
+    reasons: np.ndarray  # (rows,) int8, VALID or one of REASONS
+    positions: np.ndarray  # (rows,) int64: first offending position (element-level reasons)
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.reasons == VALID
+
+
 class Encoder:
     """Maps raw values to class indices and back, for one spec. Built once, used per batch."""
 
@@ -259,6 +374,39 @@ class Encoder:
         indices = np.where((reasons == VALID)[:, None], indices, 0).astype(self.index_dtype)
         return Encoded(indices=indices, reasons=reasons, positions=positions)
 
+    def encode_ragged(self, raw: RaggedSequences) -> EncodedRagged:
+        """Validate and encode sequences of any length: empty, too long, null element, unknown."""
+        rows = raw.rows
+        indices, known = self._lookup(raw.values)
+        bad = ~known if raw.element_null is None else ~known & ~raw.element_null
+        row_of = np.repeat(np.arange(rows, dtype=np.int64), raw.gathered_lengths)
+        reasons = np.zeros(rows, dtype=np.int8)
+        positions = np.zeros(rows, dtype=np.int64)
+
+        # Assign in reverse order of precedence so that the first problem in a row wins; the
+        # first offending element of a row is the first of its row in the flat order.
+        for code, flags in ((UNKNOWN_VALUE, bad), (NULL_ELEMENT, raw.element_null)):
+            if flags is None or not flags.any():
+                continue
+            where = np.flatnonzero(flags)
+            offending_rows, first = np.unique(row_of[where], return_index=True)
+            reasons[offending_rows] = code
+            positions[offending_rows] = where[first] - raw.offsets[offending_rows]
+        reasons[raw.lengths > raw.limit] = TOO_LONG
+        reasons[~raw.row_null & (raw.lengths == 0)] = EMPTY_SEQUENCE
+        reasons[raw.row_null] = NULL_ROW
+        element_level = (reasons == NULL_ELEMENT) | (reasons == UNKNOWN_VALUE)
+        positions[~element_level] = 0
+        invalid_steps = np.repeat(reasons != VALID, raw.gathered_lengths)
+        indices = np.where(invalid_steps, 0, indices).astype(self.index_dtype)
+        return EncodedRagged(indices=indices, reasons=reasons, positions=positions)
+
+    def encode_ragged_strict(self, raw: RaggedSequences) -> np.ndarray:
+        """Encode sequences of any length, raising InvalidRow for the first invalid row."""
+        encoded = self.encode_ragged(raw)
+        self.raise_first_invalid(raw, encoded)
+        return encoded.indices
+
     def encode_strict(self, raw: RawSequences) -> np.ndarray:
         """Encode, raising InvalidRow for the first invalid row."""
         encoded = self.encode(raw)
@@ -266,21 +414,30 @@ class Encoder:
         return encoded.indices
 
     # Messages ---------------------------------------------------------------------------------
-    def raise_first_invalid(self, raw: RawSequences, encoded: Encoded) -> None:
+    def raise_first_invalid(self, raw: RawSequences | RaggedSequences,
+                            encoded: Encoded | EncodedRagged) -> None:
         bad = np.flatnonzero(encoded.reasons)
         if bad.size:
             row = int(bad[0])
             message = self.messages(raw, encoded, np.array([row]))[0].as_py()
             raise InvalidRow(row, REASONS[int(encoded.reasons[row])], message)
 
-    def messages(self, raw: RawSequences, encoded: Encoded, rows: np.ndarray) -> pa.StringArray:
+    def messages(self, raw: RawSequences | RaggedSequences, encoded: Encoded | EncodedRagged,
+                 rows: np.ndarray) -> pa.StringArray:
         """One message per requested (invalid) row, built column-wise by Arrow kernels."""
         if rows.size == 0:
             return pa.array([], pa.string())
         reasons = encoded.reasons[rows]
         positions = encoded.positions[rows]
-        labels = pa.array(raw.labels, pa.string()).take(pa.array(positions))
-        picked = raw.values[rows, positions]
+        if isinstance(raw, RaggedSequences):
+            labels = pc.binary_join_element_wise(
+                raw.column, "[", pa.array(positions).cast(pa.string()), "]", "")
+            element_level = (reasons == NULL_ELEMENT) | (reasons == UNKNOWN_VALUE)
+            where = np.where(element_level, raw.offsets[rows] + positions, 0)
+            picked = raw.values[where] if raw.values.size else np.zeros(rows.size, raw.values.dtype)
+        else:
+            labels = pa.array(raw.labels, pa.string()).take(pa.array(positions))
+            picked = raw.values[rows, positions]
         if picked.dtype == object:
             value_text = pa.array([str(v) for v in picked], pa.string())
         else:
@@ -291,22 +448,31 @@ class Encoder:
         def join(*parts: pa.Array | str) -> pa.Array:
             return pc.binary_join_element_wise(*parts, "")
 
+        def constant(text: str) -> pa.Array:
+            return pa.array(np.full(rows.size, text, dtype=object), pa.string())
+
         unknown = join(labels, " = ", value_text,
                        f" is not one of the model's input values ({self._x_description})")
         element_null = join(labels, " is null")
         wrong_length = join(
             f"{raw.column} has ", length_text, f" values; the model takes sequences of {seq_len}"
         )
-        null_row = pa.array(np.full(rows.size, f"{raw.column} is null", dtype=object), pa.string())
-        non_finite = pa.array(
-            np.full(rows.size, "the model's output is NaN or infinite for this row", dtype=object),
-            pa.string(),
-        )
+        limit = getattr(raw, "limit", seq_len)
+        if limit == seq_len:
+            longest = (f" values; the model takes at most {seq_len} (its longest training "
+                       f"length; --max-length raises the limit for a run)")
+        else:
+            longest = f" values; this run takes at most {limit} (--max-length {limit})"
+        too_long = join(f"{raw.column} has ", length_text, longest)
+        empty = constant(f"{raw.column} is an empty list; the model takes sequences of 1..{limit} values")
+        null_row = constant(f"{raw.column} is null")
+        non_finite = constant("the model's output is NaN or infinite for this row")
         choices = pa.StructArray.from_arrays(
             [pa.array(reasons == code) for code in REASONS],
             names=[REASONS[code] for code in REASONS],
         )
-        return pc.case_when(choices, null_row, wrong_length, element_null, unknown, non_finite)
+        return pc.case_when(choices, null_row, wrong_length, element_null, unknown, non_finite,
+                            too_long, empty)
 
     # Class indices -> raw values -----------------------------------------------------------
     def decode_y(self, indices: np.ndarray) -> np.ndarray:
@@ -316,6 +482,11 @@ class Encoder:
         """Encode target sequences (training): every value must be one of the y values."""
         y_spec = Spec(self.spec.y_values, self.spec.y_values, self.spec.seq_len)
         return Encoder(y_spec, self.index_dtype).encode_strict(raw)
+
+    def encode_y_ragged(self, raw: RaggedSequences) -> np.ndarray:
+        """Encode target sequences of any length (training), flat like ``raw.values``."""
+        y_spec = Spec(self.spec.y_values, self.spec.y_values, self.spec.seq_len, min_len=1)
+        return Encoder(y_spec, self.index_dtype).encode_ragged_strict(raw)
 
 
 def column_type_error(column: str, data_type: pa.DataType, layout: str) -> InvalidInput:

@@ -23,11 +23,17 @@ ROWS_PER_BIN = 20
 
 @dataclass
 class Profile:
-    """Counts per step: input classes, predicted classes, top-1 probability bins."""
+    """Counts per step (input classes, predicted classes, top-1 probability bins) and lengths.
+
+    Per-step counts cover the positions a row actually has, up to the longest training length;
+    ``length_counts[L - 1]`` counts rows of L steps, and its last bin rows longer than any
+    training row (scored only under --max-length).
+    """
 
     input_counts: np.ndarray  # (seq_len, x classes)
     prediction_counts: np.ndarray  # (seq_len, y classes)
     confidence_counts: np.ndarray  # (seq_len, CONFIDENCE_BINS)
+    length_counts: np.ndarray | None = None  # (seq_len + 1,); None in a baseline from before it
 
     @classmethod
     def empty(cls, spec: Spec) -> Profile:
@@ -35,52 +41,96 @@ class Profile:
             np.zeros((spec.seq_len, spec.x_classes), dtype=np.int64),
             np.zeros((spec.seq_len, spec.y_classes), dtype=np.int64),
             np.zeros((spec.seq_len, CONFIDENCE_BINS), dtype=np.int64),
+            np.zeros(spec.seq_len + 1, dtype=np.int64),
         )
 
     @property
+    def steps(self) -> int:
+        return self.input_counts.shape[0]
+
+    @property
     def rows(self) -> int:
+        if self.length_counts is not None:
+            return int(self.length_counts.sum())
         return int(self.input_counts[0].sum()) if self.input_counts.size else 0
 
-    def add(self, indices: np.ndarray, top1: np.ndarray, confidence: np.ndarray) -> None:
-        """Count valid rows: class indices (rows, T), top-1 class (rows, T), its probability."""
-        self.add_inputs(indices)
-        self.add_predictions(top1, confidence)
+    def add(self, indices: np.ndarray, top1: np.ndarray, confidence: np.ndarray,
+            mask: np.ndarray | None = None) -> None:
+        """Count valid rows: class indices (rows, T), top-1 class (rows, T), its probability;
+        ``mask`` (rows, T) marks the real steps of right-padded rows (None: all are real)."""
+        self.add_inputs(indices, mask)
+        self.add_predictions(top1, confidence, mask)
 
-    def add_inputs(self, indices: np.ndarray) -> None:
-        self.input_counts += _per_step_counts(indices, self.input_counts.shape[1])
+    def add_inputs(self, indices: np.ndarray, mask: np.ndarray | None = None) -> None:
+        positions, values = _steps(indices, mask)
+        lengths = (np.full(indices.shape[0], indices.shape[1]) if mask is None else mask.sum(axis=1))
+        self.add_flat_inputs(positions, values, lengths)
 
-    def add_predictions(self, top1: np.ndarray, confidence: np.ndarray) -> None:
-        self.prediction_counts += _per_step_counts(top1, self.prediction_counts.shape[1])
+    def add_predictions(self, top1: np.ndarray, confidence: np.ndarray,
+                        mask: np.ndarray | None = None) -> None:
+        positions, classes = _steps(top1, mask)
+        _, probabilities = _steps(confidence, mask)
+        self.add_flat_predictions(positions, classes, probabilities)
+
+    def add_flat_inputs(self, positions: np.ndarray, indices: np.ndarray, lengths: np.ndarray) -> None:
+        """Inputs given flat: each step's position in its row and class index; each row's length."""
+        _count(self.input_counts, positions, indices)
+        if self.length_counts is not None:
+            bins = np.minimum(np.asarray(lengths, dtype=np.int64), self.steps + 1) - 1
+            self.length_counts += np.bincount(bins, minlength=self.steps + 1)[: self.steps + 1]
+
+    def add_flat_predictions(self, positions: np.ndarray, top1: np.ndarray, confidence: np.ndarray) -> None:
+        _count(self.prediction_counts, positions, top1)
         bins = np.clip((confidence * CONFIDENCE_BINS).astype(np.int64), 0, CONFIDENCE_BINS - 1)
-        self.confidence_counts += _per_step_counts(bins, CONFIDENCE_BINS)
+        _count(self.confidence_counts, positions, bins)
 
     def merge(self, other: Profile) -> None:
         self.input_counts += other.input_counts
         self.prediction_counts += other.prediction_counts
         self.confidence_counts += other.confidence_counts
+        if self.length_counts is not None and other.length_counts is not None:
+            self.length_counts += other.length_counts
 
     def to_dict(self) -> dict:
-        return {
+        payload = {
             "input_counts": self.input_counts.tolist(),
             "prediction_counts": self.prediction_counts.tolist(),
             "confidence_counts": self.confidence_counts.tolist(),
             "confidence_bins": CONFIDENCE_BINS,
         }
+        if self.length_counts is not None:
+            payload["length_counts"] = self.length_counts.tolist()
+        return payload
 
     @classmethod
     def from_dict(cls, payload: dict) -> Profile:
+        lengths = payload.get("length_counts")
         return cls(
             np.asarray(payload["input_counts"], dtype=np.int64),
             np.asarray(payload["prediction_counts"], dtype=np.int64),
             np.asarray(payload["confidence_counts"], dtype=np.int64),
+            None if lengths is None else np.asarray(lengths, dtype=np.int64),
         )
 
 
-def _per_step_counts(classes: np.ndarray, width: int) -> np.ndarray:
-    """(steps, width) counts of the class in each step of (rows, steps) data, by one bincount."""
-    steps = classes.shape[1]
-    shifted = classes.astype(np.int64) + np.arange(steps, dtype=np.int64) * width
-    return np.bincount(shifted.ravel(), minlength=steps * width).reshape(steps, width)
+def _steps(values: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each counted step's position in its row, and its value, from a (rows, T) array."""
+    if mask is None:
+        positions = np.broadcast_to(np.arange(values.shape[1]), values.shape)
+        return positions.reshape(-1), values.reshape(-1)
+    return np.nonzero(mask)[1], values[mask]
+
+
+def _count(counts: np.ndarray, positions: np.ndarray, values: np.ndarray) -> None:
+    """Add to (steps, width) ``counts`` each (position, value); positions past the last step
+    (longer than any training row) are not profiled per step."""
+    steps, width = counts.shape
+    positions = np.asarray(positions, dtype=np.int64)
+    keep = positions < steps
+    if not keep.all():
+        positions, values = positions[keep], values[keep]
+    shifted = values.astype(np.int64) + positions * width
+    counts += np.bincount(shifted, minlength=steps * width).reshape(steps, width)
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
@@ -107,6 +157,16 @@ def minimum_rows(profile: Profile) -> int:
     return ROWS_PER_BIN * widest
 
 
+def length_psi(baseline: Profile, today: Profile) -> float | None:
+    """PSI of the sequence-length histogram (None where the baseline predates it)."""
+    if baseline.length_counts is None or today.length_counts is None:
+        return None
+    if baseline.length_counts.shape != today.length_counts.shape:
+        return None
+    value = psi(baseline.length_counts[None, :], today.length_counts[None, :])[0]
+    return None if np.isnan(value) else round(float(value), 6)
+
+
 def drift(baseline: Profile, today: Profile) -> dict:
     """PSI per step for inputs, predictions and confidence, as plain lists for JSON."""
 
@@ -121,6 +181,7 @@ def drift(baseline: Profile, today: Profile) -> dict:
         "input_psi": rounded(psi(baseline.input_counts, today.input_counts)),
         "prediction_psi": rounded(psi(baseline.prediction_counts, today.prediction_counts)),
         "confidence_psi": rounded(psi(baseline.confidence_counts, today.confidence_counts)),
+        "length_psi": length_psi(baseline, today),
     }
 
 
@@ -136,6 +197,10 @@ def drift_warnings(report: dict, threshold: float = PSI_WARNING) -> list[str]:
                     f"drift in {what} at step {step}: PSI {value:.3f} > {threshold:g} "
                     f"(the training baseline differs from this run)"
                 )
+    value = report.get("length_psi")
+    if value is not None and value > threshold:
+        lines.append(f"drift in sequence lengths: PSI {value:.3f} > {threshold:g} "
+                     f"(the training baseline differs from this run)")
     return lines
 
 
@@ -148,4 +213,7 @@ def max_psi(report: dict) -> tuple[float, str]:
         for step, value in enumerate(report.get(key, [])):
             if value is not None and value > worst:
                 worst, where = value, f"{what} at step {step}"
+    value = report.get("length_psi")
+    if value is not None and value > worst:
+        worst, where = value, "sequence lengths"
     return worst, where

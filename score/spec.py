@@ -11,7 +11,10 @@ from dataclasses import asdict, dataclass, field
 
 from score.errors import ModelError
 
-SPEC_FORMAT = 1  # bumped when a field changes meaning; readers refuse a newer format
+SPEC_FORMAT = 2  # bumped when a field changes meaning; readers refuse a newer format
+# Fixed-length specs are still written as format 1, so that an older scorer keeps reading them;
+# only a variable-length spec (which an older scorer would misread) needs format 2.
+FIXED_LENGTH_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -20,10 +23,11 @@ class Spec:
 
     x_values: tuple[int, ...]  # the raw input value of each class index, in index order
     y_values: tuple[int, ...]  # the raw output value of each class index, in index order
-    seq_len: int  # number of steps in every sequence
+    seq_len: int  # fixed length: steps in every sequence; variable length: the longest trained
     input_column: str = "x"  # column holding the input sequences
     target_column: str = "y"  # column holding the target sequences (training only)
-    format: int = field(default=SPEC_FORMAT)  # version of this description
+    min_len: int | None = None  # None: fixed length; else the shortest training length
+    format: int = field(default=0)  # version of this description (0: the one its fields need)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "x_values", tuple(int(v) for v in self.x_values))
@@ -38,6 +42,28 @@ class Spec:
                 raise ModelError(f"spec: {name} is not in increasing order")
         if int(self.seq_len) < 1:
             raise ModelError(f"spec: seq_len is {self.seq_len}; expected a positive integer")
+        if self.min_len is not None and not 1 <= int(self.min_len) <= int(self.seq_len):
+            raise ModelError(
+                f"spec: min_len is {self.min_len}; expected 1 <= min_len <= max_len ({self.seq_len})"
+            )
+        if not self.format:
+            needed = SPEC_FORMAT if self.variable_length else FIXED_LENGTH_FORMAT
+            object.__setattr__(self, "format", needed)
+
+    @property
+    def variable_length(self) -> bool:
+        """Whether the model takes every length 1..max_len (trained on more than one length)."""
+        return self.min_len is not None
+
+    @property
+    def max_len(self) -> int:
+        """The longest sequence the model was trained on (the only one, for a fixed length)."""
+        return self.seq_len
+
+    def describe_length(self) -> str:
+        if self.variable_length:
+            return f"1..{self.seq_len} (trained on {self.min_len}..{self.seq_len})"
+        return str(self.seq_len)
 
     @property
     def x_classes(self) -> int:
@@ -57,6 +83,10 @@ class Spec:
         payload = asdict(self)
         payload["x_values"] = list(self.x_values)
         payload["y_values"] = list(self.y_values)
+        if self.variable_length:
+            payload["max_len"] = self.seq_len
+        else:
+            del payload["min_len"]  # an older scorer reads this spec exactly as before
         return json.dumps(payload, sort_keys=True)
 
     @classmethod
@@ -74,7 +104,7 @@ class Spec:
         missing = [key for key in ("x_values", "y_values", "seq_len") if key not in payload]
         if missing:
             raise ModelError(f"spec: missing {', '.join(missing)}")
-        spec_format = payload.get("format", SPEC_FORMAT)
+        spec_format = payload.get("format", 0)
         if not isinstance(spec_format, int) or spec_format > SPEC_FORMAT:
             raise ModelError(
                 f"spec: format {spec_format!r} is newer than this scorer understands "
@@ -87,6 +117,7 @@ class Spec:
                 seq_len=_as_int(payload["seq_len"]),
                 input_column=str(payload.get("input_column", "x")),
                 target_column=str(payload.get("target_column", "y")),
+                min_len=None if payload.get("min_len") is None else _as_int(payload["min_len"]),
                 format=spec_format,
             )
         except (TypeError, ValueError) as error:
