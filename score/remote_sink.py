@@ -16,44 +16,14 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import secrets
-import urllib.parse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from score import storage
+from score import sink_common, storage
 from score.errors import OutputError, SeqscoreError, StorageError
-from score.sink import check_row_count, signals_held
-
-# Text of pyarrow's errors (AWS error names, HTTP codes) that mean "cannot create OUTPUT here".
-_CANNOT_CREATE = ("NoSuchBucket", "NO_SUCH_BUCKET", "Bucket does not exist", "RESOURCE_NOT_FOUND")
-
-
-def _first_line(error: BaseException) -> str:
-    """The first line of a store's error, without the request id that makes every one unique."""
-    lines = str(error).strip().splitlines()
-    line = lines[0] if lines else type(error).__name__
-    return re.sub(r"\s*\(Request ID: [^)]*\)", "", line)
-
-
-def write_error(location: str, error: BaseException) -> SeqscoreError:
-    """Map a store's failure while writing ``location``: 73 when OUTPUT cannot be created, else 74."""
-    if isinstance(error, SeqscoreError):
-        return error
-    text = str(error)
-    if any(marker in text for marker in ("NO_SUCH_BUCKET", "NoSuchBucket")):
-        bucket = urllib.parse.urlsplit(location).netloc
-        return OutputError(f"{location}: cannot create the output (no such bucket '{bucket}')")
-    if isinstance(error, PermissionError) or any(m in text for m in storage.DENIED):
-        return OutputError(f"{location}: cannot create the output: permission denied ({_first_line(error)})")
-    if isinstance(error, FileNotFoundError) or any(m in text for m in _CANNOT_CREATE):
-        return OutputError(f"{location}: cannot create the output ({_first_line(error)})")
-    return StorageError(
-        f"{location}: storage or network error while writing ({_first_line(error)}); nothing was published"
-    )
 
 
 def _resolve(location: str) -> tuple[pafs.FileSystem, str]:
@@ -77,14 +47,14 @@ class RemoteSink:
         try:
             info = self.filesystem.get_file_info(self.path)
         except OSError as error:
-            raise write_error(location, error) from None
+            raise storage.write_error(location, error) from None
         if info.type == pafs.FileType.Directory:
             raise OutputError(f"{location}: is a directory; expected a file path for the output")
         self.temporary = posixpath.join(parent, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
         try:
             self.stream = self.filesystem.open_output_stream(self.temporary)
         except OSError as error:
-            raise write_error(location, error) from None
+            raise storage.write_error(location, error) from None
 
     @property
     def target(self) -> pa.NativeFile:
@@ -102,13 +72,13 @@ class RemoteSink:
             with self.filesystem.open_input_file(self.temporary) as written:
                 rows = pq.read_metadata(written).num_rows
         except OSError as error:
-            raise write_error(self.location, error) from None
-        check_row_count(self.location, rows, expected_rows, what="object")
+            raise storage.write_error(self.location, error) from None
+        sink_common.check_row_count(self.location, rows, expected_rows, what="object")
         try:
-            with signals_held():
+            with sink_common.signals_held():
                 self.filesystem.move(self.temporary, self.path)
         except OSError as error:
-            raise write_error(self.location, error) from None
+            raise storage.write_error(self.location, error) from None
 
     def abort(self) -> None:
         """Close and delete the hidden object; best effort, the first error is the one reported."""
@@ -131,13 +101,13 @@ def write_small_object(location: str, data: bytes) -> None:
             raise OutputError(f"{location}: is a directory; expected a file path")
         stream = filesystem.open_output_stream(path)
     except OSError as error:
-        raise write_error(location, error) from None
+        raise storage.write_error(location, error) from None
     try:
         # Buffered whole in memory: below one part, close() sends it in a single request.
         stream.write(data)
         stream.close()
     except OSError as error:
-        raise write_error(location, error) from None
+        raise storage.write_error(location, error) from None
 
 
 def remove_object(location: str) -> None:
@@ -148,7 +118,7 @@ def remove_object(location: str) -> None:
         if info.type == pafs.FileType.File:
             filesystem.delete_file(path)
     except OSError as error:
-        raise write_error(location, error) from None
+        raise storage.write_error(location, error) from None
 
 
 def check_output_directory(location: str) -> None:
@@ -157,6 +127,6 @@ def check_output_directory(location: str) -> None:
     try:
         info = filesystem.get_file_info(path.rstrip("/"))
     except OSError as error:
-        raise write_error(location, error) from None
+        raise storage.write_error(location, error) from None
     if info.type == pafs.FileType.File:
         raise OutputError(f"{location}: is a file; INPUT is a directory, so OUTPUT must be a directory")

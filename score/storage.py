@@ -1,7 +1,8 @@
 """Where files live: plain paths on a local disk, or URIs that pyarrow's file systems resolve.
 
 Everything that touches a file system for reading goes through here, so that every failure is
-turned into one named error with the documented exit code, whatever the store.
+turned into one named error with the documented exit code, whatever the store. Failures while
+writing are mapped here too (``write_error``), for the sinks and for the job's checks of OUTPUT.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from score.errors import InputMissing, InputPermission, InvalidInput, StorageError
+from score.errors import (
+    InputMissing,
+    InputPermission,
+    InvalidInput,
+    OutputError,
+    SeqscoreError,
+    StorageError,
+)
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -100,6 +108,54 @@ DENIED = ("ACCESS_DENIED", "AccessDenied", "Forbidden", "HTTP 403", "response co
            "SignatureDoesNotMatch")
 
 
+def write_error(location: str, error: BaseException) -> Exception:
+    """Map an exception raised while writing ``location``: 73 when OUTPUT cannot be created, else 74."""
+    if is_uri(location):
+        return _store_write_error(location, error)
+    return _disk_write_error(location, error)
+
+
+# Errors that mean "this OUTPUT cannot be created here" rather than "the disk failed".
+_DISK_CANNOT_CREATE = {errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS,
+                       errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+def _disk_write_error(location: str, error: BaseException) -> Exception:
+    code = getattr(error, "errno", None)
+    if code is None:
+        # Arrow's own IOError carries the errno only in its text: "[errno 28] ..."
+        text = str(error)
+        for candidate in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG):
+            if f"errno {candidate}]" in text or os.strerror(candidate) in text:
+                code = candidate
+                break
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"{location}: no space left on the device while writing; nothing was published")
+    if code in _DISK_CANNOT_CREATE:
+        return OutputError(f"{location}: cannot create the output ({os.strerror(code)})")
+    return StorageError(f"{location}: I/O error while writing ({_first_line(error)}); nothing was published")
+
+
+# Text of pyarrow's errors (AWS error names, HTTP codes) that mean "cannot create OUTPUT here".
+_STORE_CANNOT_CREATE = ("NoSuchBucket", "NO_SUCH_BUCKET", "Bucket does not exist", "RESOURCE_NOT_FOUND")
+
+
+def _store_write_error(location: str, error: BaseException) -> Exception:
+    if isinstance(error, SeqscoreError):
+        return error
+    text = str(error)
+    # Without the request id, which makes every store error unique.
+    line = re.sub(r"\s*\(Request ID: [^)]*\)", "", _first_line(error))
+    if any(marker in text for marker in ("NO_SUCH_BUCKET", "NoSuchBucket")):
+        bucket = urllib.parse.urlsplit(location).netloc
+        return OutputError(f"{location}: cannot create the output (no such bucket '{bucket}')")
+    if isinstance(error, PermissionError) or any(marker in text for marker in DENIED):
+        return OutputError(f"{location}: cannot create the output: permission denied ({line})")
+    if isinstance(error, FileNotFoundError) or any(marker in text for marker in _STORE_CANNOT_CREATE):
+        return OutputError(f"{location}: cannot create the output ({line})")
+    return StorageError(f"{location}: storage or network error while writing ({line}); nothing was published")
+
+
 @dataclass(frozen=True)
 class Entry:
     location: str  # as given, or joined under the directory that was given
@@ -148,8 +204,6 @@ def is_directory(location: str, for_output: bool = False) -> bool:
         return filesystem.get_file_info(path).type == pafs.FileType.Directory
     except OSError as error:
         if for_output:
-            from score.sink import write_error
-
             raise write_error(location, error) from None
         raise read_error(location, error) from None
 

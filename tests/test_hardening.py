@@ -6,6 +6,7 @@ output (and no temporary file) is left behind, and that the input is byte-for-by
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -597,3 +598,30 @@ def test_two_concurrent_runs_never_mix(tmp_path, model_path):
     lengths = {len(step) for row in table.column("top_k_values").slice(0, 1000).to_pylist() for step in row}
     assert lengths == {k}
     assert leftovers(tmp_path) == []
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (function-level imports included)."""
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            package = "score" if node.level else node.module
+            base = f"{package}.{node.module}" if node.level and node.module else package
+            modules.add(base)
+            # `from score import sink` imports the module score.sink.
+            modules.update(f"{base}.{alias.name}" for alias in node.names)
+    return modules
+
+
+def test_sinks_never_import_the_facade_and_storage_no_sink():
+    """score.sink -> local_sink, remote_sink -> sink_common, storage: no cycle back."""
+    sinks = {"score.sink", "score.local_sink", "score.remote_sink", "score.sink_common"}
+    imports = {name: imported_modules(ROOT / "score" / f"{name}.py")
+               for name in ("sink", "local_sink", "remote_sink", "sink_common", "storage")}
+    assert {"score.local_sink", "score.remote_sink"} <= imports["sink"]
+    for name in ("local_sink", "remote_sink", "sink_common"):
+        assert "score.sink" not in imports[name], name
+    assert not imports["sink_common"] & sinks
+    assert not imports["storage"] & sinks
