@@ -83,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
                          help="list column holding the sequences (default: the model's, usually x)")
     columns.add_argument("--input-columns", metavar="A,B,C,D",
                          help="wide layout: one integer column per step, in step order")
+    p.add_argument("--max-length", type=positive_int, default=None, metavar="N",
+                   help="variable-length models: score rows of up to N steps (default: the longest "
+                        "training length); beyond it predictions are extrapolation")
     p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help="rows per record batch; bounds memory (default 65536)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
@@ -127,6 +130,7 @@ def _config(args: argparse.Namespace):
         input_column=args.input_column,
         input_columns=input_columns,
         low_confidence=args.low_confidence,
+        max_length=args.max_length,
     )
     if args.quiet:
         progress = "none"
@@ -178,6 +182,8 @@ def _main(args: argparse.Namespace) -> int:
         message = f"internal error ({type(error).__name__}: {error}); rerun with SCORE_DEBUG=1 for details"
     message = one_line(message) if message else None
 
+    for line in state.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     if state.drift:
         for line in monitor.drift_warnings(state.drift):
             print(f"warning: {line}", file=sys.stderr)

@@ -16,22 +16,32 @@ from score.encoding import (
     REASONS,
     VALID,
     Encoded,
+    EncodedRagged,
+    RaggedSequences,
     RawSequences,
     column_type_error,
     integer_column_type,
     integer_list_value_type,
+    ragged_from_list,
+    segment_gather,
     sequences_from_columns,
     sequences_from_list,
+    to_padded,
 )
 from score.errors import InvalidInput, InvalidRow, UsageError
+from score import ragged
 from score.model import Scorer
 from score.monitor import Profile
+from score.topk import run_top_k, top_k
 
 OUTPUT_COLUMNS = ("y_pred", "top_k_values", "top_k_probs", "error")
 ON_INVALID = ("error", "null")
 _EXTENSION_KEY = b"ARROW:extension:name"
 # Beyond this many possible distinct sequences a row key would not fit in an int64.
 _MAX_KEY_SPACE = 1 << 62
+# Rows of any length are run in groups of similar length, each padded to its longest row; a
+# group's padded steps stay under this share of its real steps.
+MAX_PADDING = 0.10
 
 
 @dataclass(frozen=True)
@@ -44,23 +54,50 @@ class ScoreOptions:
     input_columns: tuple[str, ...] | None = None  # wide layout: one integer column per step
     dedup: bool = True  # score each distinct sequence of a batch once (the model is deterministic)
     low_confidence: float = 0.5  # a step whose top-1 probability is below this is low-confidence
+    max_length: int | None = None  # variable-length models: longest row scored (None: trained max)
 
     def validate(self, scorer: Scorer) -> None:
-        classes = scorer.spec.y_classes
+        spec = scorer.spec
+        classes = spec.y_classes
         if not 1 <= self.top_k <= classes:
             raise UsageError(f"--top-k {self.top_k}: expected 1 <= K <= {classes} (the model's classes)")
         if self.on_invalid not in ON_INVALID:
             raise UsageError(f"--on-invalid {self.on_invalid}: expected one of {', '.join(ON_INVALID)}")
-        if self.input_columns is not None and len(self.input_columns) != scorer.spec.seq_len:
-            raise UsageError(
-                f"--input-columns names {len(self.input_columns)} column(s); the model takes "
-                f"sequences of {scorer.spec.seq_len}, one column per step"
-            )
+        if self.max_length is not None:
+            if self.max_length < 1:
+                raise UsageError(f"--max-length {self.max_length}: expected a positive integer")
+            if not spec.variable_length:
+                raise UsageError(
+                    f"--max-length {self.max_length}: the model takes sequences of exactly "
+                    f"{spec.seq_len} (it was trained on one length); the limit applies only to "
+                    f"variable-length models"
+                )
+        if self.input_columns is not None:
+            columns = len(self.input_columns)
+            if not spec.variable_length and columns != spec.seq_len:
+                raise UsageError(
+                    f"--input-columns names {columns} column(s); the model takes sequences of "
+                    f"{spec.seq_len}, one column per step (the wide layout is fixed-length)"
+                )
+            if spec.variable_length and columns > self.length_limit(scorer):
+                raise UsageError(
+                    f"--input-columns names {columns} column(s); the model takes at most "
+                    f"{self.length_limit(scorer)} steps. The wide layout is fixed-length (every "
+                    f"row has one value per column): use a list column for rows of any length"
+                )
         if not 0.0 <= self.low_confidence <= 1.0:
             raise UsageError(f"--low-confidence {self.low_confidence}: expected a probability in [0, 1]")
 
     def column(self, scorer: Scorer) -> str:
         return self.input_column or scorer.spec.input_column
+
+    def length_limit(self, scorer: Scorer) -> int:
+        """The longest row this run scores: --max-length, else the longest training length."""
+        return self.max_length or scorer.spec.seq_len
+
+    def ragged(self, scorer: Scorer) -> bool:
+        """Whether rows may have any length (a variable-length model over a list column)."""
+        return scorer.spec.variable_length and self.input_columns is None
 
 
 @dataclass
@@ -73,6 +110,7 @@ class BatchStats:
     low_confidence_steps: int = 0
     scored_steps: int = 0
     distinct_rows: int = 0  # sequences actually run through the model
+    steps_computed: int = 0  # steps the model ran, padding of rows of any length included
 
     def merge(self, other: BatchStats) -> None:
         self.rows += other.rows
@@ -81,6 +119,7 @@ class BatchStats:
         self.low_confidence_steps += other.low_confidence_steps
         self.scored_steps += other.scored_steps
         self.distinct_rows += other.distinct_rows
+        self.steps_computed += other.steps_computed
 
 
 def empty_stats(scorer: Scorer) -> BatchStats:
@@ -231,33 +270,10 @@ class ResultCache:
             self.probabilities = self.probabilities[:0]
 
 
-def top_k(probabilities: np.ndarray, k: int) -> np.ndarray:
-    """Class indices of the k largest probabilities per step, best first.
-
-    Ties go to the lower class index, exactly as a stable descending sort would order them:
-    k passes of argmax (which returns the first of equal values), each hiding the class it
-    found. 3x faster than argpartition and a sort of K over 25 classes. ``probabilities`` is
-    changed during the call and restored before it returns.
-    """
-    classes = probabilities.shape[-1]
-    if k >= classes:
-        return np.argsort(-probabilities, axis=-1, kind="stable")
-    flat = probabilities.reshape(-1, classes)
-    rows = np.arange(flat.shape[0])
-    best = np.empty((flat.shape[0], k), dtype=np.intp)
-    taken = np.empty((flat.shape[0], k), dtype=flat.dtype)
-    for rank in range(k):
-        best[:, rank] = flat.argmax(axis=1)
-        taken[:, rank] = flat[rows, best[:, rank]]
-        flat[rows, best[:, rank]] = -np.inf  # probabilities are >= 0: never the max again
-    for rank in range(k):
-        flat[rows, best[:, rank]] = taken[:, rank]
-    return best.reshape(probabilities.shape[:-1] + (k,))
-
-
-def _list_array(values: np.ndarray, valid: np.ndarray, length: int) -> pa.Array:
-    """A list array with ``length`` items per valid row and null (empty) invalid rows."""
-    counts = np.where(valid, length, 0).astype(np.int64)
+def _list_array(values: pa.Array, valid: np.ndarray, lengths: int | np.ndarray) -> pa.Array:
+    """A list array with ``lengths`` items per valid row (one count, or one per row) and null
+    (empty) invalid rows."""
+    counts = np.where(valid, lengths, 0).astype(np.int64)
     offsets = np.zeros(valid.size + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     if offsets[-1] > np.iinfo(np.int32).max:
@@ -266,12 +282,12 @@ def _list_array(values: np.ndarray, valid: np.ndarray, length: int) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values, mask=mask)
 
 
-def _nested_list_array(values: np.ndarray, valid: np.ndarray, steps: int, k: int) -> pa.Array:
-    """A list (steps) of lists (k) per valid row, from a flat (valid rows * steps * k) buffer."""
-    inner_rows = int(valid.sum()) * steps
+def _nested_list_array(values: np.ndarray, valid: np.ndarray, lengths: int | np.ndarray, k: int) -> pa.Array:
+    """A list (steps) of lists (k) per valid row, from a flat (valid steps * k) buffer."""
+    inner_rows = values.size // k
     inner_offsets = pa.array((np.arange(inner_rows + 1, dtype=np.int64) * k).astype(np.int32))
     inner = pa.ListArray.from_arrays(inner_offsets, pa.array(values.reshape(-1)))
-    return _list_array(inner, valid, steps)
+    return _list_array(inner, valid, lengths)
 
 
 def _error_column(raw: RawSequences, encoded: Encoded, scorer: Scorer) -> pa.Array:
@@ -293,20 +309,14 @@ def _infer(
 
     Rows found in ``cache`` (by key) skip the model; the finite results of the others join it.
     """
-    steps, classes = scorer.spec.seq_len, scorer.spec.y_classes
+    steps = rows.shape[1]
     use_cache = cache is not None and cache.enabled and keys is not None
     hit, slot = cache.lookup(keys) if use_cache else (np.zeros(rows.shape[0], dtype=bool), None)
     hits = int(hit.sum())
     run = np.flatnonzero(~hit) if hits else None
     model_input = np.ascontiguousarray(rows if run is None else rows[run])
-    if scorer.graph_top_k:  # top-k inside onnxruntime; non-finite rows are dropped by the caller
-        finite, best_probabilities, best = scorer.predict_top_k(model_input, k)
-    else:
-        probabilities = (scorer.predict(model_input) if model_input.shape[0]
-                         else np.zeros((0, steps, classes), dtype=np.float32))
-        finite = np.isfinite(probabilities).all(axis=(1, 2))
-        best = top_k(probabilities, k)
-        best_probabilities = np.take_along_axis(probabilities, best, axis=-1)
+    # Top-k inside onnxruntime where it can; non-finite rows are dropped by the caller.
+    finite, best_probabilities, best = run_top_k(scorer, model_input, k)
     if hits:  # put the cached and the computed rows together, in row order
         cached_best, cached_probabilities = cache.get(slot[hit])
         merged_best = np.empty((rows.shape[0], steps, k), dtype=best.dtype)
@@ -332,12 +342,15 @@ def score_batch_with_stats(
     3. run each distinct valid sequence through the model once; 4. refuse non-finite output;
     5. top-k and decode; 6. assemble the output columns after the input columns.
     """
+    if options.ragged(scorer):
+        return _score_ragged(scorer, batch, options, cache)
     spec = scorer.spec
-    steps, k = spec.seq_len, options.top_k
+    k = options.top_k
 
     # 1-2. Read, validate, encode.
     raw = read_sequences(batch, scorer, options)
-    encoded = scorer.encoder.encode(raw)
+    steps = raw.values.shape[1]  # the spec's length; the wide layout's columns
+    encoded = scorer.encoder.encode(raw, steps)
     if options.on_invalid == "error":
         scorer.encoder.raise_first_invalid(raw, encoded)
     valid_rows = np.flatnonzero(encoded.reasons == VALID)
@@ -393,7 +406,149 @@ def score_batch_with_stats(
     stats.low_confidence_steps = int((confidence < options.low_confidence).sum())
     stats.scored_steps = int(confidence.size)
     stats.distinct_rows = int(model_rows)
+    stats.steps_computed = int(model_rows) * steps
     return scored, stats
+
+
+def _score_ragged(
+    scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, cache: ResultCache | None
+) -> tuple[pa.RecordBatch, BatchStats]:
+    """score_batch_with_stats for rows of any length (a variable-length model).
+
+    The same steps as for fixed-length rows, over flat arrays (score.ragged): rows are never
+    padded to the batch's longest row, only in groups of similar length inside the model run.
+    """
+    spec, k = scorer.spec, options.top_k
+
+    # 1-2. Read, validate, encode; rows over the limit are refused from their length alone.
+    name = options.column(scorer)
+    raw = ragged_from_list(batch.column(name), name, options.length_limit(scorer))
+    encoded = scorer.encoder.encode_ragged(raw)
+    if options.on_invalid == "error":
+        scorer.encoder.raise_first_invalid(raw, encoded)
+    valid_rows = np.flatnonzero(encoded.reasons == VALID)
+    lengths = raw.gathered_lengths[valid_rows]
+    offsets = _offsets(lengths)
+    if valid_rows.size == raw.rows:
+        flat = encoded.indices
+    else:
+        flat = encoded.indices[segment_gather(raw.offsets[valid_rows], lengths)]
+
+    # 3. Inference on distinct sequences only (the length is part of a sequence's key).
+    if options.dedup:
+        keys = ragged.row_keys(flat, offsets, spec.x_classes, ragged_key_length(scorer, options))
+        first, inverse = ragged.distinct(keys)
+        distinct_lengths = lengths[first]
+        distinct_offsets = _offsets(distinct_lengths)
+        distinct_flat = flat[segment_gather(offsets[first], distinct_lengths)]
+        distinct_keys = keys[first]
+    else:
+        inverse, distinct_offsets, distinct_flat, distinct_keys = None, offsets, flat, None
+    best, best_probabilities, finite, model_rows, computed = _infer_ragged(
+        scorer, distinct_flat, distinct_offsets, distinct_keys, k, cache)
+
+    # 4-5. Scatter each distinct row's top-k to every row equal to it; NaN or infinity fails the row.
+    row_finite = finite[inverse] if inverse is not None else finite
+    if inverse is not None:
+        gather = segment_gather(distinct_offsets[inverse], lengths)
+        best, best_probabilities = best[gather], best_probabilities[gather]
+    if not row_finite.all():
+        broken = valid_rows[~row_finite]
+        if options.on_invalid == "error":
+            raise InvalidRow(int(broken[0]), REASONS[NON_FINITE_OUTPUT],
+                             "the model's output is NaN or infinite for this row")
+        encoded.reasons[broken] = NON_FINITE_OUTPUT
+        kept_steps = np.repeat(row_finite, lengths)
+        flat, best, best_probabilities = flat[kept_steps], best[kept_steps], best_probabilities[kept_steps]
+        valid_rows, lengths = valid_rows[row_finite], lengths[row_finite]
+        offsets = _offsets(lengths)
+    valid = encoded.reasons == VALID
+    row_lengths = np.zeros(raw.rows, dtype=np.int64)
+    row_lengths[valid_rows] = lengths
+    top_values = scorer.encoder.decode_y(best)
+
+    # 6. Assemble: one value (and one list of K) per step of each row.
+    columns = [
+        _list_array(pa.array(top_values[:, 0]), valid, row_lengths),
+        _nested_list_array(top_values, valid, row_lengths, k),
+        _nested_list_array(best_probabilities.astype(np.float32, copy=False), valid, row_lengths, k),
+        _error_column(raw, encoded, scorer),
+    ]
+    scored = pa.RecordBatch.from_arrays(list(batch.columns) + columns,
+                                        schema=output_schema(batch.schema, options))
+
+    confidence = best_probabilities[:, 0]
+    positions = np.arange(flat.size, dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+    stats = empty_stats(scorer)
+    stats.rows = batch.num_rows
+    stats.reason_counts = np.bincount(encoded.reasons, minlength=len(REASONS) + 1).astype(np.int64)
+    stats.profile.add_flat_inputs(positions, flat, lengths)
+    stats.profile.add_flat_predictions(positions, best[:, 0], confidence)
+    stats.low_confidence_steps = int((confidence < options.low_confidence).sum())
+    stats.scored_steps = int(confidence.size)
+    stats.distinct_rows = int(model_rows)
+    stats.steps_computed = int(computed)
+    return scored, stats
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def ragged_key_length(scorer: Scorer, options: ScoreOptions) -> int:
+    """The longest row of any length that gets a key (and a place in the run's cache)."""
+    return min(ragged.key_length(scorer.spec.x_classes), options.length_limit(scorer))
+
+
+def new_cache(scorer: Scorer, options: ScoreOptions) -> ResultCache | None:
+    """The run's result cache, sized for the rows this model and these options key."""
+    if not options.dedup:
+        return None
+    spec = scorer.spec
+    if options.ragged(scorer):
+        return ResultCache(ragged_key_length(scorer, options), options.top_k, spec.y_classes)
+    steps = len(options.input_columns) if options.input_columns is not None else spec.seq_len
+    return ResultCache(steps, options.top_k, spec.y_classes)
+
+
+def _infer_ragged(
+    scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, keys: np.ndarray | None, k: int,
+    cache: ResultCache | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Top-k classes and probabilities of each step of flat rows, whether each row is finite,
+    how many rows ran and how many steps the model computed.
+
+    Rows found in ``cache`` (by key) skip the model; the finite results of the others join it.
+    """
+    rows = offsets.size - 1
+    lengths = np.diff(offsets)
+    best = np.empty((flat.size, k), dtype=np.intp)
+    probabilities = np.empty((flat.size, k), dtype=np.float32)
+    finite = np.ones(rows, dtype=bool)
+    use_cache = cache is not None and cache.enabled and keys is not None
+    hit = np.zeros(rows, dtype=bool)
+    if use_cache:
+        found, slot = cache.lookup(keys)
+        hit = found & (keys >= 0)
+        if hit.any():
+            cached_best, cached_probabilities = cache.get(slot[hit])
+            mask = np.arange(cache.best.shape[1]) < lengths[hit][:, None]
+            destination = segment_gather(offsets[:-1][hit], lengths[hit])
+            best[destination] = cached_best[mask]
+            probabilities[destination] = cached_probabilities[mask]
+        cache.settle(float(hit.mean()) if rows else 1.0)
+    run = np.flatnonzero(~hit)
+    computed = ragged.infer(scorer, flat, offsets, run, k, best, probabilities, finite, MAX_PADDING)
+    if use_cache and cache.enabled:
+        new = run[finite[run] & (keys[run] >= 0)]
+        if new.size:
+            width = cache.best.shape[1]
+            padded_best, mask = to_padded(best, offsets, new, width)
+            padded_probabilities, _ = to_padded(probabilities, offsets, new, width)
+            cache.add(keys[new], padded_best, padded_probabilities)
+    return best, probabilities, finite, int(run.size), computed
 
 
 def score_batch(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions) -> pa.RecordBatch:

@@ -34,6 +34,15 @@ REASONS = {
     EMPTY_SEQUENCE: "empty_sequence",
 }
 
+
+
+def reasons_for(spec: Spec) -> dict[int, str]:
+    """The reasons a row can fail for this model: a length is wrong for a fixed-length model,
+    too long or empty for a variable-length one."""
+    excluded = {TOO_LONG, EMPTY_SEQUENCE} if not spec.variable_length else {WRONG_LENGTH}
+    return {code: name for code, name in REASONS.items() if code not in excluded}
+
+
 # A lookup table is the fastest encoder; beyond this span of raw values use a binary search.
 _MAX_TABLE_SPAN = 1 << 20
 
@@ -288,11 +297,11 @@ def ragged_from_list(array: pa.Array | pa.ChunkedArray, column: str, limit: int)
 
 def to_padded(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, width: int,
               fill: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of a flat ragged array as a (len(rows), width) matrix, right-padded with ``fill``,
-    and the (len(rows), width) mask of real steps. Every row must fit in ``width``."""
+    """Rows of a flat ragged array (steps, ...) as a (len(rows), width, ...) array, right-padded
+    with ``fill``, and the (len(rows), width) mask of real steps. Every row must fit."""
     lengths = offsets[rows + 1] - offsets[rows]
     mask = np.arange(width) < lengths[:, None]
-    matrix = np.full((rows.size, width), fill, dtype=flat.dtype)
+    matrix = np.full((rows.size, width) + flat.shape[1:], fill, dtype=flat.dtype)
     matrix[mask] = flat[segment_gather(offsets[rows], lengths)]
     return matrix, mask
 
@@ -350,9 +359,11 @@ class Encoder:
         known = in_range & (indices >= 0)
         return np.where(known, indices, 0), known
 
-    def encode(self, raw: RawSequences) -> Encoded:
-        """Validate and encode; invalid rows get index 0 and a reason."""
-        seq_len = self.spec.seq_len
+    def encode(self, raw: RawSequences, seq_len: int | None = None) -> Encoded:
+        """Validate and encode; invalid rows get index 0 and a reason. Rows must have
+        ``seq_len`` steps (default: the spec's; the wide layout of a variable-length model
+        passes its number of columns)."""
+        seq_len = self.spec.seq_len if seq_len is None else seq_len
         rows = raw.values.shape[0]
         indices, known = self._lookup(raw.values)
         reasons = np.zeros(rows, dtype=np.int8)

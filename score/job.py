@@ -24,10 +24,11 @@ from score.core import (
     ScoreOptions,
     check_input_schema,
     empty_stats,
+    new_cache,
     output_schema,
     score_batch_with_stats,
 )
-from score.encoding import REASONS
+from score.encoding import reasons_for
 from score.errors import (
     InputMissing,
     InvalidInput,
@@ -80,6 +81,7 @@ class RunState:
     stats: BatchStats | None = None
     scorer: models.Scorer | None = None
     drift: dict | None = None
+    warnings: list[str] = field(default_factory=list)  # said once, on stderr, after the run
 
 
 def _now() -> str:
@@ -237,6 +239,15 @@ def drift_report(scorer: models.Scorer, stats: BatchStats) -> dict | None:
     return monitor.drift(monitor.Profile.from_dict(baseline_payload), stats.profile)
 
 
+def length_warnings(scorer: models.Scorer, options: ScoreOptions) -> list[str]:
+    """What the run should know about its length limit."""
+    limit, trained = options.length_limit(scorer), scorer.spec.seq_len
+    if scorer.spec.variable_length and limit > trained:
+        return [f"--max-length {limit} is beyond the longest training length ({trained}): "
+                f"predictions for steps past {trained} are extrapolation"]
+    return []
+
+
 def _check_max_psi(location: str, scorer: models.Scorer, stats: BatchStats, max_psi: float | None) -> None:
     if max_psi is None:
         return
@@ -392,14 +403,14 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
     state.scorer = scorer
     config.options.validate(scorer)
     state.stats = empty_stats(scorer)
+    state.warnings.extend(length_warnings(scorer, config.options))
 
     pairs, directory_mode = plan(config)
     if directory_mode:
         _prepare_output_directory(config.output)
     reporter = Reporter(config.progress)
     # One cache for the whole run: a sequence scored in one file is not scored again in the next.
-    spec = scorer.spec
-    cache = ResultCache(spec.seq_len, config.options.top_k, spec.y_classes) if config.options.dedup else None
+    cache = new_cache(scorer, config.options)
     try:
         for input_location, output_location, relative in pairs:
             if relative and "/" in relative:
@@ -456,7 +467,8 @@ def summary(config: JobConfig, state: RunState, exit_code: int, error: str | Non
         spec = scorer.spec
         invalid = int(rows_in - stats.reason_counts[0])
         payload["rows_invalid"] = invalid
-        payload["invalid_by_reason"] = {REASONS[code]: int(stats.reason_counts[code]) for code in REASONS}
+        payload["invalid_by_reason"] = {name: int(stats.reason_counts[code])
+                                        for code, name in reasons_for(spec).items()}
         payload["predicted_class_distribution"] = [
             {str(value): int(count) for value, count in zip(spec.y_values, row) if count}
             for row in stats.profile.prediction_counts
@@ -478,7 +490,21 @@ def summary(config: JobConfig, state: RunState, exit_code: int, error: str | Non
         drift["psi_warning_level"] = monitor.PSI_WARNING
         payload["drift"] = drift
         payload["distinct_sequences_scored"] = stats.distinct_rows
+        payload["steps_scored"] = stats.scored_steps
+        payload["steps_computed"] = stats.steps_computed
+        payload["max_length"] = config.options.length_limit(scorer)
+        payload["sequence_length_histogram"] = length_histogram(stats.profile)
+    payload["warnings"] = list(state.warnings)
     return payload
+
+
+def length_histogram(profile: monitor.Profile) -> dict[str, int]:
+    """Rows per sequence length; the last key, '>N', counts rows longer than any training row."""
+    counts = profile.length_counts
+    if counts is None:
+        return {}
+    names = [str(length) for length in range(1, counts.size)] + [f">{counts.size - 1}"]
+    return {name: int(count) for name, count in zip(names, counts) if count}
 
 
 def write_summary(location: str, payload: dict) -> None:

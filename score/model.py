@@ -59,8 +59,8 @@ class Scorer:
         return self.metadata.get("version", "")
 
     def predict(self, indices: np.ndarray) -> np.ndarray:
-        """Probabilities (rows, seq_len, y classes) for encoded rows."""
-        probabilities = np.empty((indices.shape[0], self.spec.seq_len, self.spec.y_classes), np.float32)
+        """Probabilities (rows, steps, y classes) for encoded rows (rows, steps)."""
+        probabilities = np.empty((indices.shape[0], indices.shape[1], self.spec.y_classes), np.float32)
         for start, outputs in self._runs(indices, [OUTPUT_NAME], k=1):
             probabilities[start : start + len(outputs[0])] = outputs[0]
         return probabilities
@@ -73,7 +73,7 @@ class Scorer:
         makes it non-finite (so would finite values near float32's limit, which no softmax
         gives). The full probabilities never leave onnxruntime.
         """
-        rows, steps = indices.shape[0], self.spec.seq_len
+        rows, steps = indices.shape
         finite = np.empty(rows, dtype=bool)
         top_probabilities = np.empty((rows, steps, k), dtype=np.float32)
         top_classes = np.empty((rows, steps, k), dtype=np.int64)
@@ -174,6 +174,11 @@ def _check_io(location: str, session: ort.InferenceSession, spec: Spec) -> np.dt
     if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != spec.seq_len):
         raise ModelError(
             f"{location}: input 'x' has shape {shape}; expected (batch, {spec.seq_len})"
+        )
+    if spec.variable_length and isinstance(shape[1], int):
+        raise ModelError(
+            f"{location}: the spec says sequences of {spec.describe_length()} but input 'x' has "
+            f"a fixed time axis {shape}; export it with a dynamic time axis"
         )
     outputs = {o.name: o for o in session.get_outputs() if o.name not in (TOP_PROBABILITIES, TOP_CLASSES, ROW_SUMS)}
     output = outputs.get(OUTPUT_NAME)

@@ -174,6 +174,12 @@ def drift(baseline: Profile, today: Profile) -> dict:
         return [None if np.isnan(v) else round(float(v), 6) for v in values]
 
     rows = today.rows
+    if baseline.steps != today.steps:  # a baseline of another length: compare the common steps
+        steps = min(baseline.steps, today.steps)
+        baseline = Profile(baseline.input_counts[:steps], baseline.prediction_counts[:steps],
+                           baseline.confidence_counts[:steps], None)
+        today = Profile(today.input_counts[:steps], today.prediction_counts[:steps],
+                        today.confidence_counts[:steps], None)
     return {
         "rows": rows,
         "minimum_rows": minimum_rows(today),

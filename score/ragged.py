@@ -1,0 +1,115 @@
+"""Rows of any length: exact keys, groups of similar length, and inference over flat arrays.
+
+A variable-length model is causal (a unidirectional LSTM with return_sequences): the output at
+step t depends only on steps 0..t, so right padding cannot change a real step's output and no
+mask is needed. Rows are therefore run in groups of similar length, each group padded only to
+its own longest row, and only the real steps' results are kept.
+
+Every array here is flat, like score.encoding.RaggedSequences: the steps of all rows back to
+back, with ``offsets`` (rows + 1) saying where each row starts. Memory follows the real steps of
+a batch, never rows x the longest row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from score import model as models
+from score.encoding import segment_gather, to_padded
+from score.model import Scorer
+from score.topk import run_top_k
+
+# Keys must fit in an int64 with room to spare, as for fixed-length rows.
+_MAX_KEY_SPACE = 1 << 62
+
+
+def key_length(classes: int) -> int:
+    """The longest row whose key fits: (classes + 1) ** length <= 2**62."""
+    length, space = 0, 1
+    while space * (classes + 1) <= _MAX_KEY_SPACE:
+        length, space = length + 1, space * (classes + 1)
+    return length
+
+
+def row_keys(flat: np.ndarray, offsets: np.ndarray, classes: int, key_len: int) -> np.ndarray:
+    """One int64 per row that equals another row's exactly when both sequences are equal.
+
+    A row's key reads (index + 1) at step t as digit t in base classes + 1, so a shorter row
+    (whose missing steps are digit 0) never equals a longer one: the length is in the key.
+    Rows longer than ``key_len`` get -1: they have no key and are never merged or cached.
+    Every row must have at least one step.
+    """
+    rows = offsets.size - 1
+    if rows == 0:
+        return np.zeros(0, dtype=np.int64)
+    lengths = np.diff(offsets)
+    positions = np.arange(flat.size, dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+    keyed_steps = np.repeat(lengths <= key_len, lengths)
+    weights = np.zeros(max(int(lengths.max()), 1), dtype=np.int64)
+    weights[: min(key_len, weights.size)] = (classes + 1) ** np.arange(min(key_len, weights.size),
+                                                                       dtype=np.int64)
+    digits = np.where(keyed_steps, flat.astype(np.int64) + 1, 0)
+    keys = np.add.reduceat(digits * weights[positions], offsets[:-1])
+    return np.where(lengths <= key_len, keys, -1)
+
+
+def distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first row of each distinct sequence, and which of them every row equals.
+
+    Rows without a key (-1) are each their own distinct sequence.
+    """
+    rows = keys.size
+    keyed = np.flatnonzero(keys >= 0)
+    unkeyed = np.flatnonzero(keys < 0)
+    _, first, inverse = np.unique(keys[keyed], return_index=True, return_inverse=True)
+    distinct_rows = np.concatenate([keyed[first], unkeyed])
+    which = np.empty(rows, dtype=np.int64)
+    which[keyed] = inverse.reshape(-1)
+    which[unkeyed] = first.size + np.arange(unkeyed.size)
+    return distinct_rows, which
+
+
+def length_chunks(sorted_lengths: np.ndarray, max_rows: int,
+                  max_padding: float) -> list[tuple[int, int]]:
+    """Cut rows sorted by length into runs of at most ``max_rows`` rows whose padding to the
+    run's longest row stays within ``max_padding`` of its real steps.
+
+    A run of one length has no padding, so every run can hold at least its first row.
+    """
+    count = sorted_lengths.size
+    total = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(sorted_lengths, out=total[1:])
+    chunks = []
+    start = 0
+    while start < count:
+        stops = np.arange(start + 1, min(start + max_rows, count) + 1)
+        real = total[stops] - total[start]
+        padded = sorted_lengths[stops - 1] * (stops - start)
+        fits = np.flatnonzero(padded - real <= max_padding * real)
+        stop = int(stops[fits[-1]])
+        chunks.append((start, stop))
+        start = stop
+    return chunks
+
+
+def infer(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, k: int,
+          best: np.ndarray, probabilities: np.ndarray, finite: np.ndarray,
+          max_padding: float) -> int:
+    """Run ``rows`` of a flat batch through the model in groups of similar length, writing each
+    real step's top-k into ``best`` and ``probabilities`` (flat, like ``flat``) and each row's
+    finiteness into ``finite``. Returns the steps the model computed, padding included."""
+    lengths = np.diff(offsets)
+    order = rows[np.argsort(lengths[rows], kind="stable")]
+    computed = 0
+    for start, stop in length_chunks(lengths[order], models.INFERENCE_ROWS, max_padding):
+        chunk = order[start:stop]
+        width = int(lengths[chunk[-1]])
+        matrix, mask = to_padded(flat, offsets, chunk, width)
+        chunk_finite, chunk_probabilities, chunk_best = run_top_k(scorer, matrix, k)
+        destination = segment_gather(offsets[chunk], lengths[chunk])
+        best[destination] = chunk_best[mask]
+        probabilities[destination] = chunk_probabilities[mask]
+        finite[chunk] = chunk_finite
+        computed += matrix.size
+    return computed
+
