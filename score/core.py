@@ -11,13 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from score import ragged
 from score.encoding import (
     NON_FINITE_OUTPUT,
     REASONS,
     VALID,
     Encoded,
-    EncodedRagged,
-    RaggedSequences,
     RawSequences,
     column_type_error,
     integer_column_type,
@@ -29,7 +28,6 @@ from score.encoding import (
     to_padded,
 )
 from score.errors import InvalidInput, InvalidRow, UsageError
-from score import ragged
 from score.model import Scorer
 from score.monitor import Profile
 from score.topk import run_top_k, top_k
@@ -98,6 +96,15 @@ class ScoreOptions:
     def ragged(self, scorer: Scorer) -> bool:
         """Whether rows may have any length (a variable-length model over a list column)."""
         return scorer.spec.variable_length and self.input_columns is None
+
+
+def length_warnings(scorer: Scorer, options: ScoreOptions) -> list[str]:
+    """What the run should know about its length limit."""
+    limit, trained = options.length_limit(scorer), scorer.spec.seq_len
+    if scorer.spec.variable_length and limit > trained:
+        return [f"--max-length {limit} is beyond the longest training length ({trained}): "
+                f"predictions for steps past {trained} are extrapolation"]
+    return []
 
 
 @dataclass

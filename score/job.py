@@ -24,6 +24,7 @@ from score.core import (
     ScoreOptions,
     check_input_schema,
     empty_stats,
+    length_warnings,
     new_cache,
     output_schema,
     score_batch_with_stats,
@@ -237,15 +238,6 @@ def drift_report(scorer: models.Scorer, stats: BatchStats) -> dict | None:
     if baseline_payload is None:
         return None
     return monitor.drift(monitor.Profile.from_dict(baseline_payload), stats.profile)
-
-
-def length_warnings(scorer: models.Scorer, options: ScoreOptions) -> list[str]:
-    """What the run should know about its length limit."""
-    limit, trained = options.length_limit(scorer), scorer.spec.seq_len
-    if scorer.spec.variable_length and limit > trained:
-        return [f"--max-length {limit} is beyond the longest training length ({trained}): "
-                f"predictions for steps past {trained} are extrapolation"]
-    return []
 
 
 def _check_max_psi(location: str, scorer: models.Scorer, stats: BatchStats, max_psi: float | None) -> None:

@@ -32,7 +32,7 @@ import pyarrow as pa
 from score import __main__ as cli
 from score import errors, storage
 from score import model as models
-from score.core import ScoreOptions, check_input_schema, output_schema, score_batch
+from score.core import ScoreOptions, check_input_schema, length_warnings, output_schema, score_batch
 from score.errors import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
@@ -274,6 +274,7 @@ def score_dataframe(
     *,
     input_columns: tuple[str, ...] | None = None,
     threads: int = DEFAULT_THREADS,
+    max_length: int | None = None,
 ) -> DataFrame:
     """Score a Spark DataFrame: every input column, then y_pred, top_k_values, top_k_probs, error.
 
@@ -290,7 +291,7 @@ def score_dataframe(
     """
     scorer = models.load(model_path, models.SessionConfig(threads=1))
     options = ScoreOptions(top_k=top_k, on_invalid=on_invalid, input_column=input_column,
-                           input_columns=input_columns)
+                           input_columns=input_columns, max_length=max_length)
     return _scored(df, scorer, model_path, options, threads)
 
 
@@ -546,6 +547,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=cli.positive_int, default=None, metavar="N",
                    help="rows per Arrow batch (spark.sql.execution.arrow.maxRecordsPerBatch, "
                         "default 10000)")
+    p.add_argument("--max-length", type=cli.positive_int, default=None, metavar="N",
+                   help="variable-length models: score rows of up to N steps (default: the longest "
+                        "training length)")
     p.add_argument("--threads", type=cli.positive_int, default=DEFAULT_THREADS, metavar="N",
                    help="onnxruntime intra-op threads per task (default 1: tasks share the cores)")
     p.add_argument("--quiet", action="store_true", help="no line when the job is done")
@@ -559,7 +563,8 @@ def _config(args: argparse.Namespace) -> SparkJobConfig:
         if not all(input_columns):
             raise UsageError(f"--input-columns {args.input_columns!r}: a column name is empty")
     options = ScoreOptions(top_k=args.top_k, on_invalid=args.on_invalid,
-                           input_column=args.input_column, input_columns=input_columns)
+                           input_column=args.input_column, input_columns=input_columns,
+                           max_length=args.max_length)
     return SparkJobConfig(
         input=args.input,
         output=args.output,
@@ -626,6 +631,8 @@ def _main(args: argparse.Namespace, signals: _Signals) -> int:
         check_locations(config)
         scorer = models.load(config.model, models.SessionConfig(threads=1))
         config.options.validate(scorer)
+        for line in length_warnings(scorer, config.options):
+            print(f"warning: {line}", file=sys.stderr)
         session, log_path = start_session(config)
         signals.session = session
         signal.signal(signal.SIGINT, signals.handle)  # SparkContext installed its own
