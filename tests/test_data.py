@@ -264,3 +264,135 @@ def test_split_needs_a_row_in_each_part(rows):
     with pytest.raises(InvalidInput, match=f"only {rows} rows: .* provide at least 10 rows"):
         data.split(rows, seed=0)
     assert data.split(6, seed=0).test.size == 1  # the smallest that works: 4/1/1
+
+
+# Ragged data: rows of different lengths -------------------------------------------------------------
+RAGGED_X = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [0, 1]]
+RAGGED_Y = [[2, 4, 6], [8], [10, 1, 3, 5, 7], [0, 2]]
+
+
+def ragged_array(rows: list, kind: str, value_type: pa.DataType = pa.int64()) -> pa.Array:
+    list_type = pa.large_list(value_type) if kind == "large_list" else pa.list_(value_type)
+    return pa.array(rows, list_type)
+
+
+def assert_ragged(dataset: data.Dataset, x: list = RAGGED_X, y: list = RAGGED_Y) -> None:
+    lengths = [len(row) for row in x]
+    assert dataset.variable_length and dataset.lengths.tolist() == lengths
+    assert dataset.x.shape == dataset.y.shape == (len(x), max(lengths))
+    mask = dataset.mask
+    assert [row[m].tolist() for row, m in zip(dataset.x, mask)] == x
+    assert [row[m].tolist() for row, m in zip(dataset.y, mask)] == y
+    assert (dataset.x[~mask] == 0).all() and (dataset.y[~mask] == 0).all()  # padding
+
+
+@pytest.mark.parametrize("value_type", [pa.int8(), pa.uint16(), pa.int64()], ids=str)
+@pytest.mark.parametrize("kind", ["list", "large_list"])
+def test_ragged_parquet_from_pyarrow(tmp_path, kind, value_type):
+    path = write(tmp_path / "d.parquet", ragged_array(RAGGED_X, kind, value_type),
+                 ragged_array(RAGGED_Y, kind, value_type))
+    dataset = data.read_parquet(path)
+    assert_ragged(dataset)
+    assert dataset.seq_len == 5 and dataset.source == path
+
+
+def test_ragged_parquet_with_x_and_y_in_different_list_types(tmp_path):
+    path = write(tmp_path / "d.parquet", ragged_array(RAGGED_X, "large_list", pa.uint8()),
+                 ragged_array(RAGGED_Y, "list", pa.int32()))
+    assert_ragged(data.read_parquet(path))
+
+
+def test_rows_of_one_length_stay_a_fixed_length_dataset(tmp_path):
+    path = write(tmp_path / "d.parquet", ragged_array(X.tolist(), "large_list"),
+                 ragged_array(Y.tolist(), "list"))
+    dataset = assert_read_back(path)
+    assert dataset.lengths is None and not dataset.variable_length
+    assert data.infer_spec(dataset).min_len is None
+
+
+@pytest.mark.parametrize(
+    "x,y,detail",
+    [
+        pytest.param(RAGGED_X, [[2, 4, 6], [8], [10, 1, 3, 5], [0, 2]],
+                     "column 'y', row 2: x has 5 values but y has 4", id="y_shorter"),
+        pytest.param([[1, 2, 3], [4], [5, 6], [0, 1]], RAGGED_Y,
+                     "column 'y', row 2: x has 2 values but y has 5", id="y_longer"),
+        pytest.param([[1, 2, 3], [], [5], [0]], [[1, 2, 3], [], [5], [0]],
+                     "column 'x', row 1: x is an empty list; expected a sequence of at least one "
+                     "value", id="empty_x"),
+        pytest.param(RAGGED_X, [[2, 4, 6], [8], [10, 1, None, 5, 7], [0, 2]],
+                     "column 'y', row 2: y[2] is null", id="null_element_in_a_long_row"),
+    ],
+)
+def test_ragged_problems_name_the_row_and_both_lengths(tmp_path, x, y, detail):
+    path = write(tmp_path / "d.parquet", ragged_array(x, "list"), ragged_array(y, "list"))
+    with pytest.raises(InvalidInput) as caught:
+        data.read_parquet(path)
+    assert str(caught.value) == f"{path}: {detail}"
+
+
+def test_ragged_spec_records_the_shortest_and_longest_lengths(tmp_path):
+    path = write(tmp_path / "d.parquet", ragged_array(RAGGED_X, "list"), ragged_array(RAGGED_Y, "list"))
+    spec = data.infer_spec(data.read_parquet(path))
+    assert (spec.variable_length, spec.min_len, spec.max_len, spec.seq_len) == (True, 1, 5, 5)
+    assert spec.x_values == tuple(range(10)) and spec.y_values == tuple(range(11))
+
+
+def test_padding_is_not_a_value():
+    """The padding 0 neither widens an inferred value set nor breaks a given one."""
+    dataset = data.Dataset(np.array([[5, 6], [7, 0]]), np.array([[1, 2], [3, 0]]), "d",
+                           np.array([2, 1]))
+    spec = data.infer_spec(dataset, y_values=(1, 2, 3))
+    assert spec.x_values == (5, 6, 7) and spec.y_values == (1, 2, 3)
+
+
+def test_ragged_text_files(tmp_path):
+    x_path, y_path = tmp_path / "X.txt", tmp_path / "Y.txt"
+    x_path.write_text("\n".join(" ".join(map(str, row)) for row in RAGGED_X) + "\n\n")
+    y_path.write_text("\n".join(" ".join(map(str, row)) for row in RAGGED_Y) + "\n")
+    dataset = data.read_text(str(x_path), str(y_path))
+    assert_ragged(dataset)
+    assert dataset.source == f"{x_path} + {y_path}"
+
+
+def test_ragged_text_line_lengths_must_match(tmp_path):
+    x_path, y_path = tmp_path / "X.txt", tmp_path / "Y.txt"
+    x_path.write_text("1 2 3\n4\n5 6\n")
+    y_path.write_text("1 2 3\n4\n5 6 7\n")
+    with pytest.raises(InvalidInput) as caught:
+        data.read_text(str(x_path), str(y_path))
+    assert str(caught.value) == (
+        f"{y_path}: line 3: 3 values but {x_path} line 3 has 2; x and y sequences must have the "
+        f"same length"
+    )
+
+
+def test_ragged_fingerprint_depends_on_real_values_and_lengths_only():
+    dataset = data.ragged_dataset(rows=50)
+    repadded = data.Dataset(np.where(dataset.mask, dataset.x, 7), dataset.y, "", dataset.lengths)
+    assert repadded.fingerprint() == dataset.fingerprint()
+    wider = data.Dataset(np.pad(dataset.x, ((0, 0), (0, 3))), np.pad(dataset.y, ((0, 0), (0, 3))),
+                         "", dataset.lengths)
+    assert wider.fingerprint() == dataset.fingerprint()
+    changed = dataset.y.copy()
+    changed[0, 0] += 1
+    assert data.Dataset(dataset.x, changed, "", dataset.lengths).fingerprint() != dataset.fingerprint()
+
+
+def test_ragged_example_follows_the_default_rule():
+    dataset = data.ragged_dataset(rows=2000)
+    assert dataset.source == "the embedded ragged example" and dataset.x.shape == (2000, 32)
+    assert set(dataset.lengths.tolist()) == set(range(1, 33))  # every length 1..32
+    real = dataset.x[dataset.mask]
+    assert real.min() == 0 and real.max() == 10
+    np.testing.assert_array_equal(np.where(dataset.mask, np.cumsum(dataset.x, axis=1) % 25, 0),
+                                  dataset.y)
+    assert data.ragged_dataset(rows=2000).fingerprint() == dataset.fingerprint()  # seeded
+
+
+def test_ragged_write_round_trips(tmp_path):
+    path = str(tmp_path / "ragged.parquet")
+    dataset = data.ragged_dataset(rows=300)
+    data.write_parquet(dataset, path)
+    assert pq.read_table(path).column("x").to_pylist()[0] == dataset.x[0, : dataset.lengths[0]].tolist()
+    assert data.read_parquet(path).fingerprint() == dataset.fingerprint()

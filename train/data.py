@@ -1,8 +1,10 @@
 """Training data: the embedded default, Parquet files, and the question's plain-text form.
 
-Every reader returns two int64 matrices (rows, seq_len) of raw values, already checked: no
-nulls, one sequence length, x and y of equal length in every row. Value sets and class indices
-are the encoding contract's business (score.encoding), applied afterwards.
+Every reader returns two int64 matrices of raw values, already checked: no nulls, no empty
+sequence, x and y of equal length in every row. Rows of one length fill the matrices exactly;
+rows of different lengths (ragged data) are right-padded with 0 to the longest row, and
+``Dataset.lengths`` says how many steps of each row are real. Value sets and class indices are
+the encoding contract's business (score.encoding), applied afterwards.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import pyarrow.parquet as pq
 
 from score import storage
 from score.encoding import (
-    RawSequences,
+    RaggedSequences,
     column_type_error,
     integer_list_value_type,
-    sequences_from_list,
+    ragged_from_list,
+    to_padded,
 )
 from score.errors import InvalidInput
 from score.spec import Spec
@@ -29,26 +32,65 @@ DEFAULT_ROWS = 10_000
 DEFAULT_SEQ_LEN = 4
 DEFAULT_X_VALUES = tuple(range(11))  # 0..10: 11 classes, not 10
 DEFAULT_Y_VALUES = tuple(range(25))  # 0..24: 25 classes, not 24
+RAGGED_ROWS = 10_000
+RAGGED_MAX_LEN = 32  # the ragged example's lengths are uniform over 1..32
+EXAMPLES = ("default", "ragged")  # the embedded datasets `--example` chooses from
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Raw sequences and where they came from."""
+    """Raw sequences and where they came from.
 
-    x: np.ndarray  # (rows, seq_len) int64 raw input values
-    y: np.ndarray  # (rows, seq_len) int64 raw target values
+    Ragged rows are right-padded with 0 to the longest; ``lengths`` counts each row's real steps.
+    Rows that all share one length are a fixed-length dataset: ``lengths`` is then None.
+    """
+
+    x: np.ndarray  # (rows, steps) int64 raw input values, 0 past a row's length
+    y: np.ndarray  # (rows, steps) int64 raw target values, 0 past a row's length
     source: str  # what a message names: a file, two files, or 'the embedded default'
+    lengths: np.ndarray | None = None  # (rows,) int64 real steps per row; None: all are real
+
+    def __post_init__(self) -> None:
+        if self.lengths is not None:
+            lengths = np.asarray(self.lengths, dtype=np.int64)
+            # One length for every row that fills the matrix: the fixed-length case, as before.
+            fixed = lengths.size and (lengths == self.x.shape[1]).all()
+            object.__setattr__(self, "lengths", None if fixed else lengths)
+
+    @property
+    def variable_length(self) -> bool:
+        return self.lengths is not None
 
     @property
     def seq_len(self) -> int:
+        """The sequence length: the only one, or the longest of a ragged dataset."""
         return int(self.x.shape[1])
+
+    @property
+    def row_lengths(self) -> np.ndarray:
+        """(rows,) real steps of each row."""
+        if self.lengths is None:
+            return np.full(self.x.shape[0], self.x.shape[1], dtype=np.int64)
+        return self.lengths
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(rows, steps) bool: which steps are real (not padding)."""
+        return np.arange(self.x.shape[1]) < self.row_lengths[:, None]
 
     def fingerprint(self) -> str:
         """sha256 of the values and their shape: the same data gives the same fingerprint."""
         digest = hashlib.sha256()
-        digest.update(f"{self.x.shape}|{self.y.shape}".encode())
-        digest.update(np.ascontiguousarray(self.x, dtype="<i8").tobytes())
-        digest.update(np.ascontiguousarray(self.y, dtype="<i8").tobytes())
+        if self.lengths is None:  # unchanged for fixed-length data: older metrics still match
+            digest.update(f"{self.x.shape}|{self.y.shape}".encode())
+            digest.update(np.ascontiguousarray(self.x, dtype="<i8").tobytes())
+            digest.update(np.ascontiguousarray(self.y, dtype="<i8").tobytes())
+            return digest.hexdigest()
+        mask = self.mask
+        digest.update(f"ragged|{self.x.shape[0]}".encode())
+        digest.update(np.ascontiguousarray(self.lengths, dtype="<i8").tobytes())
+        digest.update(np.ascontiguousarray(self.x[mask], dtype="<i8").tobytes())
+        digest.update(np.ascontiguousarray(self.y[mask], dtype="<i8").tobytes())
         return digest.hexdigest()
 
 
@@ -60,15 +102,40 @@ def default_dataset(rows: int = DEFAULT_ROWS, seed: int = 0) -> Dataset:
     return Dataset(x, y, "the embedded default")
 
 
+def ragged_dataset(rows: int = RAGGED_ROWS, seed: int = 0, max_len: int = RAGGED_MAX_LEN) -> Dataset:
+    """The default's rule on rows of lengths uniform over 1..max_len: x in 0..10, y_t = (x_0 +
+    ... + x_t) mod 25."""
+    generator = np.random.default_rng(seed)
+    lengths = generator.integers(1, max_len + 1, size=rows, dtype=np.int64)
+    real = np.arange(max_len) < lengths[:, None]
+    x = np.where(real, generator.integers(0, 11, size=(rows, max_len), dtype=np.int64), 0)
+    y = np.where(real, np.cumsum(x, axis=1) % 25, 0)
+    return Dataset(x, y, "the embedded ragged example", lengths)
+
+
+def example_dataset(name: str) -> Dataset:
+    """One of the embedded EXAMPLES by name."""
+    return ragged_dataset() if name == "ragged" else default_dataset()
+
+
 def to_table(dataset: Dataset) -> pa.Table:
-    """The dataset as a Parquet-ready table with list<int64> columns x and y."""
-    return pa.table({"x": list_column(dataset.x), "y": list_column(dataset.y)})
+    """The dataset as a Parquet-ready table with list<int64> columns x and y (ragged kept)."""
+    lengths = dataset.lengths
+    return pa.table({"x": list_column(dataset.x, lengths), "y": list_column(dataset.y, lengths)})
 
 
-def list_column(values: np.ndarray) -> pa.Array:
+def list_column(values: np.ndarray, lengths: np.ndarray | None = None) -> pa.Array:
+    """A list array of the rows of a (rows, steps) matrix, each cut to its length if given."""
     rows, steps = values.shape
-    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * steps)
-    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)))
+    if lengths is None:
+        offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * steps)
+        return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)))
+    offsets = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    real = np.arange(steps) < np.asarray(lengths)[:, None]
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values[real])).cast(
+        pa.list_(pa.int64())
+    )
 
 
 def write_parquet(dataset: Dataset, path: str) -> None:
@@ -76,39 +143,68 @@ def write_parquet(dataset: Dataset, path: str) -> None:
 
 
 # Parquet --------------------------------------------------------------------------------------
-def _first_problem(raw: RawSequences, seq_len: int) -> tuple[int, str] | None:
-    """The first row that is null, of the wrong length, or holds a null element."""
-    bad_null = raw.row_null
-    bad_length = (raw.lengths != seq_len) & ~raw.row_null
-    bad_element = raw.element_null.any(axis=1) & ~bad_null & ~bad_length
-    bad = bad_null | bad_length | bad_element
+_NO_LIMIT = np.iinfo(np.int64).max  # training reads rows of every length
+
+
+def _row_of(raw: RaggedSequences, elements: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and position in the row of flat element numbers."""
+    rows = np.searchsorted(raw.offsets, elements, side="right") - 1
+    return rows, elements - raw.offsets[rows]
+
+
+def _first_problem(raw: RaggedSequences) -> tuple[int, str] | None:
+    """The first row that is null, empty, or holds a null element."""
+    empty = ~raw.row_null & (raw.lengths == 0)
+    element_row = np.zeros(raw.rows, dtype=bool)
+    first_position = np.zeros(raw.rows, dtype=np.int64)
+    if raw.element_null is not None:
+        rows, positions = _row_of(raw, np.flatnonzero(raw.element_null))
+        unique_rows, first = np.unique(rows, return_index=True)
+        element_row[unique_rows] = True
+        first_position[unique_rows] = positions[first]
+    bad = raw.row_null | empty | element_row
     if not bad.any():
         return None
     row = int(np.flatnonzero(bad)[0])
-    if bad_null[row]:
+    if raw.row_null[row]:
         return row, f"{raw.column} is null"
-    if bad_length[row]:
-        return row, (
-            f"{raw.column} has {int(raw.lengths[row])} values; expected {seq_len} "
-            f"like the first row"
-        )
-    position = int(raw.element_null[row].argmax())
-    return row, f"{raw.column}[{position}] is null"
+    if empty[row]:
+        return row, f"{raw.column} is an empty list; expected a sequence of at least one value"
+    return row, f"{raw.column}[{int(first_position[row])}] is null"
 
 
-def _as_int64(raw: RawSequences, source: str) -> np.ndarray:
+def _first_mismatch(x_raw: RaggedSequences, y_raw: RaggedSequences) -> tuple[int, str] | None:
+    """The first row whose x and y (both present) have different lengths."""
+    usable = ~x_raw.row_null & ~y_raw.row_null
+    mismatch = usable & (x_raw.lengths != y_raw.lengths)
+    if not mismatch.any():
+        return None
+    row = int(np.flatnonzero(mismatch)[0])
+    return row, (
+        f"{x_raw.column} has {int(x_raw.lengths[row])} values but {y_raw.column} has "
+        f"{int(y_raw.lengths[row])}"
+    )
+
+
+def _as_int64(raw: RaggedSequences, source: str) -> np.ndarray:
+    """The flat values as int64; an unsigned value beyond int64 is refused, never wrapped."""
     values = raw.values
     if values.dtype == np.uint64 and values.size and values.max() > np.iinfo(np.int64).max:
-        row, position = np.argwhere(values > np.iinfo(np.int64).max)[0]
+        element = int(np.flatnonzero(values > np.iinfo(np.int64).max)[0])
+        rows, positions = _row_of(raw, np.array([element]))
         raise InvalidInput(
-            f"{source}: column {raw.column!r}, row {row}: {raw.column}[{position}] = "
-            f"{values[row, position]} does not fit in a signed 64-bit integer"
+            f"{source}: column {raw.column!r}, row {int(rows[0])}: {raw.column}[{int(positions[0])}] "
+            f"= {values[element]} does not fit in a signed 64-bit integer"
         )
     return values.astype(np.int64)
 
 
 def read_parquet(path: str, x_column: str = "x", y_column: str = "y") -> Dataset:
-    """Read two list-of-integer columns; any list type, integer width and writer's nesting."""
+    """Read two list-of-integer columns; any list type, integer width and writer's nesting.
+
+    Rows may have different lengths (len(x_i) == len(y_i) in every row); a file whose rows all
+    share one length is a fixed-length dataset, exactly as before.
+    """
     table = _read_table(path)
     for column in (x_column, y_column):
         if column not in table.column_names:
@@ -120,31 +216,24 @@ def read_parquet(path: str, x_column: str = "x", y_column: str = "y") -> Dataset
     if table.num_rows == 0:
         raise InvalidInput(f"{path}: the file has no rows")
 
-    x_array = table.column(x_column).combine_chunks()
-    y_array = table.column(y_column).combine_chunks()
-    # The sequence length is the first non-null x row's; every row must match it.
-    x_lengths = sequences_from_list(x_array, 1, x_column).lengths
-    non_null = np.flatnonzero(~np.asarray(x_array.is_null()))
-    if non_null.size == 0:
-        raise InvalidInput(f"{path}: column {x_column!r}, row 0: {x_column} is null")
-    seq_len = int(x_lengths[non_null[0]])
-    if seq_len == 0:
-        raise InvalidInput(f"{path}: column {x_column!r}, row {non_null[0]}: {x_column} is empty")
-
-    x_raw = sequences_from_list(x_array, seq_len, x_column)
-    y_raw = sequences_from_list(y_array, seq_len, y_column)
+    # Flat values and offsets of every row, vectorised; then the first problem of any kind.
+    x_raw = ragged_from_list(table.column(x_column), x_column, _NO_LIMIT)
+    y_raw = ragged_from_list(table.column(y_column), y_column, _NO_LIMIT)
     problems = []
-    for raw in (x_raw, y_raw):
-        problem = _first_problem(raw, seq_len)
-        if raw is y_raw and problem and "values; expected" in problem[1]:
-            row = problem[0]
-            problem = (row, f"x has {seq_len} values but y has {int(raw.lengths[row])}")
+    for raw, problem in ((x_raw, _first_problem(x_raw)), (y_raw, _first_problem(y_raw)),
+                         (y_raw, _first_mismatch(x_raw, y_raw))):
         if problem:
             problems.append((problem[0], raw.column, problem[1]))
     if problems:
         row, column, detail = min(problems, key=lambda problem: problem[0])  # x first on a tie
         raise InvalidInput(f"{path}: column {column!r}, row {row}: {detail}")
-    return Dataset(_as_int64(x_raw, path), _as_int64(y_raw, path), path)
+
+    x_values, y_values = _as_int64(x_raw, path), _as_int64(y_raw, path)
+    rows = np.arange(x_raw.rows)
+    width = int(x_raw.lengths.max())
+    x, _ = to_padded(x_values, x_raw.offsets, rows, width)
+    y, _ = to_padded(y_values, y_raw.offsets, rows, width)
+    return Dataset(x, y, path, x_raw.lengths)
 
 
 def _read_table(path: str) -> pa.Table:
@@ -175,7 +264,8 @@ def _first_line(error: BaseException) -> str:
 
 
 # Plain text -------------------------------------------------------------------------------------
-def _read_text_matrix(path: str) -> np.ndarray:
+def _read_text_rows(path: str) -> list[list[int]]:
+    """One list of integers per line; lines may differ in length, none may be empty."""
     try:
         with open(path, encoding="utf-8") as handle:
             lines = handle.read().splitlines()
@@ -188,7 +278,6 @@ def _read_text_matrix(path: str) -> np.ndarray:
     if not lines:
         raise InvalidInput(f"{path}: the file is empty; expected one sequence per line")
     rows = []
-    width = None
     for number, line in enumerate(lines, start=1):
         tokens = line.split()
         try:
@@ -199,17 +288,18 @@ def _read_text_matrix(path: str) -> np.ndarray:
                 f"{path}: line {number}: {token!r} is not an integer; expected whitespace-"
                 f"separated integers"
             ) from None
-        if width is None:
-            width = len(values)
-            if width == 0:
-                raise InvalidInput(f"{path}: line {number} is empty; expected a sequence")
-        elif len(values) != width:
-            raise InvalidInput(
-                f"{path}: line {number}: {len(values)} values; expected {width} like line 1"
-            )
+        if not values:
+            raise InvalidInput(f"{path}: line {number} is empty; expected a sequence")
         rows.append(values)
+    return rows
+
+
+def _padded(path: str, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows right-padded with 0 into an int64 matrix, and their lengths."""
+    lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
     try:
-        return np.asarray(rows, dtype=np.int64)
+        flat = np.fromiter((value for row in rows for value in row), dtype=np.int64,
+                           count=int(lengths.sum()))
     except OverflowError:
         number, value = next(
             (number, value)
@@ -220,6 +310,10 @@ def _read_text_matrix(path: str) -> np.ndarray:
         raise InvalidInput(
             f"{path}: line {number}: {value} does not fit in a signed 64-bit integer"
         ) from None
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    matrix, _ = to_padded(flat, offsets, np.arange(lengths.size), int(lengths.max()))
+    return matrix, lengths
 
 
 _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
@@ -234,20 +328,26 @@ def _is_int(token: str) -> bool:
 
 
 def read_text(x_path: str, y_path: str) -> Dataset:
-    """The question's form: two files of whitespace-separated integers, one sequence a line."""
-    x = _read_text_matrix(x_path)
-    y = _read_text_matrix(y_path)
-    if x.shape[0] != y.shape[0]:
+    """The question's form: two files of whitespace-separated integers, one sequence a line.
+
+    Lines may differ in length, as long as each y line is as long as its x line.
+    """
+    x_rows, y_rows = _read_text_rows(x_path), _read_text_rows(y_path)
+    x, x_lengths = _padded(x_path, x_rows)
+    y, y_lengths = _padded(y_path, y_rows)
+    if x_lengths.size != y_lengths.size:
         raise InvalidInput(
-            f"{x_path} has {x.shape[0]} lines but {y_path} has {y.shape[0]}; "
+            f"{x_path} has {x_lengths.size} lines but {y_path} has {y_lengths.size}; "
             f"expected one y line for each x line"
         )
-    if x.shape[1] != y.shape[1]:
+    mismatch = np.flatnonzero(x_lengths != y_lengths)
+    if mismatch.size:
+        row = int(mismatch[0])
         raise InvalidInput(
-            f"{y_path}: line 1: {y.shape[1]} values but {x_path} line 1 has {x.shape[1]}; "
-            f"x and y sequences must have the same length"
+            f"{y_path}: line {row + 1}: {y_lengths[row]} values but {x_path} line {row + 1} has "
+            f"{x_lengths[row]}; x and y sequences must have the same length"
         )
-    return Dataset(x, y, f"{x_path} + {y_path}")
+    return Dataset(x, y, f"{x_path} + {y_path}", x_lengths)
 
 
 # Value sets ---------------------------------------------------------------------------------------
@@ -261,7 +361,10 @@ def infer_spec(
 ) -> Spec:
     """The spec: given value sets, or the full integer range min..max of each column."""
 
+    mask = dataset.mask  # padding is not data: it neither widens a value set nor breaks one
+
     def full_range(column: str, values: np.ndarray) -> tuple[int, ...]:
+        values = values[mask]
         low, high = int(values.min()), int(values.max())
         if high - low + 1 > MAX_CLASSES:
             # One class per integer in min..max: sparse codes would make a huge softmax.
@@ -272,13 +375,15 @@ def infer_spec(
             )
         return tuple(range(low, high + 1))
 
+    lengths = dataset.row_lengths
     spec = Spec(
         x_values=x_values or full_range("x", dataset.x),
         y_values=y_values or full_range("y", dataset.y),
-        seq_len=dataset.seq_len,
+        seq_len=dataset.seq_len,  # the longest row, for a variable-length model
+        min_len=int(lengths.min()) if dataset.variable_length else None,
     )
     for column, values, allowed in (("x", dataset.x, spec.x_values), ("y", dataset.y, spec.y_values)):
-        outside = ~np.isin(values, np.asarray(allowed, dtype=np.int64))
+        outside = ~np.isin(values, np.asarray(allowed, dtype=np.int64)) & mask
         if outside.any():
             row, position = (int(i) for i in np.argwhere(outside)[0])
             raise InvalidInput(
