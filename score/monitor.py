@@ -180,15 +180,25 @@ def drift(baseline: Profile, today: Profile) -> dict:
                            baseline.confidence_counts[:steps], None)
         today = Profile(today.input_counts[:steps], today.prediction_counts[:steps],
                         today.confidence_counts[:steps], None)
+    # Rows of any length: a late step seen in few rows is noise, reported but not acted on.
+    step_rows = today.input_counts.sum(axis=1)
     return {
         "rows": rows,
         "minimum_rows": minimum_rows(today),
         "checked": rows >= minimum_rows(today),
+        "steps_checked": (step_rows >= minimum_rows(today)).tolist(),
         "input_psi": rounded(psi(baseline.input_counts, today.input_counts)),
         "prediction_psi": rounded(psi(baseline.prediction_counts, today.prediction_counts)),
         "confidence_psi": rounded(psi(baseline.confidence_counts, today.confidence_counts)),
         "length_psi": length_psi(baseline, today),
     }
+
+
+def _checked_steps(report: dict, key: str) -> list[tuple[int, float | None]]:
+    """(step, PSI) of the steps seen in enough rows to act on."""
+    values = report.get(key, [])
+    checked = report.get("steps_checked", [True] * len(values))
+    return [(step, value) for step, (value, ok) in enumerate(zip(values, checked)) if ok]
 
 
 def drift_warnings(report: dict, threshold: float = PSI_WARNING) -> list[str]:
@@ -197,7 +207,7 @@ def drift_warnings(report: dict, threshold: float = PSI_WARNING) -> list[str]:
     if not report.get("checked", True):
         return lines
     for key, what in (("input_psi", "input values"), ("prediction_psi", "predicted classes")):
-        for step, value in enumerate(report.get(key, [])):
+        for step, value in _checked_steps(report, key):
             if value is not None and value > threshold:
                 lines.append(
                     f"drift in {what} at step {step}: PSI {value:.3f} > {threshold:g} "
@@ -216,7 +226,7 @@ def max_psi(report: dict) -> tuple[float, str]:
     if not report.get("checked", True):
         return worst, where
     for key, what in (("input_psi", "input values"), ("prediction_psi", "predicted classes")):
-        for step, value in enumerate(report.get(key, [])):
+        for step, value in _checked_steps(report, key):
             if value is not None and value > worst:
                 worst, where = value, f"{what} at step {step}"
     value = report.get("length_psi")

@@ -19,6 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_MODEL = FIXTURES / "model.onnx"
+# A variable-length model (trained on rows of 1..8 steps): `make fixture` writes both.
+RAGGED_MODEL = FIXTURES / "ragged.onnx"
 
 def _parquet_fuzz() -> Path:
     """Apache Arrow's Parquet fuzz regression files: beside the checkout, or where told."""
