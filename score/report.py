@@ -16,10 +16,29 @@ import numpy as np
 from score.monitor import CONFIDENCE_BINS, PSI_WARNING
 
 
+MAX_STEPS_SHOWN = 8
+
+
 def _shares(counts: list[list[int]]) -> np.ndarray:
     array = np.asarray(counts, dtype=np.float64)
     totals = array.sum(axis=1, keepdims=True)
     return np.divide(array, totals, out=np.zeros_like(array), where=totals > 0)
+
+
+def _draw_lengths(axes, expected_counts: list[int], actual_counts: list[int], psi: float | None) -> None:
+    """The sequence-length histogram across the last row of panels."""
+    for axis in axes[1:]:
+        axis.set_visible(False)
+    axis = axes[0]
+    expected, actual = _shares([expected_counts])[0], _shares([actual_counts])[0]
+    positions = np.arange(1, expected.size + 1, dtype=np.float64)  # the last bin: longer rows
+    axis.bar(positions - 0.2, expected, width=0.4, label="training baseline")
+    axis.bar(positions + 0.2, actual, width=0.4, label="this run")
+    flag = " (drift)" if psi is not None and psi > PSI_WARNING else ""
+    psi_text = "n/a" if psi is None else f"{psi:.3f}"
+    axis.set_title(f"sequence length: PSI {psi_text}{flag} (last bar: longer than trained)", fontsize=9)
+    axis.set_xlabel("steps in the row")
+    axis.set_ylabel("share of rows")
 
 
 def render(summary: dict, path: str) -> None:
@@ -43,7 +62,11 @@ def render(summary: dict, path: str) -> None:
         ("top-1 probability", "confidence_counts", "confidence_psi", None),
     ]
     steps = len(today["input_counts"])
-    figure, axes = pyplot.subplots(3, steps, figsize=(4 * steps, 9), squeeze=False)
+    # Up to MAX_STEPS_SHOWN steps, evenly spread: a 64-step model would draw a wall of panels.
+    shown = sorted(set(np.linspace(0, steps - 1, min(steps, MAX_STEPS_SHOWN)).round().astype(int)))
+    lengths = baseline.get("length_counts") is not None and today.get("length_counts") is not None
+    figure, axes = pyplot.subplots(3 + lengths, len(shown), figsize=(4 * len(shown), 9 + 3 * lengths),
+                                   squeeze=False)
     for row, (label, key, psi_key, values) in enumerate(rows):
         expected, actual = _shares(baseline[key]), _shares(today[key])
         bins = expected.shape[1]
@@ -54,8 +77,8 @@ def render(summary: dict, path: str) -> None:
             positions = np.asarray(values[:bins], dtype=np.float64)
             width = 0.4
         psi_values = drift.get(psi_key) or [None] * steps
-        for step in range(steps):
-            axis = axes[row][step]
+        for column, step in enumerate(shown):
+            axis = axes[row][column]
             axis.bar(positions - width / 2, expected[step], width=width, label="training baseline")
             axis.bar(positions + width / 2, actual[step], width=width, label="this run")
             psi = psi_values[step]
@@ -64,8 +87,10 @@ def render(summary: dict, path: str) -> None:
             axis.set_title(f"{label}, step {step}: PSI {psi_text}{flag}", fontsize=9)
             axis.set_xlabel(label)
             axis.set_ylabel("share of rows")
-            if row == 0 and step == 0:
+            if row == 0 and column == 0:
                 axis.legend(fontsize=8)
+    if lengths:
+        _draw_lengths(axes[3], baseline["length_counts"], today["length_counts"], drift.get("length_psi"))
     checked = "" if drift.get("checked", True) else " (too few rows for the PSI to be acted on)"
     figure.suptitle(
         f"{summary.get('input', '')}: {summary.get('rows_in', 0)} rows, "
