@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, list_array, random_x, run_module, run_score
+from conftest import RAGGED_MODEL, ROOT, list_array, random_x, run_module, run_score
 
 from score import spark as scale  # imports no pyspark: the refusal tests need none
 from score.core import ScoreOptions, output_schema, score_batch
@@ -148,6 +148,32 @@ def test_spark_equals_the_local_job_row_for_row(spark, dataset, model_path, tmp_
     # probabilities bit for bit: the same function on the same model, one row never depends on
     # the others in its batch.
     assert scored.cast(local.schema).equals(local)
+
+
+@pytest.mark.slow
+@needs_spark
+def test_ragged_rows_written_by_spark_score_as_each_row_alone_and_as_the_local_job(spark, tmp_path):
+    import onnxruntime as ort
+    from test_ragged import alone, assert_equals_alone, random_rows
+
+    rows = random_rows(1500, seed=21, longest=load(str(RAGGED_MODEL)).spec.max_len)
+    rows[7], rows[900] = [], [1] * 40  # refused: empty_sequence and too_long
+    source, spark_out = tmp_path / "in", tmp_path / "spark"
+    frame = spark.createDataFrame([(index, row) for index, row in enumerate(rows)], "id long, x array<int>")
+    frame.repartition(3).write.parquet(str(source))
+    result = run_score(source, tmp_path / "local", "--model", RAGGED_MODEL, "--on-invalid", "null", "--quiet")
+    assert result.code == 0, result.stderr
+
+    config = scale.SparkJobConfig(str(source), str(spark_out), str(RAGGED_MODEL), ScoreOptions(on_invalid="null"))
+    state = scale.run(spark, config, load(str(RAGGED_MODEL)), scale.SparkRunState())
+    assert (state.rows, state.rows_invalid) == (1500, 2)
+    local = sorted_by_id(pq.read_table(tmp_path / "local"))
+    scored = sorted_by_id(pq.read_table(spark_out))
+    assert scored.cast(local.schema).equals(local)
+    valid = [index for index in range(len(rows)) if index not in (7, 900)]
+    session = ort.InferenceSession(str(RAGGED_MODEL), providers=["CPUExecutionProvider"])
+    assert_equals_alone(scored, alone(session, [rows[index] for index in valid]), rows=valid)
+    assert scored.column("error").to_pylist()[7].startswith("x is an empty list")
 
 
 @pytest.mark.slow
