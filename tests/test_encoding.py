@@ -13,13 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from score.encoding import (
+    EMPTY_SEQUENCE,
     NULL_ELEMENT,
     NULL_ROW,
     REASONS,
+    TOO_LONG,
     UNKNOWN_VALUE,
     VALID,
     WRONG_LENGTH,
     Encoder,
+    ragged_from_list,
     sequences_from_columns,
     sequences_from_list,
 )
@@ -286,3 +289,73 @@ def test_any_integer_width_agrees_with_int64(value_type, rows, extra):
         assert encoded.reasons.tolist() == [VALID]
     else:
         assert messages == {0: f"x[2] = {value} is not one of the model's input values (0..10)"}
+
+
+# Rows of any length ------------------------------------------------------------------------------
+def reference_encode_ragged(rows: list, values: tuple[int, ...], limit: int) -> list[tuple]:
+    """(reason, position, indices or None, message) per row of any length, the obvious way."""
+    description = (
+        f"{values[0]}..{values[-1]}"
+        if len(values) > 1 and values[-1] - values[0] == len(values) - 1
+        else ", ".join(map(str, values))
+    )
+    results = []
+    for row in rows:
+        if row is None:
+            results.append((NULL_ROW, 0, None, "x is null"))
+        elif not row:
+            results.append((EMPTY_SEQUENCE, 0, None,
+                            f"x is an empty list; the model takes sequences of 1..{limit} values"))
+        elif len(row) > limit:
+            results.append((TOO_LONG, 0, None,
+                            f"x has {len(row)} values; the model takes at most {limit} (its longest "
+                            f"training length; --max-length raises the limit for a run)"))
+        elif None in row:
+            position = row.index(None)
+            results.append((NULL_ELEMENT, position, None, f"x[{position}] is null"))
+        elif any(v not in values for v in row):
+            position = next(i for i, v in enumerate(row) if v not in values)
+            message = f"x[{position}] = {row[position]} is not one of the model's input values ({description})"
+            results.append((UNKNOWN_VALUE, position, None, message))
+        else:
+            results.append((VALID, 0, [values.index(v) for v in row], None))
+    return results
+
+
+@st.composite
+def ragged_batches(draw):
+    values = draw(value_sets)
+    limit = draw(st.integers(1, 6))
+    candidates = st.one_of(st.sampled_from(values), st.integers(-60, 60), st.none())
+    valid_row = st.lists(st.sampled_from(values), min_size=1, max_size=limit)
+    any_row = st.lists(candidates, min_size=0, max_size=limit + 3)
+    rows = draw(st.lists(st.one_of(valid_row, any_row, st.none()), min_size=1, max_size=30))
+    sliced = draw(st.booleans())
+    return values, limit, rows, sliced
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ragged_batches())
+def test_ragged_encoder_matches_the_plain_reference(batch):
+    values, limit, rows, sliced = batch
+    spec = Spec(x_values=values, y_values=values, seq_len=limit, min_len=1)
+    array = pa.array(([[values[0]]] + rows) if sliced else rows, pa.list_(INT64))
+    if sliced:  # an array that does not start at its buffers' beginning, as record batches slice
+        array = array.slice(1)
+    raw = ragged_from_list(array, "x", limit)
+    encoder = Encoder(spec)
+    encoded = encoder.encode_ragged(raw)
+    expected = reference_encode_ragged(rows, values, limit)
+
+    assert encoded.reasons.tolist() == [reason for reason, *_ in expected]
+    invalid = np.flatnonzero(encoded.reasons)
+    assert encoded.positions[invalid].tolist() == [expected[i][1] for i in invalid]
+    assert encoder.messages(raw, encoded, invalid).to_pylist() == [expected[i][3] for i in invalid]
+    gathered = raw.values.size
+    assert gathered == sum(len(row) for row in rows if row is not None and len(row) <= limit)
+    for row, (reason, _, indices, _) in enumerate(expected):
+        segment = encoded.indices[raw.offsets[row]:raw.offsets[row + 1]]
+        if reason == VALID:
+            assert segment.tolist() == indices
+        else:
+            assert not segment.any()
