@@ -15,7 +15,6 @@ import numpy as np
 
 from score.monitor import CONFIDENCE_BINS, PSI_WARNING
 
-
 MAX_STEPS_SHOWN = 8
 
 
