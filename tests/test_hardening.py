@@ -508,7 +508,7 @@ def test_usage_errors_are_one_line(tmp_path, model_path):
         ("--top-k", "26"): "error: --top-k 26: expected 1 <= K <= 25 (the model's classes)",
         ("--top-k", "0"): "python -m score: error: argument --top-k: 0 is not a positive integer (see --help)",
         ("--on-invalid", "skip"): "python -m score: error: argument --on-invalid: invalid choice: 'skip' (choose from 'error', 'null') (see --help)",
-        ("--input-columns", "a,b"): "error: --input-columns names 2 column(s); the model takes sequences of 4, one column per step",
+        ("--input-columns", "a,b"): "error: --input-columns names 2 column(s); the model takes sequences of 4, one column per step (the wide layout is fixed-length)",
         ("--batch-size", "-3"): "python -m score: error: argument --batch-size: -3 is not a positive integer (see --help)",
     }
     for flags, line in cases.items():
