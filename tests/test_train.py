@@ -324,7 +324,9 @@ PARQUET_CASES = [
     pytest.param(parquet_case(GOOD_X, with_row(GOOD_Y, 2, [1, 2, 3])),
                  "column 'y', row 2: x has 4 values but y has 3", id="y_shorter_than_x"),
     pytest.param(parquet_case(with_row(GOOD_X, 5, [1, 2, 3, 4, 5]), GOOD_Y),
-                 "column 'x', row 5: x has 5 values; expected 4 like the first row", id="ragged_x"),
+                 "column 'y', row 5: x has 5 values but y has 4", id="x_longer_than_y"),
+    pytest.param(parquet_case(with_row(GOOD_X, 7, [1, 2, 3, 4, 5]), with_row(GOOD_Y, 7, [1, 2, 3, 4])),
+                 "column 'y', row 7: x has 5 values but y has 4", id="ragged_rows_mismatch"),
     pytest.param(parquet_case(with_row(GOOD_X, 3, None), GOOD_Y),
                  "column 'x', row 3: x is null", id="null_x_row"),
     pytest.param(parquet_case(GOOD_X, with_row(GOOD_Y, 7, None)),
@@ -336,7 +338,11 @@ PARQUET_CASES = [
     pytest.param(parquet_case(GOOD_X, with_row(GOOD_Y, 9, [None, 1, 1, 1])),
                  "column 'y', row 9: y[0] is null", id="null_y_element"),
     pytest.param(parquet_case(with_row(GOOD_X, 1, []), GOOD_Y),
-                 "column 'x', row 1: x has 0 values; expected 4 like the first row", id="empty_sequence"),
+                 "column 'x', row 1: x is an empty list; expected a sequence of at least one value",
+                 id="empty_sequence"),
+    pytest.param(parquet_case(GOOD_X, with_row(GOOD_Y, 4, [])),
+                 "column 'y', row 4: y is an empty list; expected a sequence of at least one value",
+                 id="empty_y_sequence"),
     pytest.param(parquet_case([[1.0, 2.0, 3.0, 4.0]] * 12, GOOD_Y, pa.float64()),
                  FLOAT_REFUSAL, id="float_column"),
     pytest.param(parquet_case(pa.array([1] * 12), GOOD_Y),
@@ -389,8 +395,11 @@ def text_files(folder: Path, x_text: str, y_text: str) -> tuple[str, str]:
 
 GOOD_TEXT = "1 2 3 4\n" * 12
 TEXT_CASES = [
-    pytest.param("1 2 3 4\n1 2 3 4\n1 2\n" + GOOD_TEXT, GOOD_TEXT * 2, "X.txt",
-                 "line 3: 2 values; expected 4 like line 1", id="ragged_line"),
+    pytest.param("1 2 3 4\n1 2 3 4\n1 2\n" + GOOD_TEXT, "1 2 3 4\n" * 15, "Y.txt",
+                 "line 3: 4 values but {x} line 3 has 2; x and y sequences must have the same "
+                 "length", id="ragged_line_y_not"),
+    pytest.param("1 2 3 4\n\n" + GOOD_TEXT, "1 2 3 4\n" * 14, "X.txt",
+                 "line 2 is empty; expected a sequence", id="empty_line"),
     pytest.param("1 2 3 4\n1 2.5 3 4\n" + GOOD_TEXT, GOOD_TEXT, "X.txt",
                  "line 2: '2.5' is not an integer; expected whitespace-separated integers",
                  id="non_integer_token"),
@@ -415,6 +424,7 @@ def test_bad_text_is_refused_with_one_line_and_the_artifacts_untouched(
     before = snapshot(previous)
     result = run_train("--x", x_path, "--y", y_path, "--artifacts", previous, *TINY)
     source = {"X.txt": x_path, "Y.txt": y_path, None: f"{x_path} + {y_path}"}[named]
+    detail = detail.replace("{x}", x_path)
     assert (result.code, result.lines, result.stdout) == (65, [f"error: {source}: {detail}"], "")
     assert snapshot(previous) == before
 
@@ -619,3 +629,148 @@ def test_copying_the_artifacts_folder_keeps_it_loadable(trained, tmp_path):
     shutil.copytree(trained[0], copy)
     model = keras.saving.load_model(str(copy / "model.keras"))
     assert model.output_shape == (None, None, 25)
+
+
+# Ragged data: rows of different lengths --------------------------------------------------------------
+def test_length_buckets_cover_every_length_once():
+    from train.core import length_buckets
+
+    assert length_buckets(32) == [(1, 4), (5, 8), (9, 12), (13, 16), (17, 20), (21, 24), (25, 28),
+                                  (29, 32)]
+    assert length_buckets(5) == [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]
+    assert length_buckets(250)[-1] == (225, 250)
+
+
+def test_bucket_batches_pad_little_and_are_seeded():
+    from train.core import bucket_batches, padding_overhead
+
+    lengths = np.random.default_rng(0).integers(1, 33, size=800)
+    batches = bucket_batches(lengths, 32, np.random.default_rng(5))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(800))  # every row once
+    assert padding_overhead(lengths, batches) <= 0.10
+    again = bucket_batches(lengths, 32, np.random.default_rng(5))
+    assert all((a == b).all() for a, b in zip(batches, again))
+    # Without buckets (padding every batch of a shuffled order to its longest row) it is ~80%.
+    shuffled = np.random.default_rng(5).permutation(800)
+    plain = [shuffled[i : i + 32] for i in range(0, 800, 32)]
+    assert padding_overhead(lengths, plain) > 0.5
+
+
+def test_evaluate_counts_real_steps_only():
+    from train.core import evaluate
+
+    targets = np.array([[1, 2, 0], [3, 0, 0]])
+    mask = np.array([[True, True, False], [True, False, False]])
+    predicted = np.array([[1, 2, 4], [0, 4, 4]])  # right on the first row, wrong on the second
+    probabilities = np.eye(5)[predicted]
+    metrics = evaluate(probabilities, targets, targets, mask, mask)
+    assert metrics["token_accuracy"] == pytest.approx(2 / 3)
+    assert metrics["token_accuracy_per_step"] == [0.5, 1.0, None]  # no row reaches step 2
+    assert metrics["sequence_accuracy"] == 0.5
+    assert metrics["token_accuracy_by_length"] == {"1": 0.0, "2": 1.0}
+    assert metrics["test_rows_by_length"] == {"1": 1, "2": 1}
+
+
+def small_ragged(folder: Path, rows: int = 800) -> str:
+    path = str(folder / "ragged.parquet")
+    data.write_parquet(data.ragged_dataset(rows=rows), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_ragged(tmp_path_factory) -> tuple[Path, CliResult, str]:
+    folder = tmp_path_factory.mktemp("ragged")
+    source = small_ragged(folder)
+    artifacts = folder / "artifacts"
+    result = run_train("--data", source, "--artifacts", artifacts, "--layers", "1", "--units", "16",
+                       "--epochs", "2", "--quiet")
+    assert result.code == 0, result.stderr
+    return artifacts, result, source
+
+
+@pytest.mark.slow
+def test_ragged_training_gives_a_variable_length_spec(trained_ragged):
+    artifacts, result, source = trained_ragged
+    lengths = data.read_parquet(source).lengths
+    spec = Spec.from_dict(read_json(artifacts / "spec.json"))
+    assert spec.variable_length and (spec.min_len, spec.max_len) == (1, 32) == (
+        int(lengths.min()), int(lengths.max()))
+    assert read_json(artifacts / "spec.json")["format"] == 2
+    assert re.fullmatch(
+        r"test token accuracy 0\.\d{4} \(32 steps, per step 0\.\d{4} to [01]\.\d{4}\); whole sequence "
+        r"0\.\d{4}; top-3 0\.\d{4}; majority-class baseline 0\.\d{4}\n"
+        rf"2 epochs \(best [12]\) in \d+\.\d s; lengths 1\.\.32, padding overhead \d\.\d%; "
+        rf"artifacts in {re.escape(str(artifacts))}\n",
+        result.stdout,
+    )
+
+
+@pytest.mark.slow
+def test_ragged_metrics_by_length_and_padding_overhead(trained_ragged):
+    artifacts, _, source = trained_ragged
+    metrics = read_json(artifacts / "metrics.json")
+    assert (metrics["min_len"], metrics["max_len"]) == (1, 32)
+    assert 0 <= metrics["padding_overhead"] <= 0.10
+    assert list(metrics["token_accuracy_by_length"]) == [
+        "1-4", "5-8", "9-12", "13-16", "17-20", "21-24", "25-28", "29-32"]
+    assert sum(metrics["test_rows_by_length"].values()) == metrics["test_rows"] == 80
+    assert len(metrics["token_accuracy_per_step"]) == 32
+    # Accuracy on real steps only, recomputed from the saved model on the saved test split.
+    test = pq.read_table(artifacts / "test.parquet")
+    x_rows, y_rows = test.column("x").to_pylist(), test.column("y").to_pylist()
+    assert [len(row) for row in x_rows] == [len(row) for row in y_rows]
+    assert len({len(row) for row in x_rows}) > 10  # the ragged rows, at their own lengths
+    import keras
+
+    model = keras.saving.load_model(str(artifacts / "model.keras"))
+    correct = [
+        (model.predict(np.array([x], dtype=np.int32), verbose=0)[0].argmax(-1) == y)
+        for x, y in zip(x_rows, y_rows)
+    ]
+    flat = np.concatenate(correct)
+    assert flat.mean() == pytest.approx(metrics["token_accuracy"], abs=1e-9)
+    early = np.concatenate([c for c, x in zip(correct, x_rows) if len(x) <= 4])
+    assert early.mean() == pytest.approx(metrics["token_accuracy_by_length"]["1-4"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_ragged_baseline_counts_real_steps_and_lengths(trained_ragged):
+    artifacts, _, source = trained_ragged
+    dataset = data.read_parquet(source)
+    profile = Profile.from_dict(read_json(artifacts / "baseline.json"))
+    assert profile.input_counts.shape == (32, 11)
+    assert profile.input_counts.sum() == dataset.lengths.sum()  # no padding step counted
+    assert profile.input_counts.sum(axis=1).tolist() == [
+        int((dataset.lengths > t).sum()) for t in range(32)]
+    assert profile.length_counts.tolist()[:32] == np.bincount(dataset.lengths, minlength=33)[1:].tolist()
+    test_lengths = [len(row) for row in pq.read_table(artifacts / "test.parquet").column("x").to_pylist()]
+    assert profile.prediction_counts.sum() == sum(test_lengths)
+
+
+@pytest.mark.slow
+def test_ragged_training_is_deterministic(trained_ragged, tmp_path):
+    first, _, source = trained_ragged
+    second = tmp_path / "again"
+    result = run_train("--data", source, "--artifacts", second, "--layers", "1", "--units", "16",
+                       "--epochs", "2", "--quiet")
+    assert result.code == 0, result.stderr
+    first_metrics, second_metrics = read_json(first / "metrics.json"), read_json(second / "metrics.json")
+    first_metrics.pop("wall_seconds")
+    second_metrics.pop("wall_seconds")
+    assert first_metrics == second_metrics
+    for name in ("spec.json", "baseline.json", "test.parquet"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_write_default_ragged_example(tmp_path):
+    path = tmp_path / "ragged.parquet"
+    result = run_train("--write-default", path, "--example", "ragged")
+    assert (result.code, result.stdout) == (
+        0, f"wrote 10000 rows of the embedded ragged example to {path}\n")
+    assert data.read_parquet(str(path)).fingerprint() == data.ragged_dataset().fingerprint()
+
+
+def test_example_does_not_go_with_a_file(previous):
+    result = run_train("--example", "ragged", "--data", "d.parquet", "--artifacts", previous)
+    assert (result.code, result.lines) == (
+        2, ["error: --example chooses an embedded dataset: not with --data or --x/--y"])

@@ -12,7 +12,8 @@ from score.spec import parse_values
 DESCRIPTION = """\
 Fit a Keras LSTM that maps integer sequences to integer sequences and write artifacts/.
 Without --data or --x/--y it trains on the embedded default: 10,000 rows of x in 0..10
-(4 steps) with y_t = (x_0 + ... + x_t) mod 25."""
+(4 steps) with y_t = (x_0 + ... + x_t) mod 25; `--example ragged` takes the same rule on rows
+of lengths 1..32 instead."""
 
 
 def _values(text: str) -> tuple[int, ...]:
@@ -34,6 +35,7 @@ def _positive(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     from train.core import PRESETS, TrainConfig
+    from train.data import EXAMPLES
 
     defaults = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m train", description=DESCRIPTION)
@@ -48,8 +50,11 @@ def parser() -> argparse.ArgumentParser:
                         help="input value set, e.g. 0..10 or 1,3,5 (default: min..max of the data)")
     source.add_argument("--y-values", type=_values, metavar="SET",
                         help="output value set, e.g. 0..24 (default: min..max of the data)")
+    source.add_argument("--example", choices=EXAMPLES, default="default",
+                        help="the embedded dataset used without --data or --x/--y: default (4 "
+                             "steps) or ragged (lengths 1..32) (default: default)")
     source.add_argument("--write-default", metavar="PATH",
-                        help="write the embedded default dataset to PATH as Parquet and exit")
+                        help="write the embedded dataset (--example) to PATH as Parquet and exit")
     model = p.add_argument_group("model")
     model.add_argument("--preset", choices=sorted(PRESETS),
                        help="default: 2 LSTM layers of 64 units; question: 4 layers of 24")
@@ -91,11 +96,14 @@ def _run(args: argparse.Namespace) -> int:
     from train.core import PRESETS, TrainConfig, print_report, train
 
     if args.write_default:
-        data.write_parquet(data.default_dataset(), args.write_default)
-        print(f"wrote {data.DEFAULT_ROWS} rows of the embedded default to {args.write_default}")
+        dataset = data.example_dataset(args.example)
+        data.write_parquet(dataset, args.write_default)
+        print(f"wrote {len(dataset.x)} rows of {dataset.source} to {args.write_default}")
         return 0
     if args.data and (args.x_text or args.y_text):
         raise UsageError("give either --data or --x/--y, not both")
+    if args.example != "default" and (args.data or args.x_text):
+        raise UsageError("--example chooses an embedded dataset: not with --data or --x/--y")
     if bool(args.x_text) != bool(args.y_text):
         raise UsageError("--x and --y go together: one file of inputs, one of targets")
 
@@ -116,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.x_text:
         dataset = data.read_text(args.x_text, args.y_text)
     else:
-        dataset = data.default_dataset()
+        dataset = data.example_dataset(args.example)
     result = train(config, dataset, args.x_values, args.y_values)
     print_report(result)
     return 0

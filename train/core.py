@@ -12,11 +12,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from score.encoding import Encoder, RawSequences
+from score.encoding import Encoder, RaggedSequences, RawSequences, to_padded
 from score.errors import InvalidInput, OutputError
 from score.monitor import Profile
 from score.spec import Spec
 from train.data import Dataset, default_dataset, infer_spec, list_column, split
+
+LENGTH_BUCKETS = 8  # token accuracy by row length: this many equal-width buckets over 1..max_len
 
 PRESETS = {
     # name: (LSTM layers, units)
@@ -68,37 +70,98 @@ def _encode_targets(spec: Spec, values: np.ndarray) -> np.ndarray:
     return _encode_inputs(y_spec, values)
 
 
-def evaluate(probabilities: np.ndarray, targets: np.ndarray, train_targets: np.ndarray) -> dict:
-    """Test metrics from predicted probabilities (rows, T, classes) and true class indices."""
+def _encode_ragged(spec: Spec, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and targets of ragged data as right-padded class indices (padding: index 0),
+    encoded flat with the scoring contract's ragged encoder."""
+    lengths = dataset.row_lengths
+    mask = dataset.mask
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    rows = np.arange(lengths.size)
+    encoder = Encoder(spec, np.int32)
+
+    def flat(values: np.ndarray, column: str) -> RaggedSequences:
+        return RaggedSequences(values[mask], None, offsets, lengths, np.zeros(lengths.size, bool),
+                               column, spec.max_len)
+
+    inputs = encoder.encode_ragged_strict(flat(dataset.x, "x"))
+    targets = encoder.encode_y_ragged(flat(dataset.y, "y"))
+    return (to_padded(inputs, offsets, rows, spec.max_len)[0],
+            to_padded(targets, offsets, rows, spec.max_len)[0])
+
+
+def length_buckets(max_len: int, buckets: int = LENGTH_BUCKETS) -> list[tuple[int, int]]:
+    """Equal-width row-length ranges (first, last) covering 1..max_len: 1-4, 5-8, ... for 32."""
+    width = -(-max_len // buckets)
+    return [(first, min(first + width - 1, max_len)) for first in range(1, max_len + 1, width)]
+
+
+def _bucket_name(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
+
+
+def evaluate(probabilities: np.ndarray, targets: np.ndarray, train_targets: np.ndarray,
+             mask: np.ndarray | None = None, train_mask: np.ndarray | None = None) -> dict:
+    """Test metrics from predicted probabilities (rows, T, classes) and true class indices.
+
+    ``mask`` / ``train_mask`` mark the real steps of right-padded rows (None: every step is
+    real): padding never counts in any figure. Ragged data adds accuracy by row length.
+    """
     predicted = probabilities.argmax(axis=-1)
     correct = predicted == targets
     ranked = np.argsort(-probabilities, axis=-1, kind="stable")
     classes = probabilities.shape[-1]
+    real = np.ones(targets.shape, dtype=bool) if mask is None else mask
+    train_real = np.ones(train_targets.shape, dtype=bool) if train_mask is None else train_mask
 
     def top(k: int) -> float:
-        return float((ranked[..., : min(k, classes)] == targets[..., None]).any(axis=-1).mean())
+        hit = (ranked[..., : min(k, classes)] == targets[..., None]).any(axis=-1)
+        return float(hit[real].mean())
 
     # The majority-class baseline: always predict each step's most common training class.
-    majority = np.array(
-        [np.bincount(train_targets[:, t], minlength=classes).argmax() for t in range(targets.shape[1])]
-    )
-    return {
+    steps = targets.shape[1]
+    positions = np.nonzero(train_real)[1]
+    counts = np.bincount(positions * classes + train_targets[train_real],
+                         minlength=steps * classes).reshape(steps, classes)
+    majority = counts.argmax(axis=1)
+    per_step_real = real.sum(axis=0)
+    per_step = np.where(real, correct, False).sum(axis=0) / np.maximum(per_step_real, 1)
+    metrics = {
         "test_rows": int(targets.shape[0]),
-        "token_accuracy": float(correct.mean()),
-        "token_accuracy_per_step": [float(v) for v in correct.mean(axis=0)],
-        "sequence_accuracy": float(correct.all(axis=1).mean()),
+        "token_accuracy": float(correct[real].mean()),
+        # A position no test row reaches has no accuracy: null.
+        "token_accuracy_per_step": [
+            float(v) if n else None for v, n in zip(per_step, per_step_real)
+        ],
+        "sequence_accuracy": float((correct | ~real).all(axis=1).mean()),
         "top1_accuracy": top(1),
         "top2_accuracy": top(2),
         "top3_accuracy": top(3),
-        "majority_baseline_accuracy": float((targets == majority[None, :]).mean()),
+        "majority_baseline_accuracy": float((targets == majority[None, :])[real].mean()),
     }
+    if mask is not None:
+        lengths = mask.sum(axis=1)
+        by_length, rows_by_length = {}, {}
+        for first, last in length_buckets(steps):
+            rows = (lengths >= first) & (lengths <= last)
+            if rows.any():
+                name = _bucket_name(first, last)
+                by_length[name] = float(correct[rows][mask[rows]].mean())
+                rows_by_length[name] = int(rows.sum())
+        metrics["token_accuracy_by_length"] = by_length
+        metrics["test_rows_by_length"] = rows_by_length
+    return metrics
 
 
-def baseline_profile(spec: Spec, all_inputs: np.ndarray, test_probabilities: np.ndarray) -> Profile:
-    """Inputs over all training data; predictions and confidence over the test split."""
+def baseline_profile(spec: Spec, all_inputs: np.ndarray, test_probabilities: np.ndarray,
+                     all_mask: np.ndarray | None = None,
+                     test_mask: np.ndarray | None = None) -> Profile:
+    """Inputs over all training data; predictions and confidence over the test split; with
+    masks, only real steps count (and the length histogram is the rows' own lengths)."""
     profile = Profile.empty(spec)
-    profile.add_inputs(all_inputs)
-    profile.add_predictions(test_probabilities.argmax(axis=-1), test_probabilities.max(axis=-1))
+    profile.add_inputs(all_inputs, all_mask)
+    profile.add_predictions(test_probabilities.argmax(axis=-1), test_probabilities.max(axis=-1),
+                            test_mask)
     return profile
 
 
@@ -170,9 +233,12 @@ def _write_json(path: str, payload: dict, indent: int | None = 2) -> None:
 
 
 def _test_table(dataset: Dataset, rows: np.ndarray):
+    """The test rows as list columns x and y, ragged rows at their own lengths."""
     import pyarrow as pa
 
-    return pa.table({"x": list_column(dataset.x[rows]), "y": list_column(dataset.y[rows])})
+    lengths = None if dataset.lengths is None else dataset.lengths[rows]
+    return pa.table({"x": list_column(dataset.x[rows], lengths),
+                     "y": list_column(dataset.y[rows], lengths)})
 
 
 def _dataset(inputs: np.ndarray, targets: np.ndarray | None, batch_size: int,
@@ -189,6 +255,51 @@ def _dataset(inputs: np.ndarray, targets: np.ndarray | None, batch_size: int,
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(inputs), seed=shuffle_seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(1)
+
+
+def bucket_batches(lengths: np.ndarray, batch_size: int, generator: np.random.Generator | None
+                   ) -> list[np.ndarray]:
+    """Row numbers of each batch: rows sorted by length and cut into batches, so that a batch
+    padded to its own longest row carries little padding. With a generator, rows of equal
+    length are shuffled first and the batch order is shuffled; without, the order is fixed."""
+    order = np.arange(lengths.size) if generator is None else generator.permutation(lengths.size)
+    order = order[np.argsort(lengths[order], kind="stable")]
+    batches = [order[start : start + batch_size] for start in range(0, order.size, batch_size)]
+    if generator is not None:
+        batches = [batches[i] for i in generator.permutation(len(batches))]
+    return batches
+
+
+def padding_overhead(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
+    """Padded steps over real steps: what padding each batch to its longest row costs."""
+    padded = sum(int(lengths[rows].max()) * rows.size for rows in batches)
+    return padded / int(lengths.sum()) - 1
+
+
+def _bucketed(inputs: np.ndarray, targets: np.ndarray, lengths: np.ndarray, batch_size: int,
+              shuffle_seed: int | None = None):
+    """A tf.data pipeline of length-bucketed batches (x, y, w), each padded to its own longest
+    row; w is 1 on real steps and 0 on padding, so padding never counts in the loss or the
+    metrics. Shuffled (seeded, anew every epoch) when a seed is given."""
+    import tensorflow as tf
+
+    generator = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
+
+    def batches():
+        for rows in bucket_batches(lengths, batch_size, generator):
+            width = int(lengths[rows].max())
+            weights = (np.arange(width) < lengths[rows][:, None]).astype(np.float32)
+            yield inputs[rows, :width], targets[rows, :width], weights
+
+    signature = (
+        tf.TensorSpec((None, None), tf.int32),
+        tf.TensorSpec((None, None), tf.int32),
+        tf.TensorSpec((None, None), tf.float32),
+    )
+    count = -(-lengths.size // batch_size)
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    # A known length lets Keras count the steps of an epoch instead of running out of data.
+    return dataset.apply(tf.data.experimental.assert_cardinality(count)).prefetch(1)
 
 
 def train(
@@ -213,8 +324,14 @@ def train(
 
     # 1-2. Spec, encoding, split.
     spec = infer_spec(dataset, x_values, y_values)
-    inputs = _encode_inputs(spec, dataset.x)
-    targets = _encode_targets(spec, dataset.y)
+    if spec.variable_length:
+        inputs, targets = _encode_ragged(spec, dataset)
+        mask = dataset.mask
+    else:
+        inputs = _encode_inputs(spec, dataset.x)
+        targets = _encode_targets(spec, dataset.y)
+        mask = None
+    lengths = dataset.row_lengths
     try:
         parts = split(len(inputs), config.seed, config.validation_fraction, config.test_fraction)
     except InvalidInput as error:
@@ -227,11 +344,21 @@ def train(
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=config.patience, restore_best_weights=True
     )
+    if spec.variable_length:
+        # Length buckets with per-step weights, not a Masking layer: the model is causal, so
+        # right padding never changes a real step's output, and the export stays a fused LSTM.
+        fit_data = _bucketed(inputs[parts.train], targets[parts.train], lengths[parts.train],
+                             config.batch_size, config.seed)
+        validation_data = _bucketed(inputs[parts.validation], targets[parts.validation],
+                                    lengths[parts.validation], config.batch_size)
+    else:
+        fit_data = _dataset(inputs[parts.train], targets[parts.train], config.batch_size,
+                            config.seed)
+        validation_data = _dataset(inputs[parts.validation], targets[parts.validation],
+                                   config.batch_size)
     history = model.fit(
-        _dataset(inputs[parts.train], targets[parts.train], config.batch_size, config.seed),
-        validation_data=_dataset(
-            inputs[parts.validation], targets[parts.validation], config.batch_size
-        ),
+        fit_data,
+        validation_data=validation_data,
         epochs=config.epochs,
         callbacks=[stop],
         shuffle=False,  # the pipeline shuffles, seeded, every epoch
@@ -239,8 +366,11 @@ def train(
     ).history
 
     # 4. Evaluate.
+    # Causal model: the test rows padded to the longest give each real step its own output.
     test_probabilities = model.predict(_dataset(inputs[parts.test], None, 4096), verbose=0)
-    metrics = evaluate(test_probabilities, targets[parts.test], targets[parts.train])
+    test_mask = None if mask is None else mask[parts.test]
+    metrics = evaluate(test_probabilities, targets[parts.test], targets[parts.train], test_mask,
+                       None if mask is None else mask[parts.train])
     metrics.update(
         epochs_run=len(history["loss"]),
         best_epoch=int(np.argmin(history["val_loss"])) + 1,
@@ -258,7 +388,13 @@ def train(
             if key not in ("artifacts", "verbose")
         },
     )
-    profile = baseline_profile(spec, inputs, test_probabilities)
+    if spec.variable_length:
+        train_lengths = lengths[parts.train]
+        overhead = padding_overhead(train_lengths, bucket_batches(train_lengths, config.batch_size,
+                                                                  np.random.default_rng(config.seed)))
+        metrics.update(min_len=spec.min_len, max_len=spec.max_len,
+                       padding_overhead=round(overhead, 4))
+    profile = baseline_profile(spec, inputs, test_probabilities, mask, test_mask)
 
     # 5-6. Stage and publish.
     target = os.path.abspath(config.artifacts)
@@ -286,12 +422,20 @@ def print_report(result: TrainResult, stream=None) -> None:
     """The two-line report; ``stream`` defaults to the sys.stdout of the moment of the call."""
     stream = sys.stdout if stream is None else stream
     metrics = result.metrics
-    steps = ", ".join(f"{v:.4f}" for v in metrics["token_accuracy_per_step"])
+    per_step = [v for v in metrics["token_accuracy_per_step"] if v is not None]
+    if len(metrics["token_accuracy_per_step"]) <= 8:
+        steps = "per step: " + ", ".join(f"{v:.4f}" for v in per_step)
+    else:  # too many to read: the range over the steps
+        steps = (f"{len(per_step)} steps, per step {min(per_step):.4f} to {max(per_step):.4f}")
+    lengths = ""
+    if "max_len" in metrics:
+        lengths = (f"lengths {metrics['min_len']}..{metrics['max_len']}, padding overhead "
+                   f"{metrics['padding_overhead']:.1%}; ")
     print(
-        f"test token accuracy {metrics['token_accuracy']:.4f} (per step: {steps}); "
+        f"test token accuracy {metrics['token_accuracy']:.4f} ({steps}); "
         f"whole sequence {metrics['sequence_accuracy']:.4f}; top-3 {metrics['top3_accuracy']:.4f}; "
         f"majority-class baseline {metrics['majority_baseline_accuracy']:.4f}\n"
         f"{metrics['epochs_run']} epochs (best {metrics['best_epoch']}) in "
-        f"{metrics['wall_seconds']:.1f} s; artifacts in {result.artifacts}",
+        f"{metrics['wall_seconds']:.1f} s; {lengths}artifacts in {result.artifacts}",
         file=stream,
     )

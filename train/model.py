@@ -45,6 +45,8 @@ def build_model(spec: Spec, lstm_layers: int, units: int, learning_rate: float) 
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss="sparse_categorical_crossentropy",  # softmax + integer targets, not sigmoid
-        metrics=["accuracy"],
+        # Weighted: with ragged data the per-step weights (0 on padding) apply to the accuracy
+        # too; without weights it is the plain accuracy.
+        weighted_metrics=["accuracy"],
     )
     return model
