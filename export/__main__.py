@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 def _print_report(report: dict) -> None:
     parity = report["parity"]
     checks = "; ".join(
-        f"{name}: {figures['rows']} rows, max |diff| {figures['max_abs_difference']:.2g}, "
+        f"{name}: {figures['rows']} rows{_lengths(figures)}, "
+        f"max |diff| {figures['max_abs_difference']:.2g}, "
         f"argmax disagreements {figures['argmax_disagreements']}"
         for name, figures in parity.items()
         if isinstance(figures, dict)
@@ -78,6 +79,15 @@ def _print_report(report: dict) -> None:
             f"int8: argmax agreement {int8['argmax_agreement']:.4f} (threshold {int8['threshold']}), "
             f"{int8['int8_bytes']} bytes vs {int8['float_bytes']}, speed-up x{int8['speedup']}: {verdict}"
         )
+
+
+def _lengths(figures: dict) -> str:
+    """' of lengths 1..32' for ragged rows (every length in between covered), else ''."""
+    lengths = figures.get("lengths")
+    if not lengths:
+        return ""
+    every = lengths == list(range(lengths[0], lengths[-1] + 1))
+    return f" of {'lengths' if every else 'lengths among'} {lengths[0]}..{lengths[-1]}"
 
 
 if __name__ == "__main__":

@@ -190,36 +190,84 @@ def _rename(graph, old: str, new: str) -> None:
             value.name = new
 
 
-def verification_inputs(spec: Spec, artifacts: str, rows: int, seed: int) -> dict[str, np.ndarray]:
-    """Encoded test split and random valid sequences, as class indices."""
+@dataclass(frozen=True)
+class ParityRows:
+    """Rows the parity check runs, as class indices; ragged rows right-padded with 0."""
+
+    indices: np.ndarray  # (rows, width) int32 class indices
+    lengths: np.ndarray | None = None  # (rows,) real steps of each row; None: all fill the width
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        if self.lengths is None:
+            return None
+        return np.arange(self.indices.shape[1]) < self.lengths[:, None]
+
+
+def verification_inputs(spec: Spec, artifacts: str, rows: int, seed: int) -> dict[str, ParityRows]:
+    """Encoded test split and random valid sequences, as class indices.
+
+    A variable-length model is checked on the test split's rows at their own lengths and on
+    random sequences of random lengths 1..max_len.
+    """
     import pyarrow.parquet as pq
 
-    from score.encoding import Encoder, sequences_from_list
+    from score.encoding import Encoder, ragged_from_list, sequences_from_list, to_padded
 
     path = os.path.join(artifacts, "test.parquet")
     if not os.path.isfile(path):
         raise InputMissing(f"{path}: not found; run `make train` first")
     table = pq.read_table(path, columns=[spec.input_column])
-    raw = sequences_from_list(table.column(spec.input_column), spec.seq_len, spec.input_column)
-    test = Encoder(spec, np.int32).encode_strict(raw)
     generator = np.random.default_rng(seed)
-    random = generator.integers(0, spec.x_classes, size=(rows, spec.seq_len), dtype=np.int32)
-    return {"test_split": test, "random": random}
+    encoder = Encoder(spec, np.int32)
+    if not spec.variable_length:
+        raw = sequences_from_list(table.column(spec.input_column), spec.seq_len, spec.input_column)
+        test = encoder.encode_strict(raw)
+        random = generator.integers(0, spec.x_classes, size=(rows, spec.seq_len), dtype=np.int32)
+        return {"test_split": ParityRows(test), "random": ParityRows(random)}
+
+    raw = ragged_from_list(table.column(spec.input_column), spec.input_column, spec.max_len)
+    flat = encoder.encode_ragged_strict(raw)
+    test, _ = to_padded(flat, raw.offsets, np.arange(raw.rows), int(raw.lengths.max()))
+    lengths = generator.integers(1, spec.max_len + 1, size=rows, dtype=np.int64)
+    random = generator.integers(0, spec.x_classes, size=(rows, spec.max_len), dtype=np.int32)
+    random = np.where(np.arange(spec.max_len) < lengths[:, None], random, 0).astype(np.int32)
+    return {"test_split": ParityRows(test, raw.lengths), "random": ParityRows(random, lengths)}
 
 
-def compare(keras_probabilities: np.ndarray, onnx_probabilities: np.ndarray, near_tie: float) -> dict:
-    """Max absolute difference, and argmax disagreements that are not genuine near-ties."""
+def compare(keras_probabilities: np.ndarray, onnx_probabilities: np.ndarray, near_tie: float,
+            mask: np.ndarray | None = None) -> dict:
+    """Max absolute difference, and argmax disagreements that are not genuine near-ties, over
+    the real steps (``mask``, (rows, T)) of (rows, T, classes) probabilities."""
+    rows = int(keras_probabilities.shape[0])
+    if mask is not None:
+        keras_probabilities, onnx_probabilities = keras_probabilities[mask], onnx_probabilities[mask]
     difference = float(np.abs(keras_probabilities - onnx_probabilities).max())
     disagree = keras_probabilities.argmax(-1) != onnx_probabilities.argmax(-1)
     ordered = np.sort(keras_probabilities, axis=-1)
     gap = ordered[..., -1] - ordered[..., -2] if keras_probabilities.shape[-1] > 1 else np.ones(disagree.shape)
     return {
-        "rows": int(keras_probabilities.shape[0]),
+        "rows": rows,
         "max_abs_difference": difference,
         "argmax_disagreements": int(disagree.sum()),
         "argmax_disagreements_not_near_tie": int((disagree & (gap >= near_tie)).sum()),
         "max_row_sum_error": float(np.abs(onnx_probabilities.sum(-1) - 1.0).max()),
     }
+
+
+def run_onnx_by_length(session, rows: ParityRows) -> np.ndarray:
+    """onnxruntime on each group of rows of one length, at exactly that length (no padding),
+    scattered back into a (rows, width, classes) array (zeros past each row's length)."""
+    if rows.lengths is None:
+        return session.run([OUTPUT_NAME], {INPUT_NAME: rows.indices})[0]
+    output = None
+    for length in np.unique(rows.lengths):
+        group = np.flatnonzero(rows.lengths == length)
+        probabilities = session.run([OUTPUT_NAME], {INPUT_NAME: rows.indices[group, :length]})[0]
+        if output is None:
+            output = np.zeros((*rows.indices.shape, probabilities.shape[-1]), np.float32)
+        output[group, :length] = probabilities
+    return output
 
 
 def _session(model_bytes: bytes):
@@ -228,13 +276,19 @@ def _session(model_bytes: bytes):
     return ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
 
 
-def verify(model, model_bytes: bytes, inputs: dict[str, np.ndarray], config: ExportConfig) -> dict:
+def verify(model, model_bytes: bytes, inputs: dict[str, ParityRows], config: ExportConfig) -> dict:
+    """onnxruntime against Keras. Ragged rows: Keras sees them right-padded to the longest,
+    onnxruntime each length group at its own length, compared on the real steps; as the model is
+    causal the two must agree, which also shows that padding never reaches a real step."""
     session = _session(model_bytes)
     report = {}
-    for name, indices in inputs.items():
-        keras_probabilities = model.predict(indices, batch_size=4096, verbose=0)
-        onnx_probabilities = session.run([OUTPUT_NAME], {INPUT_NAME: indices})[0]
-        report[name] = compare(keras_probabilities, onnx_probabilities, config.near_tie)
+    for name, rows in inputs.items():
+        keras_probabilities = model.predict(rows.indices, batch_size=4096, verbose=0)
+        onnx_probabilities = run_onnx_by_length(session, rows)
+        report[name] = compare(keras_probabilities, onnx_probabilities, config.near_tie, rows.mask)
+        if rows.lengths is not None:
+            report[name]["steps"] = int(rows.lengths.sum())
+            report[name]["lengths"] = sorted(int(v) for v in np.unique(rows.lengths))
     failures = []
     for name, figures in report.items():
         if not figures["max_abs_difference"] <= config.tolerance:
@@ -276,6 +330,7 @@ def embed_metadata(model_proto, spec: Spec, metrics: dict, baseline: dict | None
     summary_keys = (
         "token_accuracy", "token_accuracy_per_step", "sequence_accuracy", "top1_accuracy",
         "top2_accuracy", "top3_accuracy", "majority_baseline_accuracy", "epochs_run", "test_rows",
+        "token_accuracy_by_length", "min_len", "max_len",
     )
     entries = {
         "spec": spec.to_json(),
@@ -381,7 +436,7 @@ def _without_preprocessing_advice():
             root.removeHandler(lent)
 
 
-def quantize_int8(model_bytes: bytes, test_indices: np.ndarray, config: ExportConfig) -> dict:
+def quantize_int8(model_bytes: bytes, test: ParityRows, config: ExportConfig) -> dict:
     """Dynamic int8 quantisation, published only if it agrees with the float model."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -399,12 +454,13 @@ def quantize_int8(model_bytes: bytes, test_indices: np.ndarray, config: ExportCo
     def timed(session) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
         for _ in range(3):
-            output = session.run([OUTPUT_NAME], {INPUT_NAME: test_indices})[0]
+            output = run_onnx_by_length(session, test)
         return output, (time.perf_counter() - started) / 3
 
     float_output, float_seconds = timed(float_session)
     int8_output, int8_seconds = timed(int8_session)
-    agreement = float((float_output.argmax(-1) == int8_output.argmax(-1)).mean())
+    agree = float_output.argmax(-1) == int8_output.argmax(-1)
+    agreement = float(agree.mean() if test.mask is None else agree[test.mask].mean())
     report = {
         "argmax_agreement": agreement,
         "threshold": config.quantize_agreement,
@@ -459,6 +515,7 @@ def export(config: ExportConfig) -> dict:
         "tolerance": config.tolerance,
         "near_tie": config.near_tie,
         "parity": parity,
+        **_lengths_covered(spec, parity),
         "created_at": created.isoformat(timespec="seconds"),
         "bytes": len(model_bytes),
         "versions": package_versions(),
@@ -487,6 +544,14 @@ def export(config: ExportConfig) -> dict:
     except OSError as error:
         raise OutputError(f"{config.output_path}: cannot write the model ({error})") from None
     return report
+
+
+def _lengths_covered(spec: Spec, parity: dict) -> dict:
+    """For a variable-length model: the row lengths the parity check ran, per set of rows."""
+    if not spec.variable_length:
+        return {}
+    return {"lengths_covered": {name: figures["lengths"] for name, figures in parity.items()
+                                if isinstance(figures, dict) and "lengths" in figures}}
 
 
 def _json_bytes(payload: dict) -> bytes:

@@ -491,3 +491,66 @@ def test_int8_is_not_written_below_the_threshold(copy, tmp_path):
     digest = hashlib.sha256(output.read_bytes()).hexdigest()
     assert (output.parent / "m.onnx.sha256").read_text() == f"{digest}  m.onnx\n"
 
+
+
+# A variable-length model: parity on rows of many lengths ---------------------------------------------
+@pytest.fixture(scope="module")
+def exported_ragged(tmp_path_factory) -> tuple[Path, CliResult]:
+    from train import data
+
+    folder = tmp_path_factory.mktemp("ragged")
+    source = folder / "ragged.parquet"
+    data.write_parquet(data.ragged_dataset(rows=400, max_len=12), str(source))
+    artifacts = folder / "artifacts"
+    fit(artifacts, source, "--layers", "1", "--units", "8")
+    result = run_export("--artifacts", artifacts)
+    assert result.code == 0, result.stderr
+    return artifacts, result
+
+
+@pytest.mark.slow
+def test_ragged_parity_covers_every_length_and_the_report_names_them(exported_ragged):
+    artifacts, result = exported_ragged
+    report = read_json(artifacts / "export_report.json")
+    parity = report["parity"]
+    assert (parity["passed"], parity["failures"]) == (True, [])
+    test_lengths = sorted({len(row) for row in pq.read_table(artifacts / "test.parquet")
+                           .column("x").to_pylist()})
+    assert parity["test_split"]["lengths"] == test_lengths and len(test_lengths) > 5
+    assert parity["random"]["lengths"] == list(range(1, 13))  # every length 1..max_len
+    assert report["lengths_covered"] == {"test_split": test_lengths, "random": list(range(1, 13))}
+    for name in ("test_split", "random"):
+        assert 0 <= parity[name]["max_abs_difference"] <= 1e-5
+        assert parity[name]["argmax_disagreements_not_near_tie"] == 0
+    assert re.search(r"random: 4096 rows of lengths 1\.\.12, max \|diff\| ", result.stdout)
+    import onnx
+
+    model = onnx.load(str(artifacts / "model.onnx"))
+    assert "LSTM" in {node.op_type for node in model.graph.node}
+    assert not {"Loop", "Scan"} & {node.op_type for node in model.graph.node}
+    spec = Spec.from_json({p.key: p.value for p in model.metadata_props}["spec"])
+    assert spec.variable_length and spec.max_len == 12
+
+
+@pytest.mark.slow
+def test_ragged_onnx_on_each_row_alone_equals_keras_on_that_row(exported_ragged):
+    """Each row run alone at its own length, in both runtimes: no padding anywhere."""
+    import keras
+    import onnxruntime as ort
+
+    import train  # noqa: F401  (registers OneHot)
+
+    artifacts, _ = exported_ragged
+    rows = pq.read_table(artifacts / "test.parquet").column("x").to_pylist()
+    rows += [list(np.random.default_rng(length).integers(0, 11, size=length)) for length in (1, 7, 12)]
+    model = keras.saving.load_model(str(artifacts / "model.keras"))
+    session = ort.InferenceSession(str(artifacts / "model.onnx"), providers=["CPUExecutionProvider"])
+    for row in rows:
+        indices = np.array([row], dtype=np.int32)  # x values 0..10 are class indices 0..10
+        expected = model.predict(indices, verbose=0)
+        actual = session.run(["probabilities"], {"x": indices})[0]
+        assert actual.shape == (1, len(row), 25)
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5)
+        ordered = np.sort(expected, axis=-1)
+        clear = ordered[..., -1] - ordered[..., -2] >= 1e-6  # argmax may differ on near-ties only
+        np.testing.assert_array_equal(actual.argmax(-1)[clear], expected.argmax(-1)[clear])
