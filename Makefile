@@ -8,6 +8,17 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# EXAMPLE=ragged: the embedded ragged example (lengths 1..32) instead of the 4-step default, in
+# its own folders so that the default model and demo stay as they are. Not artifacts/ragged:
+# training replaces its artifacts folder as a whole, so a default run would remove it.
+EXAMPLE ?= default
+ifeq ($(EXAMPLE),default)
+DEMO_DIR ?= build/demo
+else
+ARTIFACTS ?= artifacts-$(EXAMPLE)
+DEMO_DIR ?= build/demo-$(EXAMPLE)
+endif
+EXAMPLE_FLAG := $(if $(filter-out default,$(EXAMPLE)),--example $(EXAMPLE))
 ARTIFACTS ?= artifacts
 FIXTURE_BUILD := build/fixture
 # pip's notices about package indexes this machine does not have are noise, not errors
@@ -38,8 +49,8 @@ data: $(STAMP) ## write the embedded default dataset to data/default.parquet
 	@mkdir -p data
 	$(PY) -m train --write-default data/default.parquet
 
-train: $(STAMP) ## fit the LSTM (DATA=file.parquet, or X=X.txt Y=Y.txt; default: embedded data)
-	$(PY) -m train --artifacts $(ARTIFACTS) $(if $(DATA),--data $(DATA)) $(if $(X),--x $(X) --y $(Y)) $(TRAIN_FLAGS)
+train: $(STAMP) ## fit the LSTM (DATA=file.parquet, or X=X.txt Y=Y.txt, or EXAMPLE=ragged; default: embedded data)
+	$(PY) -m train --artifacts $(ARTIFACTS) $(if $(DATA),--data $(DATA)) $(if $(X),--x $(X) --y $(Y)) $(if $(DATA)$(X),,$(EXAMPLE_FLAG)) $(TRAIN_FLAGS)
 
 $(ARTIFACTS)/model.keras: | $(STAMP)
 	$(MAKE) train
@@ -54,14 +65,14 @@ score: $(ARTIFACTS)/model.onnx ## score a Parquet file or directory: make score 
 	@if [ -z "$(IN)" ] || [ -z "$(OUT)" ]; then echo "usage: make score IN=input.parquet OUT=output.parquet" >&2; exit 2; fi
 	$(PY) -m score $(IN) $(OUT) --model $(ARTIFACTS)/model.onnx $(SCORE_FLAGS)
 
-demo: setup ## set up, train on the embedded default, export, score a sample file, show a preview
+demo: setup ## set up, train on the embedded default (EXAMPLE=ragged: the ragged one), export, score a sample, preview
 	$(MAKE) train TRAIN_FLAGS=--quiet
 	$(MAKE) export
-	@mkdir -p build/demo
-	$(PY) -m train --write-default build/demo/sample.parquet
-	$(PY) -m score build/demo/sample.parquet build/demo/scored.parquet --model $(ARTIFACTS)/model.onnx --summary build/demo/summary.json
-	@$(PY) -m score.preview build/demo/scored.parquet 5
-	@echo "scored file: build/demo/scored.parquet  summary: build/demo/summary.json"
+	@mkdir -p $(DEMO_DIR)
+	$(PY) -m train --write-default $(DEMO_DIR)/sample.parquet $(EXAMPLE_FLAG)
+	$(PY) -m score $(DEMO_DIR)/sample.parquet $(DEMO_DIR)/scored.parquet --model $(ARTIFACTS)/model.onnx --summary $(DEMO_DIR)/summary.json
+	@$(PY) -m score.preview $(DEMO_DIR)/scored.parquet 5
+	@echo "scored file: $(DEMO_DIR)/scored.parquet  summary: $(DEMO_DIR)/summary.json"
 
 test: setup ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
