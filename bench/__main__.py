@@ -11,10 +11,19 @@ from dataclasses import replace
 from bench.workloads import REPO, BenchError
 
 HERE = os.path.join(REPO, "bench")
+EPILOG = """sections: main (every fixed-length section: side by side, de-duplication, batch size,
+threads, cold start, variants) and ragged (rows of any length, issue 12). With --only, the
+report keeps the sections this run did not measure from the report it replaces, and the plot
+(drawn from the main section) is left as it is unless main ran."""
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.splitlines()[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -31,6 +40,20 @@ def parser() -> argparse.ArgumentParser:
         "--no-variants",
         action="store_true",
         help="skip the candidate changes to score/ (bench.variant)",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=("main", "ragged"),
+        default=None,
+        metavar="SECTION",
+        help="run only this section (main or ragged; repeatable; default: all)",
+    )
+    p.add_argument(
+        "--work",
+        default=None,
+        metavar="DIR",
+        help="where models, workloads and scratch files go (default bench/work)",
     )
     p.add_argument(
         "--results",
@@ -57,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, threads=args.threads)
     if args.no_variants:
         config = replace(config, variants=False)
+    if args.only:
+        config = replace(config, sections=tuple(dict.fromkeys(args.only)))
+    if args.work:
+        config = replace(config, work=os.path.abspath(args.work))
     # A quick run is a smoke test: it must not overwrite the committed figures.
     folder = config.work if args.quick else HERE
     results_path = args.results or os.path.join(folder, "results.md")
@@ -68,16 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    previous = None
+    if os.path.exists(results_path):
+        with open(results_path) as handle:
+            previous = handle.read()
+    os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
     with open(results_path, "w") as handle:
-        handle.write(report.markdown(results, quick=args.quick))
-    report.plot(results, plot_path)
+        handle.write(report.markdown(results, quick=args.quick, previous=previous))
+    written = [os.path.relpath(results_path)]
+    if results.workloads:
+        report.plot(results, plot_path)
+        written.append(os.path.relpath(plot_path))
     print()
     for line in report.summary_lines(results):
         print(line)
-    print(
-        f"\nwrote {os.path.relpath(results_path)} and {os.path.relpath(plot_path)} "
-        f"in {time.perf_counter() - started:.0f} s"
-    )
+    print(f"\nwrote {' and '.join(written)} in {time.perf_counter() - started:.0f} s")
     return 0
 
 

@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.workloads import REPO, BenchError, Model, Workload, write_table
 
@@ -72,6 +72,7 @@ def job_command(
     threads: int,
     batch_size: int | None = None,
     variant: tuple[str, ...] | None = None,
+    summary: str | None = None,
 ) -> list[str]:
     """`python -m score IN OUT --quiet ...`; or through bench.variant with ``variant``'s patches."""
     arguments = [
@@ -85,6 +86,8 @@ def job_command(
     ]
     if batch_size is not None:
         arguments += ["--batch-size", str(batch_size)]
+    if summary is not None:
+        arguments += ["--summary", summary]
     if variant is not None:
         return [sys.executable, "-m", "bench.variant", *variant, "--", *arguments]
     return [sys.executable, "-m", "score", *arguments]
@@ -97,12 +100,15 @@ def run_job(
     batch_size: int | None = None,
     variant: tuple[str, ...] | None = None,
     repeat: int = 1,
+    summary: str | None = None,
 ) -> JobRun:
-    """The fastest of ``repeat`` runs of the job; peak RSS is the largest seen."""
+    """The fastest of ``repeat`` runs of the job; peak RSS is the largest seen. With ``summary``,
+    every run writes its --summary JSON there (the last one stays)."""
     output = os.path.join(work, "scored.parquet")
     runs = []
     for _ in range(repeat):
-        runs.append(run_child(job_command(workload, output, threads, batch_size, variant)))
+        command = job_command(workload, output, threads, batch_size, variant, summary)
+        runs.append(run_child(command))
         os.unlink(output)
     return JobRun(
         workload.rows,
@@ -154,6 +160,8 @@ class InMemoryRun:
 
     rates: dict[int, float]
     peak_rss_mb: float
+    padding: dict[int, float] = field(default_factory=dict)  # ragged: padded / real steps - 1
+    real_steps: int = 0  # ragged: the real steps of the rows timed
 
     @property
     def best_batch_size(self) -> int:
@@ -167,7 +175,7 @@ class InMemoryRun:
 def run_in_memory(
     path: str, workload: Workload, threads: int, batch_sizes: list[int], rows: int, repeat: int
 ) -> InMemoryRun:
-    """Time ``path`` ('keras' or 'onnxruntime') in a child over the first ``rows`` rows."""
+    """Time ``path`` (one of bench.paths') in a child over the first ``rows`` rows."""
     command = [
         sys.executable,
         "-m",
@@ -185,7 +193,10 @@ def run_in_memory(
         str(repeat),
     ]
     child = run_child(command)
-    rates = {
-        int(size): rate for size, rate in json.loads(child.stdout.strip().splitlines()[-1]).items()
-    }
-    return InMemoryRun(rates, child.peak_rss_mb)
+    figures = json.loads(child.stdout.strip().splitlines()[-1])
+    return InMemoryRun(
+        {int(size): rate for size, rate in figures["rates"].items()},
+        child.peak_rss_mb,
+        {int(size): value for size, value in figures.get("padding", {}).items()},
+        int(figures.get("real_steps", 0)),
+    )

@@ -1,8 +1,10 @@
 """The in-memory paths the job is compared with, each timed in a child process of its own.
 
-`python -m bench.paths keras|onnxruntime MODEL_DIR DATA --threads N --batch-sizes A,B --rows R`
-prints one JSON object: rows/s for each batch size. The rows are read and encoded before the
-clock starts; only inference (and, for Keras, the question's argmax and top-3) is timed.
+`python -m bench.paths PATH MODEL_DIR DATA --threads N --batch-sizes A,B --rows R` prints one
+JSON object: "rates", rows/s for each batch size, and for the ragged paths "padding", padded
+steps / real steps - 1 for each batch size, and "real_steps". The rows are read and encoded
+(and for the ragged paths padded into their batches) before the clock starts; only inference
+(and, for Keras, the question's argmax and top-3) is timed.
 """
 
 from __future__ import annotations
@@ -104,12 +106,91 @@ def onnxruntime_rates(
     return rates
 
 
+def ragged_rows(
+    model_dir: str, data: str, rows: int, index_dtype: type
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``rows`` rows of any length as flat class indices and offsets (rows + 1)."""
+    from score.encoding import Encoder, ragged_from_list
+    from score.spec import Spec
+
+    with open(os.path.join(model_dir, "spec.json")) as handle:
+        spec = Spec.from_dict(json.load(handle))
+    column = pq.read_table(data, columns=[spec.input_column]).column(spec.input_column)
+    column = column.slice(0, rows) if rows else column
+    raw = ragged_from_list(column.combine_chunks(), spec.input_column, spec.seq_len)
+    return Encoder(spec, index_dtype).encode_ragged_strict(raw), raw.offsets
+
+
+def padded_batches(
+    flat: np.ndarray, offsets: np.ndarray, order: np.ndarray, batch_size: int
+) -> list[np.ndarray]:
+    """Rows ``order`` in batches of ``batch_size``, each right-padded to its own longest row:
+    what a user writes by hand to run rows of any length through the model."""
+    from score.encoding import to_padded
+
+    lengths = np.diff(offsets)
+    batches = []
+    for start in range(0, order.size, batch_size):
+        rows = order[start : start + batch_size]
+        batches.append(to_padded(flat, offsets, rows, int(lengths[rows].max()))[0])
+    return batches
+
+
+def ragged_rates(
+    model_dir: str,
+    data: str,
+    threads: int,
+    batch_sizes: list[int],
+    rows: int,
+    repeat: int,
+    by_length: bool,
+) -> tuple[dict[int, float], dict[int, float], int]:
+    """session.run over batches of rows of any length, each padded to its longest row; the rows
+    in file order or (``by_length``) sorted by length first. Returns rows/s and the padding
+    (padded steps / real steps - 1) per batch size, and the real steps timed.
+
+    The same plain session as onnxruntime_rates; the padded batches are built before the clock.
+    """
+    import onnxruntime as ort
+
+    from score.model import INPUT_NAME, OUTPUT_NAME, SessionConfig, load, session_options
+
+    path = os.path.join(model_dir, "model.onnx")
+    scorer = load(path, SessionConfig(threads=threads))  # for the index type the model takes
+    flat, offsets = ragged_rows(model_dir, data, rows, scorer.encoder.index_dtype)
+    del scorer  # its session: this path runs a plain one
+    lengths = np.diff(offsets)
+    order = np.argsort(lengths, kind="stable") if by_length else np.arange(lengths.size)
+    session = ort.InferenceSession(
+        path,
+        sess_options=session_options(SessionConfig(threads=threads)),
+        providers=["CPUExecutionProvider"],
+    )
+
+    rates, padding = {}, {}
+    for batch_size in sorted(batch_sizes):  # ascending: the arena grows once per size
+        batches = padded_batches(flat, offsets, order, batch_size)
+        widest = max(batches, key=lambda batch: batch.shape[1])
+        session.run([OUTPUT_NAME], {INPUT_NAME: widest[:batch_size]})  # warm up
+
+        def run(batches=batches) -> None:
+            for batch in batches:
+                session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+
+        rates[batch_size] = lengths.size / _timed(run, repeat)
+        padding[batch_size] = sum(batch.size for batch in batches) / int(lengths.sum()) - 1
+        del batches, widest
+    return rates, padding, int(lengths.sum())
+
+
 PATHS = {"keras": keras_rates, "onnxruntime": onnxruntime_rates}
+# Rows of any length, for a variable-length model: in file order, or sorted by length.
+RAGGED_PATHS = {"onnxruntime-file-order": False, "onnxruntime-sorted": True}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.paths")
-    parser.add_argument("path", choices=sorted(PATHS))
+    parser.add_argument("path", choices=sorted(PATHS) + sorted(RAGGED_PATHS))
     parser.add_argument("model_dir")
     parser.add_argument("data")
     parser.add_argument("--threads", type=int, required=True)
@@ -118,10 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="report the fastest of N runs")
     args = parser.parse_args(argv)
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
-    rates = PATHS[args.path](
-        args.model_dir, args.data, args.threads, batch_sizes, args.rows, args.repeat
-    )
-    json.dump({str(size): rate for size, rate in rates.items()}, sys.stdout)
+    common = (args.model_dir, args.data, args.threads, batch_sizes, args.rows, args.repeat)
+    figures: dict = {}
+    if args.path in RAGGED_PATHS:
+        rates, padding, real_steps = ragged_rates(*common, by_length=RAGGED_PATHS[args.path])
+        figures["padding"] = {str(size): value for size, value in padding.items()}
+        figures["real_steps"] = real_steps
+    else:
+        rates = PATHS[args.path](*common)
+    figures["rates"] = {str(size): rate for size, rate in rates.items()}
+    json.dump(figures, sys.stdout)
     return 0
 
 

@@ -14,8 +14,11 @@ from bench.run import (
     DISTINCT,
     LARGE,
     SWEEP_DISTINCT,
+    RaggedResults,
     Results,
 )
+from bench.workloads import RAGGED_MODEL, geometric_probabilities
+from score.job import DEFAULT_BATCH_SIZE
 
 LIBRARIES = ("onnxruntime", "pyarrow", "numpy", "tensorflow", "keras")
 # The in-memory paths' reference for each workload (the job's files share their model).
@@ -23,6 +26,7 @@ FAMILY = {DEFAULT: DEFAULT, LARGE: DEFAULT, DISTINCT: DISTINCT, SWEEP_DISTINCT: 
 KERAS = "Keras predict + argmax + top-3"
 RAW = "raw onnxruntime"
 JOB = "job (`python -m score`)"
+RAGGED_HEADING = "## Rows of any length (issue 12)"
 
 
 # Machine -------------------------------------------------------------------------------------------
@@ -270,7 +274,39 @@ def _short(rows: int) -> str:
     return f"{rows:,}"
 
 
-def markdown(results: Results, quick: bool) -> str:
+def markdown(results: Results, quick: bool, previous: str | None = None) -> str:
+    """The whole report. Sections this run did not measure are kept from ``previous`` (the
+    report it replaces), so that `--only` refreshes its part and leaves the rest alone."""
+    if results.workloads:
+        document = main_markdown(results, quick)
+    elif previous:
+        document = without_section(previous, RAGGED_HEADING)
+    else:
+        document = "# Benchmark: the scoring job against Keras predict and raw onnxruntime\n"
+    if results.ragged is not None:
+        ragged = "\n".join(ragged_markdown(results, quick)) + "\n"
+    else:
+        ragged = section(previous or "", RAGGED_HEADING)
+    return document.rstrip("\n") + "\n" + ("\n" + ragged if ragged else "")
+
+
+def section(document: str, heading: str) -> str:
+    """The section of ``document`` that starts with ``heading``, up to the next `## ` heading."""
+    lines = document.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith(heading)]
+    if not starts:
+        return ""
+    ends = [i for i in range(starts[0] + 1, len(lines)) if lines[i].startswith("## ")]
+    return "".join(lines[starts[0] : ends[0] if ends else len(lines)]).rstrip("\n") + "\n"
+
+
+def without_section(document: str, heading: str) -> str:
+    """``document`` less its section that starts with ``heading``."""
+    part = section(document, heading)
+    return document.replace(part, "", 1).rstrip("\n") + "\n" if part else document
+
+
+def main_markdown(results: Results, quick: bool) -> str:
     config = results.config
     cold = results.cold_start
     workloads = results.workloads
@@ -341,6 +377,179 @@ def markdown(results: Results, quick: bool) -> str:
     return "\n".join(text) + "\n"
 
 
+# Rows of any length ----------------------------------------------------------------------------------
+def ragged_table(ragged: RaggedResults) -> list[str]:
+    in_order, by_length = ragged.file_order.best, ragged.by_length.best
+    lines = [
+        "| path | rows | batch | rows/s | x raw in file order | x raw sorted | padding "
+        "(extra steps) | model steps / real step | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def line(
+        path: str, rows: int, batch: str, rate: float, padding: float, share: float, rss: float
+    ) -> str:
+        return (
+            f"| {path} | {rows:,} | {batch} | {_rate(rate)} | {rate / in_order:.2f} "
+            f"| {rate / by_length:.2f} | {_percent(padding)} | {share:.2f} | {rss:.0f} |"
+        )
+
+    for label, run in (
+        ("in file order", ragged.file_order),
+        ("sorted by length", ragged.by_length),
+    ):
+        padding = run.padding[run.best_batch_size]
+        lines.append(
+            line(
+                f"{RAW}, {label}",
+                ragged.rows_timed,
+                str(run.best_batch_size),
+                run.best,
+                padding,
+                1 + padding,
+                run.peak_rss_mb,
+            )
+        )
+    job = ragged.job
+    lines.append(
+        line(
+            JOB,
+            job.rows,
+            f"{DEFAULT_BATCH_SIZE:,} (default)",
+            job.rows_per_second,
+            ragged.job_padding,
+            ragged.model_step_share,
+            job.peak_rss_mb,
+        )
+    )
+    if isinstance(ragged.no_dedup, measure.JobRun):
+        steps = ragged.no_dedup_steps
+        lines.append(
+            line(
+                "job without de-duplication (bench.variant --no-dedup)",
+                ragged.no_dedup.rows,
+                f"{DEFAULT_BATCH_SIZE:,} (default)",
+                ragged.no_dedup.rows_per_second,
+                ragged.job_padding,
+                steps["steps_computed"] / steps["steps_scored"],
+                ragged.no_dedup.peak_rss_mb,
+            )
+        )
+    else:
+        lines.append(f"| job without de-duplication | {ragged.no_dedup} | | | | | | | |")
+    for size, run in ragged.job_batch_sweep.items():
+        lines.append(
+            f"| job, `--batch-size {size}` | {run.rows:,} | {size:,} | {_rate(run.rows_per_second)}"
+            f" | {run.rows_per_second / in_order:.2f} | {run.rows_per_second / by_length:.2f}"
+            f" | - | - | {run.peak_rss_mb:.0f} |"
+        )
+    return lines
+
+
+def ragged_sweep_table(ragged: RaggedResults) -> list[str]:
+    lines = [
+        "| batch size | raw ORT in file order | padding | raw ORT sorted by length | padding |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for size in sorted(ragged.file_order.rates):
+        cells = []
+        for run in (ragged.file_order, ragged.by_length):
+            cells += [_rate(run.rates.get(size)), _percent(run.padding.get(size))]
+        lines.append(f"| {size:,} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def ragged_profile_table(ragged: RaggedResults) -> list[str]:
+    lines = ["| function | own s | cumulative s |", "|---|---:|---:|"]
+    for name, own, cumulative in ragged.profile:
+        lines.append(f"| `{name}` | {own:.2f} | {cumulative:.2f} |")
+    return lines
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.1%}"
+
+
+def ragged_markdown(results: Results, quick: bool) -> list[str]:
+    ragged = results.ragged
+    assert ragged is not None
+    config, workload, steps = results.config, ragged.workload, ragged.job_steps
+    spec = workload.model.spec
+    first = geometric_probabilities(spec.seq_len, config.ragged_mean_length)[0]
+    file_mean = steps["steps_scored"] / workload.rows
+    timed_mean = ragged.file_order.real_steps / ragged.rows_timed
+    distinct = steps.get("distinct_sequences_scored", 0) / workload.rows
+    recipe = RAGGED_MODEL
+    text = [
+        RAGGED_HEADING,
+        "",
+        *(
+            ["**A `--quick` smoke run: small files, single runs; not a measurement.**", ""]
+            if quick
+            else []
+        ),
+        *machine_lines(results),
+        "",
+        f"Workload: {_short(workload.rows)} rows with an int64 `id` column and a list<int64> `x`"
+        f" column; lengths 1..{spec.seq_len} from a geometric distribution truncated to"
+        f" 1..{spec.seq_len} (P(length = n) proportional to r^(n-1), r = {1 - first:.4f}, chosen"
+        f" for a mean of {config.ragged_mean_length:g}; measured mean {file_mean:.2f}; seeded),"
+        f" values uniform over 0..10. The model is a variable-length one that the benchmark"
+        f" trains on {recipe.data_rows:,} rows drawn the same way, with the default rule"
+        f" (y_t = (x_0 + ... + x_t) mod 25) and architecture (2 LSTM layers of 64 units),"
+        f" {recipe.train_flags[1]} epochs: it is timed, not judged on accuracy.",
+        "",
+        f"Raw onnxruntime is what a user writes by hand: a plain session with the job's session"
+        f" options, batches of B rows each padded to its own longest row, `session.run` and"
+        f" nothing else (no top-k). It times the first {ragged.rows_timed:,} rows (mean length"
+        f" {timed_mean:.2f}; rows are drawn independently, so rows/s over them compares with the"
+        f" whole file's), already encoded and cut into padded batches before the clock starts,"
+        f" best of {config.repeat}, at its best batch size of"
+        f" {', '.join(map(str, config.ragged_batch_sizes))}. *Sorted by length*: the same after"
+        f" a stable sort of the rows by length. The job is the whole process on the whole file,"
+        f" `python -m score IN OUT --quiet --summary S.json` (best of {config.repeat}); it ran"
+        f" the model on {distinct:.1%} of the rows (the others repeat a sequence already"
+        f" scored: short rows repeat often).",
+        "",
+        "*Padding* is padded steps / real steps - 1: for raw onnxruntime at its best batch size;"
+        " for the job, steps_computed / steps_scored - 1 from the summary of the run without"
+        " de-duplication, where every row runs once. *Model steps / real step* is the steps the"
+        " model ran per real step of the input (the job's with de-duplication, from its summary).",
+        "",
+        *ragged_table(ragged),
+        "",
+        *ragged_sweep_table(ragged),
+        "",
+        "### Targets (issue 12)",
+        "",
+        "| target | measured | |",
+        "|---|---:|---|",
+        *[
+            f"| {target} | {measured} | {_mark(met)} |"
+            for target, measured, met in ragged.targets()
+        ],
+    ]
+    if ragged.profile:
+        text += [
+            "",
+            "### Where the job's time goes",
+            "",
+            f"The job (default batch size) under cProfile (`python -m cProfile -m bench.variant"
+            f" --serial-io`, so that reading and writing run in the profiled thread;"
+            f" {ragged.profile_seconds:.1f} s wall with the profiler): the functions with the"
+            f" most time of their own. onnxruntime's share is"
+            f" `InferenceSession.run`'s own time.",
+            "",
+            *ragged_profile_table(ragged),
+        ]
+    text += [
+        "",
+        "On a shared machine (other work on its cores) rates move by 10-20% from run to run;"
+        " every path here ran in the same run with the same threads, so compare the ratios.",
+    ]
+    return text
+
+
 # throughput.png ---------------------------------------------------------------------------------------
 def plot(results: Results, path: str) -> None:
     """rows/s against batch size for each path, one panel per workload, log x axis."""
@@ -387,11 +596,25 @@ def plot(results: Results, path: str) -> None:
 # Console -----------------------------------------------------------------------------------------------
 def summary_lines(results: Results) -> list[str]:
     lines = []
-    for row in table_rows(results):
+    for row in table_rows(results) if results.workloads else []:
         lines.append(
             f"{row['path']:32s} {row['workload']:13s} {row['rows']:>10,} rows {_rate(row['rate']):>10} rows/s"
             f"  {row['keras']:5.2f}x Keras  {row['raw']:5.2f}x raw ORT  {row['rss']:6.0f} MB"
         )
     for target, measured, met in targets(results, results.job):
         lines.append(f"{_mark(met)}  {target}: {measured}")
+    if results.ragged is not None:
+        ragged = results.ragged
+        for label, run in (("in file order", ragged.file_order), ("sorted", ragged.by_length)):
+            lines.append(
+                f"ragged: raw onnxruntime {label:16s} {ragged.rows_timed:>10,} rows"
+                f" {_rate(run.best):>10} rows/s (batch {run.best_batch_size},"
+                f" padding {_percent(run.padding[run.best_batch_size])})"
+            )
+        lines.append(
+            f"ragged: job {ragged.job.rows:>10,} rows {_rate(ragged.job.rows_per_second):>10}"
+            f" rows/s, {ragged.job.peak_rss_mb:.0f} MB"
+        )
+        for target, measured, met in ragged.targets():
+            lines.append(f"{_mark(met)}  {target}: {measured}")
     return lines

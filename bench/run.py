@@ -8,18 +8,28 @@ from __future__ import annotations
 
 import json
 import os
+import pstats
+import sys
 from dataclasses import dataclass, field, replace
 
 from bench import measure
 from bench.workloads import (
     DEFAULT_MODEL,
     DISTINCT_MODEL,
+    RAGGED_MODEL,
     REPO,
     BenchError,
     Workload,
     prepare_model,
+    prepare_ragged_workload,
     prepare_workload,
 )
+
+# The parts of a run: "main", every fixed-length section (side by side, de-duplication, batch
+# size, threads, cold start, variants); "ragged", rows of any length (issue 12).
+MAIN = "main"
+RAGGED = "ragged"
+SECTIONS = (MAIN, RAGGED)
 
 # The job with one of its optimisations switched off (bench.variant), to show what each pays.
 VARIANTS = {
@@ -49,6 +59,13 @@ class BenchConfig:
     repeat: int = 2  # the in-memory paths and the cheap job runs report the best of this many
     cold_runs: int = 7  # runs of the job on a 1-row file
     variants: bool = True  # also measure the job with each optimisation off (bench.variant)
+    sections: tuple[str, ...] = SECTIONS  # the parts to run (MAIN, RAGGED)
+    ragged_rows: int = 1_000_000  # the ragged workload: lengths 1..64 of the ragged model
+    ragged_mean_length: float = 16.0  # its mean length (a truncated geometric distribution)
+    ragged_in_memory_rows: int = 200_000  # rows the raw ragged paths time (the first ones)
+    ragged_batch_sizes: tuple[int, ...] = (256, 512, 1024, 4096)  # raw ORT over ragged rows
+    ragged_job_batch_sizes: tuple[int, ...] = (4096, 16_384)  # the job's --batch-size, ragged
+    profile_rows: int = 12  # functions the ragged job's profile lists when it misses a target
 
 
 # A smoke test of the whole pipeline in about a minute: small files, few points, no repeats.
@@ -62,7 +79,61 @@ QUICK = BenchConfig(
     job_batch_sizes=(8192, 65_536),
     repeat=1,
     cold_runs=3,
+    ragged_rows=100_000,
+    ragged_in_memory_rows=50_000,
 )
+
+
+@dataclass
+class RaggedResults:
+    """The ragged section: raw onnxruntime over rows of any length against the job."""
+
+    workload: Workload
+    rows_timed: int  # rows the raw paths time: the first ones of the workload
+    file_order: measure.InMemoryRun  # raw ORT, rows in file order, padded per batch
+    by_length: measure.InMemoryRun  # raw ORT, rows sorted by length, padded per batch
+    job: measure.JobRun
+    job_steps: dict[str, int]  # the job's --summary: steps_scored, steps_computed, distinct rows
+    no_dedup: measure.JobRun | str  # the job without de-duplication, or why it failed
+    no_dedup_steps: dict[str, int]
+    job_batch_sweep: dict[int, measure.JobRun] = field(default_factory=dict)  # --batch-size
+    profile: list[tuple[str, float, float]] = field(default_factory=list)  # name, self s, cum s
+    profile_seconds: float = 0.0  # wall time of the profiled run
+
+    @property
+    def job_padding(self) -> float:
+        """Extra steps the job ran for padding alone: measured without de-duplication, where
+        every valid row runs once, as steps_computed / steps_scored - 1."""
+        steps = self.no_dedup_steps
+        if not steps.get("steps_scored"):
+            return float("nan")
+        return steps["steps_computed"] / steps["steps_scored"] - 1
+
+    @property
+    def model_step_share(self) -> float:
+        """Steps the job's model ran per real step of the file (padding in, repeats out)."""
+        return self.job_steps["steps_computed"] / self.job_steps["steps_scored"]
+
+    def targets(self) -> list[tuple[str, str, bool]]:
+        """Issue 12's targets: (target, measured, met)."""
+        job = self.job.rows_per_second
+        in_order = job / self.file_order.best
+        by_length = job / self.by_length.best
+        padding = self.job_padding
+        return [
+            ("job >= 2x raw onnxruntime, rows in file order", f"{in_order:.2f}x", in_order >= 2),
+            (
+                "job >= 0.8x raw onnxruntime, rows sorted by length",
+                f"{by_length:.2f}x",
+                by_length >= 0.8,
+            ),
+            (
+                f"job peak RSS <= 400 MB ({self.workload.rows:,} rows)",
+                f"{self.job.peak_rss_mb:.0f} MB",
+                self.job.peak_rss_mb <= 400,
+            ),
+            ("job padding <= 10% extra steps", f"{padding:.1%}", padding <= 0.10),
+        ]
 
 
 @dataclass
@@ -80,6 +151,7 @@ class Results:
     cold_start: measure.ColdStart | None = None
     dedup: dict[str, dict[str, float]] = field(default_factory=dict)  # workload -> figures
     variants: dict[str, dict[str, measure.JobRun | str]] = field(default_factory=dict)  # name -> w
+    ragged: RaggedResults | None = None  # the ragged section, when it ran
 
 
 # Workload names. The job's sweeps and variants use DEFAULT and SWEEP_DISTINCT.
@@ -87,6 +159,10 @@ DEFAULT = "default"
 LARGE = "default-5x"
 DISTINCT = "all-distinct"
 SWEEP_DISTINCT = "all-distinct-sweep"
+RAGGED_WORKLOAD = "ragged"
+# The raw paths over ragged rows (bench.paths).
+FILE_ORDER_PATH = "onnxruntime-file-order"
+SORTED_PATH = "onnxruntime-sorted"
 
 
 def prepare(config: BenchConfig, log=print) -> dict[str, Workload]:
@@ -109,9 +185,22 @@ def prepare(config: BenchConfig, log=print) -> dict[str, Workload]:
 
 
 def run_benchmark(config: BenchConfig, log=print) -> Results:
+    """The sections ``config.sections`` names, in order."""
+    results = Results(config)
+    for section in config.sections:
+        if section not in SECTIONS:
+            raise BenchError(f"section {section!r}: expected one of {', '.join(SECTIONS)}")
+    if MAIN in config.sections:
+        run_main(results, config, log)
+    if RAGGED in config.sections:
+        results.ragged = run_ragged(config, log)
+    return results
+
+
+def run_main(results: Results, config: BenchConfig, log=print) -> None:
     """Steps: 1. models and data; 2. the three paths side by side; 3. de-duplication;
     4. the job's batch sweep; 5. the thread sweep; 6. cold start; 7. each optimisation off."""
-    results = Results(config, prepare(config, log))
+    results.workloads = prepare(config, log)
     workloads = results.workloads
     threads = config.threads
 
@@ -165,7 +254,96 @@ def run_benchmark(config: BenchConfig, log=print) -> Results:
     # 7. What each optimisation pays: the job with it switched off.
     if config.variants:
         measure_variants(results, config, log)
+
+
+def run_ragged(config: BenchConfig, log=print) -> RaggedResults:
+    """Steps: 1. the ragged model and workload; 2. raw onnxruntime over the rows in file order
+    and sorted by length (each at a few batch sizes); 3. the job, with and without
+    de-duplication, and at other --batch-size; 4. a profile of the job if it misses a target."""
+    # 1. Model and data.
+    os.makedirs(config.work, exist_ok=True)
+    model = prepare_model(RAGGED_MODEL, config.work, log)
+    workload = prepare_ragged_workload(
+        model, RAGGED_WORKLOAD, config.ragged_rows, config.ragged_mean_length, config.work, log=log
+    )
+    threads, sizes = config.threads, list(config.ragged_batch_sizes)
+    rows_timed = min(config.ragged_in_memory_rows, workload.rows)
+
+    # 2. Raw onnxruntime, the rows as they come and sorted by length.
+    raw = {}
+    for path in (FILE_ORDER_PATH, SORTED_PATH):
+        log(f"ragged: raw {path}, {rows_timed:,} rows, batch sizes {', '.join(map(str, sizes))}")
+        raw[path] = measure.run_in_memory(path, workload, threads, sizes, rows_timed, config.repeat)
+
+    # 3. The job; without de-duplication its steps_computed / steps_scored is the padding alone.
+    summary = os.path.join(config.work, "ragged-summary.json")
+    log(f"ragged: the job, {workload.rows:,} rows")
+    job = measure.run_job(workload, config.work, threads, repeat=config.repeat, summary=summary)
+    job_steps = _steps(summary)
+    log("ragged: the job without de-duplication")
+    no_dedup = _try_job(workload, config, ("--no-dedup",), None, summary)
+    no_dedup_steps = _steps(summary) if isinstance(no_dedup, measure.JobRun) else {}
+    results = RaggedResults(
+        workload,
+        rows_timed,
+        raw[FILE_ORDER_PATH],
+        raw[SORTED_PATH],
+        job,
+        job_steps,
+        no_dedup,
+        no_dedup_steps,
+    )
+    for size in config.ragged_job_batch_sizes:
+        log(f"ragged: the job at --batch-size {size}")
+        results.job_batch_sweep[size] = measure.run_job(
+            workload, config.work, threads, batch_size=size
+        )
+
+    # 4. Where the job's time goes, when it misses a target.
+    if not all(met for _, _, met in results.targets()):
+        log("ragged: the job misses a target; profiling it (cProfile, I/O in the main thread)")
+        results.profile, results.profile_seconds = profile_job(workload, config)
     return results
+
+
+def _steps(summary_path: str) -> dict[str, int]:
+    """The step counts of a ragged job's --summary."""
+    with open(summary_path) as handle:
+        summary = json.load(handle)
+    os.unlink(summary_path)
+    names = ("steps_scored", "steps_computed", "distinct_sequences_scored", "rows_in")
+    return {name: int(summary[name]) for name in names if summary.get(name) is not None}
+
+
+def profile_job(
+    workload: Workload, config: BenchConfig
+) -> tuple[list[tuple[str, float, float]], float]:
+    """The job under cProfile, reading and writing in its main thread (bench.variant
+    --serial-io) so that one profile sees all of it: the functions with the most time of their
+    own (name, own seconds, cumulative seconds), and the profiled run's wall time."""
+    profile_path = os.path.join(config.work, "ragged-job.prof")
+    output = os.path.join(config.work, "scored.parquet")
+    job = measure.job_command(workload, output, config.threads, variant=("--serial-io",))
+    command = [sys.executable, "-m", "cProfile", "-o", profile_path, *job[1:]]
+    child = measure.run_child(command)
+    os.unlink(output)
+    stats = pstats.Stats(profile_path)
+    entries = []
+    for (filename, line, function), (_, _, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
+        entries.append((_function_name(filename, line, function), own, cumulative))
+    entries.sort(key=lambda entry: entry[1], reverse=True)
+    return entries[: config.profile_rows], child.seconds
+
+
+def _function_name(filename: str, line: int, function: str) -> str:
+    """module-relative `path:line(function)`, or the built-in's name."""
+    if filename == "~":
+        return function
+    for root in (REPO, *sys.path):
+        if root and filename.startswith(root + os.sep):
+            filename = os.path.relpath(filename, root)
+            break
+    return f"{filename}:{line}({function})"
 
 
 def dedup_effect(workload: Workload, config: BenchConfig) -> dict[str, float]:
@@ -235,11 +413,20 @@ def measure_variants(results: Results, config: BenchConfig, log=print) -> None:
 
 
 def _try_job(
-    workload: Workload, config: BenchConfig, flags: tuple[str, ...], batch_size: int | None
+    workload: Workload,
+    config: BenchConfig,
+    flags: tuple[str, ...],
+    batch_size: int | None,
+    summary: str | None = None,
 ):
     try:
         return measure.run_job(
-            workload, config.work, config.threads, batch_size=batch_size, variant=flags
+            workload,
+            config.work,
+            config.threads,
+            batch_size=batch_size,
+            variant=flags,
+            summary=summary,
         )
     except BenchError as error:
         return f"failed: {str(error).splitlines()[-1].strip()}"

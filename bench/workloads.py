@@ -47,8 +47,9 @@ class ModelRecipe:
     name: str  # folder under the work folder
     train_flags: tuple[str, ...] = ()  # flags for `python -m train` besides --artifacts/--quiet
     data_rows: int = 0  # rows of generated training data; 0: the embedded default dataset
-    seq_len: int = 4  # steps of the generated training data
+    seq_len: int = 4  # steps of the generated training data (ragged: the longest row)
     seed: int = 0  # seed of the generated training data
+    mean_length: float = 0.0  # > 0: ragged rows of 1..seq_len steps with this mean; 0: all seq_len
 
 
 # The default: 2 LSTM layers of 64 units on the embedded default data, exactly `make train`.
@@ -70,6 +71,26 @@ DISTINCT_MODEL = ModelRecipe(
     ),
     data_rows=200_000,
     seq_len=12,
+)
+# The ragged model: the same architecture and rule on rows of 1..64 steps (mean 16, drawn like
+# the ragged workload), written as a ragged Parquet file, so that training yields a
+# variable-length model. Three epochs on 50k rows (under a minute on 2 cores): timed, not
+# judged on accuracy.
+RAGGED_MODEL = ModelRecipe(
+    "ragged",
+    train_flags=(
+        "--epochs",
+        "3",
+        "--batch-size",
+        "256",
+        "--x-values",
+        "0..10",
+        "--y-values",
+        "0..24",
+    ),
+    data_rows=50_000,
+    seq_len=64,
+    mean_length=16.0,
 )
 
 
@@ -126,8 +147,7 @@ def prepare_model(recipe: ModelRecipe, work: str, log=print) -> Model:
         train_command = [sys.executable, "-m", "train", "--artifacts", folder, "--quiet"]
         if recipe.data_rows:
             data_path = os.path.join(work, f"{recipe.name}_train.parquet")
-            x, y = running_sum_rows(recipe.data_rows, recipe.seq_len, recipe.seed)
-            write_table(data_path, {"x": x, "y": y})
+            write_training_data(recipe, data_path)
             train_command += ["--data", data_path]
         run_logged(
             train_command + list(recipe.train_flags), os.path.join(work, f"{recipe.name}.train.log")
@@ -173,11 +193,64 @@ def _read(path: str) -> str | None:
 
 
 # Data ------------------------------------------------------------------------------------------------
+def write_training_data(recipe: ModelRecipe, path: str) -> None:
+    """The recipe's rows of the default rule as Parquet x and y list columns."""
+    if recipe.mean_length:
+        lengths = draw_lengths(recipe.data_rows, recipe.seq_len, recipe.mean_length, recipe.seed)
+        x, y = running_sum_ragged(lengths, recipe.seed)
+        offsets = offsets_from_lengths(lengths)
+        write_columns(path, {"x": ragged_column(x, offsets), "y": ragged_column(y, offsets)})
+    else:
+        x, y = running_sum_rows(recipe.data_rows, recipe.seq_len, recipe.seed)
+        write_table(path, {"x": x, "y": y})
+
+
 def running_sum_rows(rows: int, seq_len: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """x uniform over 0..10, y_t = (x_0 + ... + x_t) mod 25: the default data's rule."""
     generator = np.random.default_rng(seed)
     x = generator.integers(0, 11, size=(rows, seq_len), dtype=np.int64)
     return x, np.cumsum(x, axis=1) % 25
+
+
+def geometric_probabilities(max_length: int, mean: float) -> np.ndarray:
+    """P(length = 1..max_length) of a geometric distribution truncated to 1..max_length, its
+    ratio chosen (by bisection) so that the mean length is ``mean``."""
+    if not 1 <= mean < (max_length + 1) / 2:
+        raise BenchError(f"mean length {mean}: expected 1 <= mean < {(max_length + 1) / 2}")
+    lengths = np.arange(1, max_length + 1, dtype=np.float64)
+    low, high = 0.0, 1.0  # the mean grows with the ratio: 1 at 0, (max_length + 1) / 2 at 1
+    for _ in range(100):
+        ratio = (low + high) / 2
+        weights = ratio ** (lengths - 1)
+        if (weights * lengths).sum() / weights.sum() < mean:
+            low = ratio
+        else:
+            high = ratio
+    weights = ((low + high) / 2) ** (lengths - 1)
+    return weights / weights.sum()
+
+
+def draw_lengths(rows: int, max_length: int, mean: float, seed: int) -> np.ndarray:
+    """Row lengths over 1..max_length from the truncated geometric distribution of that mean."""
+    generator = np.random.default_rng([seed, max_length])
+    probabilities = geometric_probabilities(max_length, mean)
+    return generator.choice(np.arange(1, max_length + 1), size=rows, p=probabilities)
+
+
+def offsets_from_lengths(lengths: np.ndarray) -> np.ndarray:
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def running_sum_ragged(lengths: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat x uniform over 0..10 and y_t = (x_0 + ... + x_t) mod 25 within each row."""
+    generator = np.random.default_rng(seed)
+    x = generator.integers(0, 11, size=int(lengths.sum()), dtype=np.int64)
+    total = np.cumsum(x)
+    starts = offsets_from_lengths(lengths)[:-1]
+    before_row = total[starts] - x[starts]  # the running sum up to each row's first step
+    return x, (total - np.repeat(before_row, lengths)) % 25
 
 
 def draw_rows(spec: Spec, rows: int, seed: int) -> np.ndarray:
@@ -216,11 +289,21 @@ def list_column(values: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)))
 
 
+def ragged_column(flat: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    """Rows of any length, back to back in ``flat``, as a list<int64> column."""
+    assert offsets[-1] < 1 << 31, "list<int64> offsets are int32"
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat))
+
+
 def write_table(path: str, columns: dict[str, np.ndarray]) -> None:
-    """Write list<int64> columns to Parquet, via a temporary file so a crash leaves none."""
-    table = pa.table({name: list_column(values) for name, values in columns.items()})
+    """Write (rows, steps) integer arrays as list<int64> columns to Parquet."""
+    write_columns(path, {name: list_column(values) for name, values in columns.items()})
+
+
+def write_columns(path: str, columns: dict[str, pa.Array]) -> None:
+    """Write Arrow columns to Parquet, via a temporary file so a crash leaves none."""
     temporary = path + ".tmp"
-    pq.write_table(table, temporary)
+    pq.write_table(pa.table(columns), temporary)
     os.replace(temporary, path)
 
 
@@ -250,6 +333,34 @@ def prepare_workload(
             else draw_rows(model.spec, rows, seed)
         )
         write_table(path, {model.spec.input_column: values})
+        with open(key_path, "w") as handle:
+            handle.write(key + "\n")
+    return Workload(name, path, rows, model)
+
+
+def prepare_ragged_workload(
+    model: Model, name: str, rows: int, mean_length: float, work: str, seed: int = 1, log=print
+) -> Workload:
+    """Write (or reuse) a Parquet file of ``rows`` rows of 1..the model's longest length (a
+    truncated geometric of mean ``mean_length``), values uniform over the model's x values: an
+    int64 id column and the model's list<int64> input column."""
+    spec = model.spec
+    path = os.path.join(work, f"ragged_{model.name}_{rows}.parquet")
+    key = f"{spec.to_json()}|{rows}|{mean_length}|{seed}"
+    key_path = path + ".key"
+    if not (os.path.exists(path) and _read(key_path) == key):
+        log(
+            f"data: writing {rows:,} ragged rows (lengths 1..{spec.seq_len}, mean {mean_length}) to {path}"
+        )
+        lengths = draw_lengths(rows, spec.seq_len, mean_length, seed)
+        generator = np.random.default_rng(seed)
+        classes = generator.integers(0, spec.x_classes, size=int(lengths.sum()), dtype=np.int64)
+        values = np.asarray(spec.x_values, dtype=np.int64)[classes]
+        columns = {
+            "id": pa.array(np.arange(rows, dtype=np.int64)),
+            spec.input_column: ragged_column(values, offsets_from_lengths(lengths)),
+        }
+        write_columns(path, columns)
         with open(key_path, "w") as handle:
             handle.write(key + "\n")
     return Workload(name, path, rows, model)
