@@ -30,8 +30,10 @@ class OneHot(layers.Layer):
         return {**super().get_config(), "depth": self.depth}
 
 
-def build_model(spec: Spec, lstm_layers: int, units: int, learning_rate: float) -> keras.Model:
-    """A compiled model mapping (batch, T) class indices to (batch, T, y classes) softmax."""
+def build_model(spec: Spec, lstm_layers: int, units: int, learning_rate: float,
+                clipnorm: float | None = None) -> keras.Model:
+    """A compiled model mapping (batch, T) class indices to (batch, T, y classes) softmax;
+    ``clipnorm`` caps the norm of each gradient (None: no cap)."""
     inputs = keras.Input(shape=(None,), dtype="int32", name="x")
     hidden = OneHot(spec.x_classes, name="one_hot")(inputs)
     for layer in range(lstm_layers):
@@ -43,7 +45,7 @@ def build_model(spec: Spec, lstm_layers: int, units: int, learning_rate: float) 
     outputs = layers.Dense(spec.y_classes, activation="softmax", name="probabilities")(hidden)
     model = keras.Model(inputs, outputs, name="seqscore")
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm),
         loss="sparse_categorical_crossentropy",  # softmax + integer targets, not sigmoid
         # Weighted: with ragged data the per-step weights (0 on padding) apply to the accuracy
         # too; without weights it is the plain accuracy.
