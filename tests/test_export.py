@@ -410,8 +410,8 @@ def test_failed_parity_publishes_nothing_and_exits_70(copy, monkeypatch):
     assert result.code == 70 and len(result.lines) == 1 and result.stdout == ""
     assert re.fullmatch(
         r"error: ONNX does not match Keras, nothing published: test_split: max \|p_onnx - p_keras\| "
-        r"= \S+ > 1e-05; test_split: argmax differs on \d+ step\(s\) that are not near-ties; "
-        r"random: max \|p_onnx - p_keras\| = \S+ > 1e-05; .*",
+        r"= \S+ > 1e-05 \(step t allows 1e-05 x max\(1, \(t \+ 1\) / 4\)\); test_split: argmax differs "
+        r"on \d+ step\(s\) that are not near-ties; random: max \|p_onnx - p_keras\| = \S+ > 1e-05 .*",
         result.lines[0],
     )
     assert published(copy) == before
@@ -554,3 +554,9 @@ def test_ragged_onnx_on_each_row_alone_equals_keras_on_that_row(exported_ragged)
         ordered = np.sort(expected, axis=-1)
         clear = ordered[..., -1] - ordered[..., -2] >= 1e-6  # argmax may differ on near-ties only
         np.testing.assert_array_equal(actual.argmax(-1)[clear], expected.argmax(-1)[clear])
+
+
+def test_the_parity_tolerance_holds_for_four_steps_then_grows_with_the_step():
+    from export.core import allowed_difference
+
+    assert allowed_difference(1e-5, 8).tolist() == pytest.approx([1e-5] * 4 + [1.25e-5, 1.5e-5, 1.75e-5, 2e-5])
