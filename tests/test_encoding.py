@@ -204,13 +204,27 @@ def test_value_set_spanning_the_whole_int64_range():
 
 
 # Property tests against a plain Python reference -------------------------------------------------
+def describe(values: tuple[int, ...]) -> str:
+    """How a message lists the model's values: a range when contiguous, else each value."""
+    if len(values) > 1 and values[-1] - values[0] == len(values) - 1:
+        return f"{values[0]}..{values[-1]}"
+    return ", ".join(map(str, values))
+
+
+def reference_elements(row: list, values: tuple[int, ...]) -> tuple:
+    """A row of an acceptable length: its first null or unknown element, else its indices."""
+    if None in row:
+        position = row.index(None)
+        return NULL_ELEMENT, position, None, f"x[{position}] is null"
+    if any(v not in values for v in row):
+        position = next(i for i, v in enumerate(row) if v not in values)
+        message = f"x[{position}] = {row[position]} is not one of the model's input values ({describe(values)})"
+        return UNKNOWN_VALUE, position, None, message
+    return VALID, 0, [values.index(v) for v in row], None
+
+
 def reference_encode(rows: list, values: tuple[int, ...], seq_len: int) -> list[tuple]:
     """(reason, position, indices or None, message) per row, the obvious way."""
-    description = (
-        f"{values[0]}..{values[-1]}"
-        if len(values) > 1 and values[-1] - values[0] == len(values) - 1
-        else ", ".join(map(str, values))
-    )
     results = []
     for row in rows:
         if row is None:
@@ -218,15 +232,8 @@ def reference_encode(rows: list, values: tuple[int, ...], seq_len: int) -> list[
         elif len(row) != seq_len:
             message = f"x has {len(row)} values; the model takes sequences of {seq_len}"
             results.append((WRONG_LENGTH, 0, None, message))
-        elif None in row:
-            position = row.index(None)
-            results.append((NULL_ELEMENT, position, None, f"x[{position}] is null"))
-        elif any(v not in values for v in row):
-            position = next(i for i, v in enumerate(row) if v not in values)
-            message = f"x[{position}] = {row[position]} is not one of the model's input values ({description})"
-            results.append((UNKNOWN_VALUE, position, None, message))
         else:
-            results.append((VALID, 0, [values.index(v) for v in row], None))
+            results.append(reference_elements(row, values))
     return results
 
 
@@ -294,11 +301,6 @@ def test_any_integer_width_agrees_with_int64(value_type, rows, extra):
 # Rows of any length ------------------------------------------------------------------------------
 def reference_encode_ragged(rows: list, values: tuple[int, ...], limit: int) -> list[tuple]:
     """(reason, position, indices or None, message) per row of any length, the obvious way."""
-    description = (
-        f"{values[0]}..{values[-1]}"
-        if len(values) > 1 and values[-1] - values[0] == len(values) - 1
-        else ", ".join(map(str, values))
-    )
     results = []
     for row in rows:
         if row is None:
@@ -310,15 +312,8 @@ def reference_encode_ragged(rows: list, values: tuple[int, ...], limit: int) -> 
             results.append((TOO_LONG, 0, None,
                             f"x has {len(row)} values; the model takes at most {limit} (its longest "
                             f"training length; --max-length raises the limit for a run)"))
-        elif None in row:
-            position = row.index(None)
-            results.append((NULL_ELEMENT, position, None, f"x[{position}] is null"))
-        elif any(v not in values for v in row):
-            position = next(i for i, v in enumerate(row) if v not in values)
-            message = f"x[{position}] = {row[position]} is not one of the model's input values ({description})"
-            results.append((UNKNOWN_VALUE, position, None, message))
         else:
-            results.append((VALID, 0, [values.index(v) for v in row], None))
+            results.append(reference_elements(row, values))
     return results
 
 
