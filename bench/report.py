@@ -466,6 +466,10 @@ def ragged_profile_table(ragged: RaggedResults) -> list[str]:
     return lines
 
 
+def _flag(flags: tuple[str, ...], name: str) -> str:
+    return flags[flags.index(name) + 1]
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.1%}"
 
@@ -497,7 +501,7 @@ def ragged_markdown(results: Results, quick: bool) -> list[str]:
         f" values uniform over 0..10. The model is a variable-length one that the benchmark"
         f" trains on {recipe.data_rows:,} rows drawn the same way, with the default rule"
         f" (y_t = (x_0 + ... + x_t) mod 25) and architecture (2 LSTM layers of 64 units),"
-        f" {recipe.train_flags[1]} epochs: it is timed, not judged on accuracy.",
+        f" {_flag(recipe.train_flags, '--epochs')} epochs: it is timed, not judged on accuracy.",
         "",
         f"Raw onnxruntime is what a user writes by hand: a plain session with the job's session"
         f" options, batches of B rows each padded to its own longest row, `session.run` and"
