@@ -180,8 +180,10 @@ def drift(baseline: Profile, today: Profile) -> dict:
                            baseline.confidence_counts[:steps], None)
         today = Profile(today.input_counts[:steps], today.prediction_counts[:steps],
                         today.confidence_counts[:steps], None)
-    # Rows of any length: a late step seen in few rows is noise, reported but not acted on.
-    step_rows = today.input_counts.sum(axis=1)
+    # Rows of any length: a late step seen in few rows, today or in the baseline (whose
+    # predictions come from the test split alone), is noise: reported, not acted on.
+    step_rows = np.minimum.reduce([counts.sum(axis=1) for counts in (
+        today.input_counts, today.prediction_counts, baseline.input_counts, baseline.prediction_counts)])
     return {
         "rows": rows,
         "minimum_rows": minimum_rows(today),
