@@ -466,6 +466,26 @@ def ragged_profile_table(ragged: RaggedResults) -> list[str]:
     return lines
 
 
+def ragged_profile_lines(ragged: RaggedResults) -> list[str]:
+    """What the profile and the step counts say, in figures."""
+    session = sum(own for name, own, _ in ragged.profile if "onnxruntime" in name and "run" in name)
+    lines = [
+        f"- onnxruntime's `run`: {session:.1f} s of {ragged.profile_seconds:.1f} s"
+        f" ({session / ragged.profile_seconds:.0%}); the rest is the job's own work (reading,"
+        f" keys, grouping, padding, scatter, Arrow assembly, Parquet writing, profile)."
+    ]
+    if ragged.no_dedup_steps:
+        with_dedup = ragged.job_steps["steps_computed"]
+        without = ragged.no_dedup_steps["steps_computed"]
+        rows = ragged.job_steps.get("distinct_sequences_scored", 0) / ragged.workload.rows
+        lines.append(
+            f"- De-duplication and the run cache skip {1 - rows:.1%} of the rows but only"
+            f" {1 - with_dedup / without:.1%} of the model's steps: the rows that repeat are the"
+            f" short ones."
+        )
+    return lines
+
+
 def _flag(flags: tuple[str, ...], name: str) -> str:
     return flags[flags.index(name) + 1]
 
@@ -545,11 +565,16 @@ def ragged_markdown(results: Results, quick: bool) -> list[str]:
             f" `InferenceSession.run`'s own time.",
             "",
             *ragged_profile_table(ragged),
+            "",
+            *ragged_profile_lines(ragged),
         ]
     text += [
         "",
-        "On a shared machine (other work on its cores) rates move by 10-20% from run to run;"
-        " every path here ran in the same run with the same threads, so compare the ratios.",
+        "On a shared machine (other work on its cores) rates move a lot from minute to minute"
+        " (on the 2-core machine of these figures the same 1M-row job took 25 s and 48 s back"
+        " to back); every path ran in the same run with the same threads, but minutes apart:"
+        " read the ratios as +-30%, and rerun `python -m bench --only ragged` before acting"
+        " on one.",
     ]
     return text
 
