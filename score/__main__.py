@@ -114,7 +114,7 @@ def _on_sigterm(signum, frame) -> None:
 
 def _config(args: argparse.Namespace):
     from score.core import ScoreOptions
-    from score.job import DEFAULT_BATCH_SIZE, JobConfig
+    from score.job import JobConfig
     from score.model import SessionConfig
 
     input_columns = None
@@ -143,7 +143,7 @@ def _config(args: argparse.Namespace):
         output=args.output,
         model=args.model or os.environ.get("SCORE_MODEL") or "artifacts/model.onnx",
         options=options,
-        batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
+        batch_size=args.batch_size,
         session=SessionConfig(threads=args.threads),
         summary=args.summary,
         progress=progress,

@@ -531,7 +531,7 @@ def _infer_ragged(
     """
     rows = offsets.size - 1
     lengths = np.diff(offsets)
-    best = np.empty((flat.size, k), dtype=np.intp)
+    best = np.empty((flat.size, k), dtype=np.int32)  # class indices; half the bytes of intp
     probabilities = np.empty((flat.size, k), dtype=np.float32)
     finite = np.ones(rows, dtype=bool)
     use_cache = cache is not None and cache.enabled and keys is not None

@@ -41,6 +41,9 @@ from score.errors import (
 from score.sink import open_sink, write_error, write_small_file
 
 DEFAULT_BATCH_SIZE = 65_536  # from the benchmark: with the run cache, memory stays ~300 MB at 5M rows
+# Rows of any length: memory follows the steps of a batch, not its rows, so the default batch
+# holds about this many steps (estimated from the file's footer), within 1,024..65,536 rows.
+STEPS_PER_BATCH = 131_072
 SUCCESS_FILE = "_SUCCESS"
 # Limits on the Parquet footer's Thrift structures: a forged file cannot make the reader
 # allocate gigabytes for metadata.
@@ -56,7 +59,7 @@ class JobConfig:
     output: str  # a file (for a file) or a directory (for a directory)
     model: str = "artifacts/model.onnx"  # the exported ONNX file
     options: ScoreOptions = field(default_factory=ScoreOptions)
-    batch_size: int = DEFAULT_BATCH_SIZE  # rows per record batch: bounds memory
+    batch_size: int | None = None  # rows per record batch, bounds memory; None: batch_rows()
     session: models.SessionConfig = field(default_factory=models.SessionConfig)
     summary: str | None = None  # where to write the JSON summary
     progress: str = "lines"  # 'bar' on a terminal, 'lines' for logs, 'none' with --quiet
@@ -254,6 +257,25 @@ def _check_max_psi(location: str, scorer: models.Scorer, stats: BatchStats, max_
         )
 
 
+def batch_rows(parquet: pq.ParquetFile, scorer: models.Scorer, config: JobConfig) -> int:
+    """Rows per record batch: --batch-size; else the default, or for rows of any length as many
+    as hold about STEPS_PER_BATCH steps at the file's mean length (from its footer)."""
+    if config.batch_size is not None:
+        return config.batch_size
+    if not config.options.ragged(scorer):
+        return DEFAULT_BATCH_SIZE
+    metadata = parquet.metadata
+    column = config.options.column(scorer)
+    leaves = [index for index in range(metadata.num_columns)
+              if parquet.schema.column(index).path.split(".")[0] == column]
+    if not leaves or metadata.num_rows == 0:
+        return DEFAULT_BATCH_SIZE
+    steps = sum(metadata.row_group(group).column(leaves[0]).num_values
+                for group in range(metadata.num_row_groups))
+    mean = max(steps / metadata.num_rows, 1.0)
+    return int(min(max(STEPS_PER_BATCH // mean, 1024), DEFAULT_BATCH_SIZE))
+
+
 def score_file(
     scorer: models.Scorer,
     config: JobConfig,
@@ -290,7 +312,8 @@ def score_file(
         writer = pq.ParquetWriter(sink.target, output_schema(schema, options))
         background = pipeline.BackgroundWriter(writer)
         reporter.start(input_location, parquet.metadata.num_rows)
-        batches = pipeline.prefetch(parquet.iter_batches(batch_size=config.batch_size, use_threads=True))
+        rows_per_batch = batch_rows(parquet, scorer, config)
+        batches = pipeline.prefetch(parquet.iter_batches(batch_size=rows_per_batch, use_threads=True))
         while True:
             try:
                 batch = next(batches)
@@ -389,7 +412,7 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
     3. score each file; 4. in directory mode, write _SUCCESS last.
     """
     state = state if state is not None else RunState()
-    if config.batch_size < 1:
+    if config.batch_size is not None and config.batch_size < 1:
         raise UsageError(f"--batch-size {config.batch_size}: expected a positive integer")
     scorer = models.load(config.model, config.session)
     state.scorer = scorer

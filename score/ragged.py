@@ -21,6 +21,13 @@ from score.topk import run_top_k
 
 # Keys must fit in an int64 with room to spare, as for fixed-length rows.
 _MAX_KEY_SPACE = 1 << 62
+# Padded steps per session.run. Long runs cost onnxruntime more per step (its working set
+# outgrows the caches): raw onnxruntime on the ragged benchmark was fastest at about this size
+# (256 rows of mean length 16; bench/results.md), against 1,024 rows for 4-step rows.
+RUN_STEPS = 4096
+# A run may pad beyond the limit while it holds at most this many rows: the few rows of a rare
+# length would otherwise each cost a whole session.run.
+MIN_RUN_ROWS = 32
 
 
 def key_length(classes: int) -> int:
@@ -69,10 +76,12 @@ def distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return distinct_rows, which
 
 
-def length_chunks(sorted_lengths: np.ndarray, max_rows: int,
-                  max_padding: float) -> list[tuple[int, int]]:
-    """Cut rows sorted by length into runs of at most ``max_rows`` rows whose padding to the
-    run's longest row stays within ``max_padding`` of its real steps.
+def length_chunks(sorted_lengths: np.ndarray, max_rows: int, max_padding: float,
+                  max_steps: int | None = None, min_rows: int = 1) -> list[tuple[int, int]]:
+    """Cut rows sorted by length into runs of at most ``max_rows`` rows and (past one row)
+    ``max_steps`` padded steps, whose padding to the run's longest row stays within
+    ``max_padding`` of its real steps, except that a run of up to ``min_rows`` rows may pad
+    more (the rare lengths of a batch: a run of a few rows costs a whole session.run).
 
     A run of one length has no padding, so every run can hold at least its first row.
     """
@@ -83,10 +92,13 @@ def length_chunks(sorted_lengths: np.ndarray, max_rows: int,
     start = 0
     while start < count:
         stops = np.arange(start + 1, min(start + max_rows, count) + 1)
+        rows = stops - start
         real = total[stops] - total[start]
-        padded = sorted_lengths[stops - 1] * (stops - start)
-        fits = np.flatnonzero(padded - real <= max_padding * real)
-        stop = int(stops[fits[-1]])
+        padded = sorted_lengths[stops - 1].astype(np.int64) * rows
+        fits = (padded - real <= max_padding * real) | (rows <= min_rows)
+        if max_steps is not None:
+            fits &= (padded <= max_steps) | (rows == 1)
+        stop = int(stops[np.flatnonzero(fits)[-1]])
         chunks.append((start, stop))
         start = stop
     return chunks
@@ -101,7 +113,8 @@ def infer(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarra
     lengths = np.diff(offsets)
     order = rows[np.argsort(lengths[rows], kind="stable")]
     computed = 0
-    for start, stop in length_chunks(lengths[order], models.INFERENCE_ROWS, max_padding):
+    runs = length_chunks(lengths[order], models.INFERENCE_ROWS, max_padding, RUN_STEPS, MIN_RUN_ROWS)
+    for start, stop in runs:
         chunk = order[start:stop]
         width = int(lengths[chunk[-1]])
         matrix, mask = to_padded(flat, offsets, chunk, width)

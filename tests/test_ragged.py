@@ -105,15 +105,28 @@ def test_rows_longer_than_a_key_are_scored_without_one(ragged_scorer, session):
     assert_equals_alone(first, alone(session, rows + rows))
 
 
-def test_length_chunks_pad_at_most_the_limit_and_cover_every_row():
+@pytest.mark.parametrize("max_steps, min_rows", [(None, 1), (4096, 32)], ids=["rows", "steps"])
+def test_length_chunks_pad_at_most_the_limit_and_cover_every_row(max_steps, min_rows):
     lengths = np.sort(np.random.default_rng(0).integers(1, 65, 5000))
-    chunks = length_chunks(lengths, 1024, 0.10)
+    chunks = length_chunks(lengths, 1024, 0.10, max_steps, min_rows)
     assert chunks[0][0] == 0 and chunks[-1][1] == lengths.size
     assert all(stop == next_start for (_, stop), (next_start, _) in zip(chunks, chunks[1:]))
+    padded = 0
     for start, stop in chunks:
         part = lengths[start:stop]
         assert stop - start <= 1024
-        assert part.max() * part.size - part.sum() <= 0.10 * part.sum()
+        assert max_steps is None or part.max() * part.size <= max_steps
+        if part.size > min_rows:
+            assert part.max() * part.size - part.sum() <= 0.10 * part.sum()
+        padded += part.max() * part.size
+    assert padded <= 1.10 * lengths.sum()
+
+
+def test_a_run_of_a_few_rare_lengths_may_pad_more():
+    lengths = np.array([1, 5, 9, 20])
+    assert length_chunks(lengths, 1024, 0.10) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert length_chunks(lengths, 1024, 0.10, 4096, 32) == [(0, 4)]
+    assert length_chunks(lengths, 1024, 0.10, 40, 32) == [(0, 3), (3, 4)]  # 4 rows of 20: 80 steps
 
 
 def test_the_run_cache_serves_a_second_batch_with_the_same_output(ragged_scorer):
@@ -312,3 +325,16 @@ def test_length_drift_is_reported_and_gates_publishing(tmp_path, ragged_scorer):
     assert result.lines[-1] == (f"error: {source}: drift in sequence lengths: PSI {psi:.3f} exceeds "
                                 f"--max-psi 5; nothing was published")
     assert not target.exists()
+
+
+def test_record_batches_of_rows_of_any_length_hold_a_bounded_number_of_steps(tmp_path, ragged_scorer):
+    from score.job import DEFAULT_BATCH_SIZE, STEPS_PER_BATCH, JobConfig, batch_rows
+
+    source = tmp_path / "long.parquet"
+    write_pyarrow(str(source), [[1] * 32] * 3000)
+    config = JobConfig(str(source), str(tmp_path / "out.parquet"))
+    assert batch_rows(pq.ParquetFile(source), ragged_scorer, config) == STEPS_PER_BATCH // 32
+    explicit = JobConfig(str(source), str(tmp_path / "out.parquet"), batch_size=100)
+    assert batch_rows(pq.ParquetFile(source), ragged_scorer, explicit) == 100
+    write_pyarrow(str(source), [[1]] * 3000)  # one step per row: the rows' cap
+    assert batch_rows(pq.ParquetFile(source), ragged_scorer, config) == DEFAULT_BATCH_SIZE
