@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_MODEL = FIXTURES / "model.onnx"
-# A variable-length model (trained on rows of 1..8 steps): `make fixture` writes both.
+# A variable-length model (trained on the ragged example, rows of 1..32 steps): `make fixture`.
 RAGGED_MODEL = FIXTURES / "ragged.onnx"
 
 def _parquet_fuzz() -> Path:
