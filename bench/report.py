@@ -18,7 +18,6 @@ from bench.run import (
     Results,
 )
 from bench.workloads import RAGGED_MODEL, geometric_probabilities
-from score.job import DEFAULT_BATCH_SIZE
 
 LIBRARIES = ("onnxruntime", "pyarrow", "numpy", "tensorflow", "keras")
 # The in-memory paths' reference for each workload (the job's files share their model).
@@ -415,7 +414,7 @@ def ragged_table(ragged: RaggedResults) -> list[str]:
         line(
             JOB,
             job.rows,
-            f"{DEFAULT_BATCH_SIZE:,} (default)",
+            "default",
             job.rows_per_second,
             ragged.job_padding,
             ragged.model_step_share,
@@ -428,7 +427,7 @@ def ragged_table(ragged: RaggedResults) -> list[str]:
             line(
                 "job without de-duplication (bench.variant --no-dedup)",
                 ragged.no_dedup.rows,
-                f"{DEFAULT_BATCH_SIZE:,} (default)",
+                "default",
                 ragged.no_dedup.rows_per_second,
                 ragged.job_padding,
                 steps["steps_computed"] / steps["steps_scored"],
