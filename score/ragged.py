@@ -23,8 +23,9 @@ from score.topk import run_top_k
 _MAX_KEY_SPACE = 1 << 62
 # Padded steps per session.run. Long runs cost onnxruntime more per step (its working set
 # outgrows the caches): raw onnxruntime on the ragged benchmark was fastest at about this size
-# (256 rows of mean length 16; bench/results.md), against 1,024 rows for 4-step rows.
-RUN_STEPS = 4096
+# (512 rows of mean length 16; bench/results.md), and the job was too (22.4 s for 1M rows,
+# against 23.3 s at 4,096 steps, 24.0 s at 16,384 and 27.2 s at 2,048).
+RUN_STEPS = 8192
 # A run may pad beyond the limit while it holds at most this many rows: the few rows of a rare
 # length would otherwise each cost a whole session.run.
 MIN_RUN_ROWS = 32
