@@ -35,6 +35,16 @@ ARTIFACT_NAMES = {
 TINY = ["--layers", "1", "--units", "8", "--quiet"]
 
 
+def assert_same_artifacts(first, second) -> None:
+    """Two runs of the same seed and data: the same metrics (but wall time) and artifacts."""
+    first_metrics, second_metrics = read_json(first / "metrics.json"), read_json(second / "metrics.json")
+    first_metrics.pop("wall_seconds")
+    second_metrics.pop("wall_seconds")
+    assert first_metrics == second_metrics
+    for name in ("spec.json", "baseline.json", "test.parquet"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
 def run_train(*args) -> CliResult:
     """`python -m train ARGS` in-process through main(argv), output captured."""
     from train.__main__ import main
@@ -214,12 +224,7 @@ def test_same_seed_and_data_give_identical_metrics(trained, tmp_path):
     first, _ = trained
     second = tmp_path / "again"
     assert run_train("--artifacts", second, *TINY, "--epochs", "2").code == 0
-    first_metrics, second_metrics = read_json(first / "metrics.json"), read_json(second / "metrics.json")
-    first_metrics.pop("wall_seconds")
-    second_metrics.pop("wall_seconds")
-    assert first_metrics == second_metrics
-    for name in ("spec.json", "baseline.json", "test.parquet"):
-        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert_same_artifacts(first, second)
 
 
 # Learning a different rule from the user's own files ------------------------------------------------
@@ -754,12 +759,7 @@ def test_ragged_training_is_deterministic(trained_ragged, tmp_path):
     result = run_train("--data", source, "--artifacts", second, "--layers", "1", "--units", "16",
                        "--epochs", "2", "--quiet")
     assert result.code == 0, result.stderr
-    first_metrics, second_metrics = read_json(first / "metrics.json"), read_json(second / "metrics.json")
-    first_metrics.pop("wall_seconds")
-    second_metrics.pop("wall_seconds")
-    assert first_metrics == second_metrics
-    for name in ("spec.json", "baseline.json", "test.parquet"):
-        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert_same_artifacts(first, second)
 
 
 def test_write_default_ragged_example(tmp_path):
