@@ -54,21 +54,13 @@ class ModelRecipe:
 
 # The default: 2 LSTM layers of 64 units on the embedded default data, exactly `make train`.
 DEFAULT_MODEL = ModelRecipe("default")
+# A few epochs of large batches over the default's value sets: timed, not judged on accuracy.
+QUICK_FIT = ("--epochs", "3", "--batch-size", "256", "--x-values", "0..10", "--y-values", "0..24")
 # The all-distinct model: the same architecture and rule (y_t = running sum mod 25) over 12
 # steps of 0..10, so that 11**12 possible sequences make random rows practically never repeat.
-# A few epochs only: it is timed, not judged on accuracy.
 DISTINCT_MODEL = ModelRecipe(
     "distinct",
-    train_flags=(
-        "--epochs",
-        "3",
-        "--batch-size",
-        "256",
-        "--x-values",
-        "0..10",
-        "--y-values",
-        "0..24",
-    ),
+    train_flags=QUICK_FIT,
     data_rows=200_000,
     seq_len=12,
 )
@@ -80,18 +72,7 @@ DISTINCT_MODEL = ModelRecipe(
 # tolerance now grows with the step, and a new seed would retrain for nothing.
 RAGGED_MODEL = ModelRecipe(
     "ragged",
-    train_flags=(
-        "--seed",
-        "1",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "256",
-        "--x-values",
-        "0..10",
-        "--y-values",
-        "0..24",
-    ),
+    train_flags=("--seed", "1", *QUICK_FIT),
     data_rows=50_000,
     seq_len=64,
     mean_length=16.0,

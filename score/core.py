@@ -21,6 +21,7 @@ from score.encoding import (
     column_type_error,
     integer_column_type,
     integer_list_value_type,
+    offsets_from_lengths,
     ragged_from_list,
     segment_gather,
     sequences_from_columns,
@@ -35,11 +36,6 @@ from score.topk import run_top_k, top_k
 OUTPUT_COLUMNS = ("y_pred", "top_k_values", "top_k_probs", "error")
 ON_INVALID = ("error", "null")
 _EXTENSION_KEY = b"ARROW:extension:name"
-# Beyond this many possible distinct sequences a row key would not fit in an int64.
-_MAX_KEY_SPACE = 1 << 62
-# Rows of any length are run in groups of similar length, each padded to its longest row; a
-# group's padded steps stay under this share of its real steps.
-MAX_PADDING = 0.10
 
 
 @dataclass(frozen=True)
@@ -217,7 +213,7 @@ def distinct_rows(indices: np.ndarray, classes: int) -> tuple[np.ndarray, np.nda
     would not fit in an int64 (very long sequences, which rarely repeat).
     """
     rows, steps = indices.shape
-    if rows < 1 or classes**steps > _MAX_KEY_SPACE:
+    if rows < 1 or classes**steps > ragged.MAX_KEY_SPACE:
         return None
     weights = classes ** np.arange(steps, dtype=np.int64)
     keys = indices.astype(np.int64) @ weights
@@ -280,9 +276,7 @@ class ResultCache:
 def _list_array(values: pa.Array, valid: np.ndarray, lengths: int | np.ndarray) -> pa.Array:
     """A list array with ``lengths`` items per valid row (one count, or one per row) and null
     (empty) invalid rows."""
-    counts = np.where(valid, lengths, 0).astype(np.int64)
-    offsets = np.zeros(valid.size + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    offsets = offsets_from_lengths(np.where(valid, lengths, 0))
     if offsets[-1] > np.iinfo(np.int32).max:
         raise UsageError("--batch-size is too large for one list array; use a smaller one")
     mask = None if valid.all() else pa.array(~valid)
@@ -435,22 +429,23 @@ def _score_ragged(
         scorer.encoder.raise_first_invalid(raw, encoded)
     valid_rows = np.flatnonzero(encoded.reasons == VALID)
     lengths = raw.gathered_lengths[valid_rows]
-    offsets = _offsets(lengths)
+    offsets = offsets_from_lengths(lengths)
     if valid_rows.size == raw.rows:
         flat = encoded.indices
     else:
         flat = encoded.indices[segment_gather(raw.offsets[valid_rows], lengths)]
 
     # 3. Inference on distinct sequences only (the length is part of a sequence's key).
-    if options.dedup:
-        keys = ragged.row_keys(flat, offsets, spec.x_classes, ragged_key_length(scorer, options))
-        first, inverse = ragged.distinct(keys)
+    keys = (ragged.row_keys(flat, offsets, spec.x_classes, ragged_key_length(scorer, options))
+            if options.dedup else None)
+    first, inverse = ragged.distinct(keys) if keys is not None else (None, None)
+    if first is not None and first.size < lengths.size:
         distinct_lengths = lengths[first]
-        distinct_offsets = _offsets(distinct_lengths)
+        distinct_offsets = offsets_from_lengths(distinct_lengths)
         distinct_flat = flat[segment_gather(offsets[first], distinct_lengths)]
         distinct_keys = keys[first]
-    else:
-        inverse, distinct_offsets, distinct_flat, distinct_keys = None, offsets, flat, None
+    else:  # no two rows alike (or no de-duplication): the rows as they are, nothing to scatter
+        inverse, distinct_offsets, distinct_flat, distinct_keys = None, offsets, flat, keys
     best, best_probabilities, finite, model_rows, computed = _infer_ragged(
         scorer, distinct_flat, distinct_offsets, distinct_keys, k, cache)
 
@@ -468,7 +463,7 @@ def _score_ragged(
         kept_steps = np.repeat(row_finite, lengths)
         flat, best, best_probabilities = flat[kept_steps], best[kept_steps], best_probabilities[kept_steps]
         valid_rows, lengths = valid_rows[row_finite], lengths[row_finite]
-        offsets = _offsets(lengths)
+        offsets = offsets_from_lengths(lengths)
     valid = encoded.reasons == VALID
     row_lengths = np.zeros(raw.rows, dtype=np.int64)
     row_lengths[valid_rows] = lengths
@@ -496,12 +491,6 @@ def _score_ragged(
     stats.distinct_rows = int(model_rows)
     stats.steps_computed = int(computed)
     return scored, stats
-
-
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return offsets
 
 
 def ragged_key_length(scorer: Scorer, options: ScoreOptions) -> int:
@@ -547,12 +536,12 @@ def _infer_ragged(
             probabilities[destination] = cached_probabilities[mask]
         cache.settle(float(hit.mean()) if rows else 1.0)
     run = np.flatnonzero(~hit)
-    computed = ragged.infer(scorer, flat, offsets, run, k, best, probabilities, finite, MAX_PADDING)
+    computed = ragged.infer(scorer, flat, offsets, run, k, best, probabilities, finite)
     if use_cache and cache.enabled:
         new = run[finite[run] & (keys[run] >= 0)]
         if new.size:
             width = cache.best.shape[1]
-            padded_best, mask = to_padded(best, offsets, new, width)
+            padded_best, _ = to_padded(best, offsets, new, width)
             padded_probabilities, _ = to_padded(probabilities, offsets, new, width)
             cache.add(keys[new], padded_best, padded_probabilities)
     return best, probabilities, finite, int(run.size), computed

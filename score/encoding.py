@@ -133,27 +133,10 @@ def _row_nulls(array: pa.Array) -> np.ndarray:
 
 def sequences_from_list(array: pa.Array | pa.ChunkedArray, seq_len: int, column: str) -> RawSequences:
     """Read a list / large_list / fixed_size_list column of integers into RawSequences."""
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
-    if pa.types.is_dictionary(array.type):
-        array = array.dictionary.take(array.indices)
-    if _is_list_view(array.type):
-        target = pa.large_list(array.type.value_type)
-        array = array.cast(target)
+    array = _plain_list(array)
     rows = len(array)
     row_null = _row_nulls(array)
-
-    if pa.types.is_fixed_size_list(array.type):
-        size = array.type.list_size
-        offsets = (np.arange(rows + 1, dtype=np.int64) + array.offset) * size
-        lengths = np.where(row_null, 0, size).astype(np.int64)
-    else:
-        offset_dtype = np.int64 if pa.types.is_large_list(array.type) else np.int32
-        offsets = np.frombuffer(
-            array.buffers()[1], dtype=offset_dtype, count=array.offset + rows + 1
-        )[array.offset :].astype(np.int64, copy=False)
-        lengths = np.diff(offsets)
-        lengths = np.where(row_null, 0, lengths)
+    offsets, lengths = _list_offsets(array, row_null)
     child_values, child_nulls = _int_numpy(array.values)
 
     usable = ~row_null & (lengths == seq_len)
@@ -234,10 +217,10 @@ class RaggedSequences:
         return np.diff(self.offsets)
 
 
-def _list_offsets(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Element offsets (rows + 1, into the child values) and lengths of a list-like array."""
+def _list_offsets(array: pa.Array, row_null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Element offsets (rows + 1, into the child values) and lengths (0 for a null row) of a
+    list-like array."""
     rows = len(array)
-    row_null = _row_nulls(array)
     if pa.types.is_fixed_size_list(array.type):
         size = array.type.list_size
         offsets = (np.arange(rows + 1, dtype=np.int64) + array.offset) * size
@@ -246,11 +229,19 @@ def _list_offsets(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         offsets = np.frombuffer(
             array.buffers()[1], dtype=offset_dtype, count=array.offset + rows + 1
         )[array.offset :].astype(np.int64, copy=False)
-    lengths = np.where(row_null, 0, np.diff(offsets))
+    lengths = np.where(row_null, 0, np.diff(offsets)).astype(np.int64, copy=False)
     return offsets, lengths
 
 
+def offsets_from_lengths(lengths: np.ndarray) -> np.ndarray:
+    """(rows + 1,) int64 offsets of rows of the given lengths laid back to back."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
 def _plain_list(array: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous list or large_list (or fixed_size_list) array, dictionaries decoded."""
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
     if pa.types.is_dictionary(array.type):
@@ -274,11 +265,10 @@ def ragged_from_list(array: pa.Array | pa.ChunkedArray, column: str, limit: int)
     """Read a list column of integers of any length; rows longer than ``limit`` are not read."""
     array = _plain_list(array)
     row_null = _row_nulls(array)
-    source_offsets, lengths = _list_offsets(array)
+    source_offsets, lengths = _list_offsets(array, row_null)
     gathered = ~row_null & (lengths >= 1) & (lengths <= limit)
     counts = np.where(gathered, lengths, 0)
-    offsets = np.zeros(counts.size + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    offsets = offsets_from_lengths(counts)
     child_values, child_nulls = _int_numpy(array.values)
     start, stop = int(source_offsets[0]), int(source_offsets[-1])
     if gathered.all() and stop - start == offsets[-1]:
@@ -291,8 +281,7 @@ def ragged_from_list(array: pa.Array | pa.ChunkedArray, column: str, limit: int)
         element_null = child_nulls[positions] if child_nulls is not None else None
     if element_null is not None and not element_null.any():
         element_null = None
-    return RaggedSequences(values, element_null, offsets, lengths.astype(np.int64), row_null,
-                           column, int(limit))
+    return RaggedSequences(values, element_null, offsets, lengths, row_null, column, int(limit))
 
 
 def to_padded(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, width: int,

@@ -19,8 +19,10 @@ from score.encoding import segment_gather, to_padded
 from score.model import Scorer
 from score.topk import run_top_k
 
-# Keys must fit in an int64 with room to spare, as for fixed-length rows.
-_MAX_KEY_SPACE = 1 << 62
+# Beyond this many possible distinct sequences a row key would not fit in an int64.
+MAX_KEY_SPACE = 1 << 62
+# A run's padded steps stay under this share of its real steps (but see MIN_RUN_ROWS).
+MAX_PADDING = 0.10
 # Padded steps per session.run. Long runs cost onnxruntime more per step (its working set
 # outgrows the caches): raw onnxruntime on the ragged benchmark was fastest at about this size
 # (512 rows of mean length 16; bench/results.md), and the job was too (22.4 s for 1M rows,
@@ -34,7 +36,7 @@ MIN_RUN_ROWS = 32
 def key_length(classes: int) -> int:
     """The longest row whose key fits: (classes + 1) ** length <= 2**62."""
     length, space = 0, 1
-    while space * (classes + 1) <= _MAX_KEY_SPACE:
+    while space * (classes + 1) <= MAX_KEY_SPACE:
         length, space = length + 1, space * (classes + 1)
     return length
 
@@ -106,15 +108,14 @@ def length_chunks(sorted_lengths: np.ndarray, max_rows: int, max_padding: float,
 
 
 def infer(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, k: int,
-          best: np.ndarray, probabilities: np.ndarray, finite: np.ndarray,
-          max_padding: float) -> int:
+          best: np.ndarray, probabilities: np.ndarray, finite: np.ndarray) -> int:
     """Run ``rows`` of a flat batch through the model in groups of similar length, writing each
     real step's top-k into ``best`` and ``probabilities`` (flat, like ``flat``) and each row's
     finiteness into ``finite``. Returns the steps the model computed, padding included."""
     lengths = np.diff(offsets)
     order = rows[np.argsort(lengths[rows], kind="stable")]
     computed = 0
-    runs = length_chunks(lengths[order], models.INFERENCE_ROWS, max_padding, RUN_STEPS, MIN_RUN_ROWS)
+    runs = length_chunks(lengths[order], models.INFERENCE_ROWS, MAX_PADDING, RUN_STEPS, MIN_RUN_ROWS)
     for start, stop in runs:
         chunk = order[start:stop]
         width = int(lengths[chunk[-1]])

@@ -22,6 +22,7 @@ from score.encoding import (
     RaggedSequences,
     column_type_error,
     integer_list_value_type,
+    offsets_from_lengths,
     ragged_from_list,
     to_padded,
 )
@@ -130,8 +131,7 @@ def list_column(values: np.ndarray, lengths: np.ndarray | None = None) -> pa.Arr
     if lengths is None:
         offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * steps)
         return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)))
-    offsets = np.zeros(rows + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    offsets = offsets_from_lengths(lengths)
     real = np.arange(steps) < np.asarray(lengths)[:, None]
     return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values[real])).cast(
         pa.list_(pa.int64())
@@ -310,8 +310,7 @@ def _padded(path: str, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         raise InvalidInput(
             f"{path}: line {number}: {value} does not fit in a signed 64-bit integer"
         ) from None
-    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    offsets = offsets_from_lengths(lengths)
     matrix, _ = to_padded(flat, offsets, np.arange(lengths.size), int(lengths.max()))
     return matrix, lengths
 
