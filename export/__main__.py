@@ -72,9 +72,14 @@ def _print_report(report: dict) -> None:
         f"max |diff| {figures['max_abs_difference']:.2g}, "
         f"argmax disagreements {figures['argmax_disagreements']}"
         for name, figures in parity.items()
-        if isinstance(figures, dict)
+        if isinstance(figures, dict) and name != "state_carry"
     )
     print(f"verified against Keras ({checks})")
+    interface = report["scoring_interface"]
+    if "state_carry" in parity:
+        print(_state_carry_line(parity["state_carry"], interface["states"]))
+    elif interface["states_withheld"]:
+        print(f"no LSTM state exposed, so no prefix is shared in scoring: {interface['states_withheld']}")
     print(f"wrote {report['output']} ({report['bytes']} bytes, sha256 {report['sha256'][:16]}...)")
     if "int8" in report:
         int8 = report["int8"]
@@ -83,6 +88,24 @@ def _print_report(report: dict) -> None:
             f"int8: argmax agreement {int8['argmax_agreement']:.4f} (threshold {int8['threshold']}), "
             f"{int8['int8_bytes']} bytes vs {int8['float_bytes']}, speed-up x{int8['speedup']}: {verdict}"
         )
+
+
+def _state_carry_line(carry: dict, states: list[dict]) -> str:
+    """How far runs resumed from a carried state are from whole runs, per set of rows."""
+    checks = "; ".join(
+        f"{name}: split after steps {_span(figures['split_points'])}, "
+        f"max |diff| {figures['max_abs_difference']:.2g}"
+        for name, figures in carry.items()
+        if isinstance(figures, dict)
+    )
+    return f"exposed the state of {len(states)} LSTM layer(s); resumed runs match whole runs ({checks})"
+
+
+def _span(values: list[int]) -> str:
+    """'1..31' for a run of three or more consecutive values, else '1, 2' (or 'none')."""
+    if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}..{values[-1]}"
+    return ", ".join(str(value) for value in values) or "none"
 
 
 def _lengths(figures: dict) -> str:

@@ -15,7 +15,8 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,7 +29,10 @@ from score.errors import (
     SeqscoreError,
 )
 from score.model import INPUT_NAME, OUTPUT_NAME
-from score.spec import Spec
+from score.spec import Spec, StateTensors
+
+if TYPE_CHECKING:
+    from export.graph import ScoringInterface
 
 FORBIDDEN_OPS = ("Loop", "Scan")  # tf2onnx's fallback when it cannot fuse the LSTM
 REPORT_NAME = "export_report.json"  # describes the published model.onnx
@@ -50,6 +54,11 @@ class ParityError(SeqscoreError):
 # 4e-5 at step 28 with the argmax identical everywhere. So the tolerance holds as stated for the
 # first TOLERANCE_STEPS steps (the default task's whole length) and grows in proportion after.
 TOLERANCE_STEPS = 4
+
+
+# A run resumed from a carried LSTM state must give what the whole run gives: the same kernel
+# does the same arithmetic, so only float32 rounding of a differently shaped call may differ.
+STATE_CARRY_TOLERANCE = 1e-6
 
 
 def allowed_difference(tolerance: float, steps: int) -> np.ndarray:
@@ -295,13 +304,22 @@ def run_onnx_by_length(session, rows: ParityRows) -> np.ndarray:
 def _session(model_bytes: bytes):
     import onnxruntime as ort
 
-    return ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    # Its warning that the optional state inputs are initializers listed as inputs (so not
+    # folded as constants) is the point of them, not a fault; errors still raise.
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def verify(model, model_bytes: bytes, inputs: dict[str, ParityRows], config: ExportConfig) -> dict:
-    """onnxruntime against Keras. Ragged rows: Keras sees them right-padded to the longest,
-    onnxruntime each length group at its own length, compared on the real steps; as the model is
-    causal the two must agree, which also shows that padding never reaches a real step."""
+def verify(model, model_bytes: bytes, inputs: dict[str, ParityRows], config: ExportConfig,
+           states: tuple[StateTensors, ...] = ()) -> dict:
+    """onnxruntime against Keras, and, where the model exposes its LSTM states, onnxruntime
+    resumed from a carried state against onnxruntime run whole.
+
+    Ragged rows: Keras sees them right-padded to the longest, onnxruntime each length group at
+    its own length, compared on the real steps; as the model is causal the two must agree, which
+    also shows that padding never reaches a real step.
+    """
     session = _session(model_bytes)
     report = {}
     for name, rows in inputs.items():
@@ -312,6 +330,16 @@ def verify(model, model_bytes: bytes, inputs: dict[str, ParityRows], config: Exp
         if rows.lengths is not None:
             report[name]["steps"] = int(rows.lengths.sum())
             report[name]["lengths"] = sorted(int(v) for v in np.unique(rows.lengths))
+    failures = _keras_failures(report, config)
+    if states:
+        report["state_carry"] = verify_state_carry(session, states, inputs)
+        failures += report["state_carry"]["failures"]
+    report["passed"] = not failures
+    report["failures"] = failures
+    return report
+
+
+def _keras_failures(report: dict, config: ExportConfig) -> list[str]:
     failures = []
     for name, figures in report.items():
         if not figures["max_difference_over_allowed"] <= 1.0:
@@ -328,6 +356,87 @@ def verify(model, model_bytes: bytes, inputs: dict[str, ParityRows], config: Exp
             failures.append(
                 f"{name}: probabilities do not sum to 1 (off by up to {figures['max_row_sum_error']:.3g}); "
                 f"the model's output is not a softmax"
+            )
+    return failures
+
+
+def split_points(length: int) -> list[int]:
+    """Where a row of ``length`` steps is cut in two: after the first step, in the middle and
+    before the last (every cut, for the default's 4 steps)."""
+    return sorted({1, length // 2, length - 1} & set(range(1, length)))
+
+
+def run_in_two_pieces(session, states: tuple[StateTensors, ...], indices: np.ndarray,
+                      split: int) -> np.ndarray:
+    """Probabilities of (rows, steps) ``indices`` run as steps [0, split) and then [split, steps),
+    the second run starting from every layer's final state after the first."""
+    finals = [name for state in states for name in (state.final_h, state.final_c)]
+    initials = [name for state in states for name in (state.initial_h, state.initial_c)]
+    first, *carried = session.run([OUTPUT_NAME, *finals], {INPUT_NAME: indices[:, :split]})
+    feed = {INPUT_NAME: indices[:, split:], **dict(zip(initials, carried, strict=True))}
+    second = session.run([OUTPUT_NAME], feed)[0]
+    return np.concatenate([first, second], axis=1)
+
+
+def _length_groups(rows: ParityRows):
+    """(length, the rows of that length cut to it) for each row length among ``rows``."""
+    lengths = rows.lengths if rows.lengths is not None else np.full(len(rows.indices), rows.indices.shape[1])
+    for length in np.unique(lengths):
+        yield int(length), rows.indices[lengths == length, :length]
+
+
+def later_steps_difference(session, inputs: dict[str, ParityRows]) -> float:
+    """The largest difference between a row's first steps run alone and the same steps of the
+    whole row, at the split points: 0 for a causal model, whose step t reads steps 0..t only.
+
+    Not a check of the conversion but of the model: one that reads later steps (go_backwards,
+    a convolution over time) has no state per prefix to expose.
+    """
+    differences = [0.0]
+    for rows in inputs.values():
+        for length, group in _length_groups(rows):
+            whole = session.run([OUTPUT_NAME], {INPUT_NAME: group})[0]
+            for split in split_points(length):
+                first = session.run([OUTPUT_NAME], {INPUT_NAME: group[:, :split]})[0]
+                differences.append(np.abs(first - whole[:, :split]).max())
+    return float(np.max(differences))
+
+
+def why_not_causal(model_proto, inputs: dict[str, ParityRows]) -> str | None:
+    """Why the converted model's states must not be exposed, when it reads later steps."""
+    difference = later_steps_difference(_session(model_proto.SerializeToString()), inputs)
+    if difference <= STATE_CARRY_TOLERANCE:
+        return None
+    return (f"a row's first steps run alone differ from the same steps of the whole row by up to "
+            f"{difference:.3g}: the model reads later steps, so a prefix has no state of its own")
+
+
+def verify_state_carry(session, states: tuple[StateTensors, ...],
+                       inputs: dict[str, ParityRows]) -> dict:
+    """Each set of rows run in two pieces with the state carried, at several split points,
+    against the same rows run whole; ragged rows one length at a time, at that length.
+
+    This is what scoring with shared prefixes relies on: a prefix's state, fed back, continues
+    every sequence that starts with it exactly as a run from the start would.
+    """
+    report: dict = {"tolerance": STATE_CARRY_TOLERANCE}
+    failures = []
+    for name, rows in inputs.items():
+        differences, splits, split_rows = [0.0], set(), 0
+        for length, group in _length_groups(rows):
+            whole = session.run([OUTPUT_NAME], {INPUT_NAME: group})[0]
+            for split in split_points(length):
+                pieces = run_in_two_pieces(session, states, group, split)
+                differences.append(np.abs(pieces - whole).max())
+                splits.add(split)
+            split_rows += len(group) if length > 1 else 0
+        worst = float(np.max(differences))  # NaN if any piece gave NaN: that fails below too
+        report[name] = {"rows": split_rows, "split_points": sorted(splits),
+                        "max_abs_difference": worst}
+        if not worst <= STATE_CARRY_TOLERANCE:
+            failures.append(
+                f"{name}: max |p_pieces - p_whole| = {worst:.3g} > {STATE_CARRY_TOLERANCE:g} "
+                f"(split after steps {', '.join(str(split) for split in sorted(splits))})"
             )
     report["passed"] = not failures
     report["failures"] = failures
@@ -349,7 +458,8 @@ def package_versions() -> dict[str, str]:
     }
 
 
-def embed_metadata(model_proto, spec: Spec, metrics: dict, baseline: dict | None, created: dt.datetime) -> None:
+def embed_metadata(model_proto, spec: Spec, metrics: dict, baseline: dict | None, created: dt.datetime,
+                   interface: ScoringInterface | None = None) -> None:
     versions = package_versions()
     summary_keys = (
         "token_accuracy", "token_accuracy_per_step", "sequence_accuracy", "top1_accuracy",
@@ -378,6 +488,7 @@ def embed_metadata(model_proto, spec: Spec, metrics: dict, baseline: dict | None
     model_proto.doc_string = (
         "Input 'x': int32 class indices (batch, time). Output 'probabilities': float32 "
         "(batch, time, classes), softmax. The 'spec' metadata maps indices to raw values."
+        + (f" {interface.describe()}" if interface and interface.describe() else "")
     )
 
 
@@ -460,8 +571,14 @@ def _without_preprocessing_advice():
             root.removeHandler(lent)
 
 
-def quantize_int8(model_bytes: bytes, test: ParityRows, config: ExportConfig) -> dict:
-    """Dynamic int8 quantisation, published only if it agrees with the float model."""
+def quantize_int8(model_bytes: bytes, test: ParityRows, config: ExportConfig,
+                  states: tuple[StateTensors, ...] = ()) -> dict:
+    """Dynamic int8 quantisation, published only if it agrees with the float model.
+
+    With ``states``, the report also says how far a run resumed from a carried state is from
+    the whole run. It is not a gate: int8 quantises activations with a scale taken from each
+    call's whole input, so its results already depend on which rows and steps share a call.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -495,6 +612,9 @@ def quantize_int8(model_bytes: bytes, test: ParityRows, config: ExportConfig) ->
         "speedup": round(float_seconds / int8_seconds, 3) if int8_seconds else None,
         "published": agreement >= config.quantize_agreement,
     }
+    if states:
+        carry = verify_state_carry(int8_session, states, {"test_split": test})["test_split"]
+        report["state_carry_max_abs_difference"] = carry["max_abs_difference"]
     if report["published"]:
         publish_file(quantized, int8_path(config))
         report["path"] = int8_path(config)
@@ -510,10 +630,14 @@ def export(config: ExportConfig) -> dict:
 
     Steps: 1. read the spec, the metrics and the test split, and load the Keras model on the
     CPU, refusing one that does not end in a per-step softmax over the y values; 2. convert with
-    tf2onnx and check for the fused LSTM op; 3. embed the metadata; 4. verify onnxruntime
-    against Keras on the test split and random sequences; 5. publish atomically (only if 4
+    tf2onnx and check for the fused LSTM op; 3. add the scoring interface (each LSTM layer's
+    state as inputs and outputs, unless the model reads later steps; the top-k heads) and embed
+    the metadata, the spec listing the states; 4. verify onnxruntime against Keras on the test split and random sequences, and a
+    run resumed from a carried state against the whole run; 5. publish atomically (only if 4
     passed), with the report beside it; 6. optionally quantise.
     """
+    from export.graph import add_scoring_interface
+
     _force_cpu()
     # 1. Everything that can be wrong with the inputs fails here, before the slow conversion.
     _keras_path(config.artifacts)
@@ -525,20 +649,23 @@ def export(config: ExportConfig) -> dict:
     model = load_keras(config.artifacts)
     check_softmax_shape(model, spec)
 
-    # 2-3.
+    # 2-3. The checks below run on the very bytes that get published.
     model_proto = convert(model, config.opset)
+    interface = add_scoring_interface(model_proto, why_not_causal(model_proto, inputs))
+    spec = replace(spec, states=interface.states)
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    embed_metadata(model_proto, spec, metrics, baseline, created)
+    embed_metadata(model_proto, spec, metrics, baseline, created, interface)
     model_bytes = model_proto.SerializeToString()
 
     # 4.
-    parity = verify(model, model_bytes, inputs, config)
+    parity = verify(model, model_bytes, inputs, config, spec.states)
     report = {
         "output": os.path.abspath(config.output_path),
         "opset": config.opset,
         "tolerance": config.tolerance,
         "near_tie": config.near_tie,
         "parity": parity,
+        "scoring_interface": _interface_report(interface),
         **_lengths_covered(spec, parity),
         "created_at": created.isoformat(timespec="seconds"),
         "bytes": len(model_bytes),
@@ -553,13 +680,11 @@ def export(config: ExportConfig) -> dict:
         if not parity["passed"]:
             report["published"] = False
             _atomic_write(os.path.join(directory, FAILED_REPORT_NAME), _json_bytes(report))
-            raise ParityError(
-                "ONNX does not match Keras, nothing published: " + "; ".join(parity["failures"])
-            )
+            raise ParityError(f"{_refusal(parity)}, nothing published: " + "; ".join(parity["failures"]))
         report["sha256"] = publish_file(model_bytes, config.output_path)
         report["published"] = True
         if config.quantize == "int8":
-            report["int8"] = quantize_int8(model_bytes, inputs["test_split"], config)
+            report["int8"] = quantize_int8(model_bytes, inputs["test_split"], config, spec.states)
         if not report.get("int8", {}).get("published"):
             # An int8 file beside the new model was quantised from an older one.
             _remove([int8_path(config), int8_path(config) + ".sha256"])
@@ -568,6 +693,24 @@ def export(config: ExportConfig) -> dict:
     except OSError as error:
         raise OutputError(f"{config.output_path}: cannot write the model ({error})") from None
     return report
+
+
+def _refusal(parity: dict) -> str:
+    """What failed: Keras parity (whatever else did), or only the state carry."""
+    carry_failures = parity.get("state_carry", {}).get("failures", [])
+    if len(parity["failures"]) > len(carry_failures):
+        return "ONNX does not match Keras"
+    return "ONNX resumed from a carried LSTM state does not match ONNX run whole"
+
+
+def _interface_report(interface: ScoringInterface) -> dict:
+    """The state tensors (in layer order) and heads the published model carries."""
+    return {
+        "states": [asdict(state) for state in interface.states],
+        "states_withheld": interface.states_withheld,
+        "heads": list(interface.heads),
+        "head_input": interface.head_input,
+    }
 
 
 def _lengths_covered(spec: Spec, parity: dict) -> dict:

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, CliResult, run_module
+from conftest import FIXTURES, ROOT, CliResult, run_module
 
-from score.spec import Spec
+from score.spec import Spec, StateTensors
 
 HEAVY = ("tensorflow", "keras", "tf2onnx", "onnx")
 
@@ -100,6 +100,8 @@ def test_export_writes_the_model_its_checksum_and_its_report(exported):
     assert re.fullmatch(
         r"verified against Keras \(test_split: 200 rows, max \|diff\| \S+, argmax disagreements 0; "
         r"random: 4096 rows, max \|diff\| \S+, argmax disagreements 0\)\n"
+        r"exposed the state of 2 LSTM layer\(s\); resumed runs match whole runs \(test_split: split "
+        r"after steps 1\.\.3, max \|diff\| \S+; random: split after steps 1\.\.3, max \|diff\| \S+\)\n"
         rf"wrote {re.escape(str(model))} \({model.stat().st_size} bytes, sha256 {digest[:16]}\.\.\.\)\n",
         result.stdout,
     )
@@ -135,6 +137,18 @@ def test_export_report_figures(exported):
         assert 0 <= parity[name]["max_abs_difference"] <= 1e-5
         assert parity[name]["argmax_disagreements_not_near_tie"] == 0
         assert parity[name]["max_row_sum_error"] < 1e-4
+    carry = parity["state_carry"]
+    assert (carry["tolerance"], carry["passed"], carry["failures"]) == (1e-6, True, [])
+    for name, rows in (("test_split", 200), ("random", 4096)):
+        assert carry[name]["rows"] == rows and carry[name]["split_points"] == [1, 2, 3]
+        assert 0 <= carry[name]["max_abs_difference"] <= 1e-6
+    assert report["scoring_interface"] == {
+        "states": [{"units": 64, "initial_h": f"initial_h_{layer}", "initial_c": f"initial_c_{layer}",
+                    "final_h": f"final_h_{layer}", "final_c": f"final_c_{layer}"} for layer in (0, 1)],
+        "states_withheld": None,
+        "heads": ["seqscore_top_probabilities", "seqscore_top_classes", "seqscore_step_sums"],
+        "head_input": "seqscore_top_k",
+    }
     assert set(report["versions"]) == {"tensorflow", "keras", "tf2onnx", "onnx"}
 
 
@@ -176,10 +190,22 @@ def test_graph_uses_the_fused_lstm_op_and_the_documented_io(exported):
         dims = tuple(d.dim_param or d.dim_value for d in tensor.shape.dim)
         return value.name, onnx.TensorProto.DataType.Name(tensor.elem_type), dims
 
-    assert [described(value) for value in model.graph.input] == [("x", "INT32", ("batch", "time"))]
-    assert [described(value) for value in model.graph.output] == [
-        ("probabilities", "FLOAT", ("batch", "time", 25))
+    layers = (0, 1)
+    assert [described(value) for value in model.graph.input] == [
+        ("x", "INT32", ("batch", "time")),
+        *[(f"initial_{part}_{layer}", "FLOAT", (1, "state_batch", 64)) for layer in layers for part in "hc"],
+        ("seqscore_top_k", "INT64", (1,)),
     ]
+    assert [described(value) for value in model.graph.output] == [
+        ("probabilities", "FLOAT", ("batch", "time", 25)),
+        *[(f"final_{part}_{layer}", "FLOAT", (1, "batch", 64)) for layer in layers for part in "hc"],
+        ("seqscore_top_probabilities", "FLOAT", ("batch", "time", "k")),
+        ("seqscore_top_classes", "INT64", ("batch", "time", "k")),
+        ("seqscore_step_sums", "FLOAT", ("batch", "time")),
+    ]
+    # The new inputs are optional: each has an initializer (zeros; K = 1).
+    assert {value.name for value in model.graph.input[1:]} <= {t.name for t in model.graph.initializer}
+    assert "initial_h_i / initial_c_i" in model.doc_string and "seqscore_top_k" in model.doc_string
 
 
 @pytest.mark.slow
@@ -209,7 +235,10 @@ def test_metadata_round_trip(exported):
     metrics = read_json(artifacts / "metrics.json")
     report = read_json(artifacts / "export_report.json")
     spec = Spec.from_dict(read_json(artifacts / "spec.json"))
+    spec = dataclasses.replace(spec, states=tuple(
+        StateTensors(**state) for state in report["scoring_interface"]["states"]))
 
+    assert [state.units for state in spec.states] == [64, 64]
     assert Spec.from_json(metadata["spec"]) == spec
     assert load(str(artifacts / "model.onnx")).spec == spec
     summary = json.loads(metadata["metrics"])
@@ -291,7 +320,7 @@ def test_question_preset_converts(tmp_path):
 
 
 # Refusals: exit code, one line, and the previous model.onnx and .sha256 byte for byte -------------
-def save_keras(artifacts: Path, units: int, activation: str | None) -> None:
+def save_keras(artifacts: Path, units: int, activation: str | None, go_backwards: bool = False) -> None:
     """Replace model.keras with an untrained model whose head is given."""
     import keras
 
@@ -299,7 +328,7 @@ def save_keras(artifacts: Path, units: int, activation: str | None) -> None:
 
     inputs = keras.Input(shape=(None,), dtype="int32", name="x")
     hidden = OneHot(11, name="one_hot")(inputs)
-    hidden = keras.layers.LSTM(8, return_sequences=True, use_cudnn=False)(hidden)
+    hidden = keras.layers.LSTM(8, return_sequences=True, use_cudnn=False, go_backwards=go_backwards)(hidden)
     outputs = keras.layers.Dense(units, activation=activation, name="probabilities")(hidden)
     keras.Model(inputs, outputs).save(str(artifacts / "model.keras"))
 
@@ -427,8 +456,8 @@ def test_zero_tolerance_fails_parity(copy, monkeypatch):
     verify = export.core.verify
     monkeypatch.setattr(
         export.core, "verify",
-        lambda model, model_bytes, inputs, config: verify(
-            model, model_bytes, inputs, dataclasses.replace(config, tolerance=0.0)
+        lambda model, model_bytes, inputs, config, states: verify(
+            model, model_bytes, inputs, dataclasses.replace(config, tolerance=0.0), states
         ),
     )
     before = published(copy)
@@ -438,6 +467,62 @@ def test_zero_tolerance_fails_parity(copy, monkeypatch):
         "error: ONNX does not match Keras, nothing published: test_split: max |p_onnx - p_keras| = "
     )
     assert published(copy) == before
+
+
+def swapped_states(add_scoring_interface):
+    """The interface as added, but listing each layer's initial h as its c and the reverse: a
+    wiring fault that Keras parity (which feeds only x) cannot see."""
+
+    def wrong_wiring(model_proto, states_withheld=None):
+        interface = add_scoring_interface(model_proto, states_withheld)
+        states = tuple(dataclasses.replace(state, initial_h=state.initial_c, initial_c=state.initial_h)
+                       for state in interface.states)
+        return dataclasses.replace(interface, states=states)
+
+    return wrong_wiring
+
+
+@pytest.mark.slow
+def test_failed_state_carry_publishes_nothing_and_exits_70(copy, monkeypatch):
+    import export.graph
+
+    monkeypatch.setattr(export.graph, "add_scoring_interface",
+                        swapped_states(export.graph.add_scoring_interface))
+    before = published(copy)
+    result = run_export("--artifacts", copy)
+    assert result.code == 70 and len(result.lines) == 1 and result.stdout == ""
+    assert re.fullmatch(
+        r"error: ONNX resumed from a carried LSTM state does not match ONNX run whole, nothing "
+        r"published: test_split: max \|p_pieces - p_whole\| = \S+ > 1e-06 \(split after steps 1, 2, 3\); "
+        r"random: max \|p_pieces - p_whole\| = \S+ > 1e-06 \(split after steps 1, 2, 3\)",
+        result.lines[0],
+    )
+    assert published(copy) == before
+    failed = read_json(copy / "export_report.failed.json")
+    assert failed["published"] is False and failed["parity"]["passed"] is False
+    assert failed["parity"]["state_carry"]["passed"] is False
+    assert failed["parity"]["test_split"]["max_abs_difference"] <= 1e-5  # Keras parity held
+    assert failed["scoring_interface"]["states"][0]["initial_h"] == "initial_c_0"
+    assert [name for name in (p.name for p in copy.iterdir()) if name.startswith(".")] == []
+
+
+@pytest.mark.slow
+def test_a_model_that_reads_later_steps_is_published_without_states(copy):
+    """go_backwards: tf2onnx writes a forward LSTM after a ReverseSequence, which no rule on
+    the graph catches; running the model does."""
+    save_keras(copy, 25, "softmax", go_backwards=True)
+    result = run_export("--artifacts", copy)
+    assert result.code == 0, result.stderr
+    report = read_json(copy / "export_report.json")
+    assert report["parity"]["passed"] is True and "state_carry" not in report["parity"]
+    interface = report["scoring_interface"]
+    assert interface["states"] == [] and interface["heads"] == [
+        "seqscore_top_probabilities", "seqscore_top_classes", "seqscore_step_sums"]
+    assert re.fullmatch(r"a row's first steps run alone differ from the same steps of the whole row by "
+                        r"up to \S+: the model reads later steps, so a prefix has no state of its own",
+                        interface["states_withheld"])
+    assert f"no LSTM state exposed, so no prefix is shared in scoring: {interface['states_withheld']}\n" in result.stdout
+    assert fixture_spec(copy / "model.onnx").states == ()
 
 
 def test_parity_error_is_a_one_line_seqscore_error():
@@ -471,7 +556,10 @@ def test_int8_is_written_when_the_agreement_threshold_is_met(copy):
     )
     from score.model import load
 
-    assert load(str(int8)).spec == Spec.from_dict(read_json(copy / "spec.json"))
+    assert load(str(int8)).spec == load(str(copy / "model.onnx")).spec
+    assert [state.units for state in load(str(int8)).spec.states] == [64, 64]
+    # Not a gate: int8's dynamic activation scales depend on what shares a call.
+    assert report["state_carry_max_abs_difference"] >= 0
 
 
 @pytest.mark.slow
@@ -523,6 +611,18 @@ def test_ragged_parity_covers_every_length_and_the_report_names_them(exported_ra
         assert 0 <= parity[name]["max_abs_difference"] <= 1e-5
         assert parity[name]["argmax_disagreements_not_near_tie"] == 0
     assert re.search(r"random: 4096 rows of lengths 1\.\.12, max \|diff\| ", result.stdout)
+    carry = parity["state_carry"]
+    assert carry["passed"] is True
+    # Each length is cut after its first step, in its middle and before its last: 1..11 in all.
+    assert carry["random"]["split_points"] == list(range(1, 12))
+    from export.core import verification_inputs
+
+    rows = verification_inputs(Spec.from_dict(read_json(artifacts / "spec.json")), str(artifacts), 4096, 0)
+    for name in ("test_split", "random"):
+        assert carry[name]["rows"] == int((rows[name].lengths > 1).sum())  # one step: no cut
+    for name in ("test_split", "random"):
+        assert 0 <= carry[name]["max_abs_difference"] <= 1e-6
+    assert re.search(r"random: split after steps 1\.\.11, max \|diff\| ", result.stdout)
     import onnx
 
     model = onnx.load(str(artifacts / "model.onnx"))
@@ -560,3 +660,348 @@ def test_the_parity_tolerance_holds_for_four_steps_then_grows_with_the_step():
     from export.core import allowed_difference
 
     assert allowed_difference(1e-5, 8).tolist() == pytest.approx([1e-5] * 4 + [1.25e-5, 1.5e-5, 1.75e-5, 2e-5])
+
+
+# The scoring interface: each LSTM layer's state, and the top-k heads ------------------------------
+# Fast: on the committed fixtures and on graphs built with onnx.helper, without TensorFlow.
+MODEL_V1 = FIXTURES / "model_v1.onnx"  # tf2onnx's graph as exported before the interface
+HEAD_OUTPUTS = ("seqscore_top_probabilities", "seqscore_top_classes", "seqscore_step_sums")
+
+
+def lstm_graph(units: tuple[int, ...], direction: str = "forward", opset: int = 17):
+    """A graph shaped like tf2onnx's, with random weights: x (batch, time) int32 -> one-hot over
+    3 classes -> stacked LSTMs, each started from a zeros subgraph (Shape, Slice, Concat,
+    Expand) -> a dense softmax over 4 classes named 'probabilities'."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    generator = np.random.default_rng(0)
+    initializers = []
+
+    def constant(name: str, values) -> str:
+        initializers.append(numpy_helper.from_array(np.asarray(values), name))
+        return name
+
+    nodes = [
+        helper.make_node("Cast", ["x"], ["x_int64"], to=TensorProto.INT64),  # as tf2onnx does
+        helper.make_node("OneHot", ["x_int64", constant("depth", np.array([3], np.int64)),
+                                    constant("off_on", np.array([0, 1], np.float32))], ["one_hot"]),
+        helper.make_node("Transpose", ["one_hot"], ["hidden_0"], perm=[1, 0, 2]),  # time-major
+    ]
+    constant("zero", np.zeros((), np.float32))
+    directions, features = (2 if direction == "bidirectional" else 1), 3
+    for layer, size in enumerate(units):
+        hidden, state = f"hidden_{layer}", f"zeros_{layer}"
+        nodes += [
+            helper.make_node("Shape", [hidden], [f"shape_{layer}"]),
+            helper.make_node("Slice", [f"shape_{layer}", constant(f"one_{layer}", np.array([1])),
+                                       constant(f"two_{layer}", np.array([2]))], [f"batch_{layer}"]),
+            helper.make_node("Concat", [constant(f"directions_{layer}", np.array([directions])),
+                                        f"batch_{layer}", constant(f"units_{layer}", np.array([size]))],
+                             [f"state_shape_{layer}"], axis=0),
+            helper.make_node("Expand", ["zero", f"state_shape_{layer}"], [state]),
+            helper.make_node(
+                "LSTM",
+                [hidden,
+                 constant(f"W_{layer}", generator.normal(0, 0.5, (directions, 4 * size, features)).astype(np.float32)),
+                 constant(f"R_{layer}", generator.normal(0, 0.5, (directions, 4 * size, size)).astype(np.float32)),
+                 constant(f"B_{layer}", generator.normal(0, 0.5, (directions, 8 * size)).astype(np.float32)),
+                 "", state, state],
+                [f"Y_{layer}", f"Y_h_{layer}", f"Y_c_{layer}"],
+                hidden_size=size, direction=direction, name=f"lstm_{layer}",
+            ),
+            # (time, directions, batch, units) -> (time, batch, directions * units)
+            helper.make_node("Transpose", [f"Y_{layer}"], [f"Y_t_{layer}"], perm=[0, 2, 1, 3]),
+            helper.make_node("Reshape", [f"Y_t_{layer}", constant(f"merge_{layer}", np.array([0, 0, -1]))],
+                             [f"hidden_{layer + 1}"]),
+        ]
+        features = directions * size
+    nodes += [
+        helper.make_node("Transpose", [f"hidden_{len(units)}"], ["batch_major"], perm=[1, 0, 2]),
+        helper.make_node("MatMul", ["batch_major", constant("dense", generator.normal(0, 1, (features, 4))
+                                                            .astype(np.float32))], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "lstm_graph",
+        [helper.make_tensor_value_info("x", TensorProto.INT32, ["batch", "time"])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", "time", 4])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
+@dataclasses.dataclass(frozen=True)
+class Edited:
+    """A graph before and after add_scoring_interface, and what the edit reported."""
+
+    before: bytes
+    after: bytes
+    interface: object  # export.graph.ScoringInterface
+
+    def sessions(self):
+        import onnxruntime as ort
+
+        return tuple(ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+                     for data in (self.before, self.after))
+
+
+def edit(model_proto) -> Edited:
+    from export.graph import add_scoring_interface
+
+    before = model_proto.SerializeToString()
+    interface = add_scoring_interface(model_proto)
+    return Edited(before, model_proto.SerializeToString(), interface)
+
+
+@pytest.fixture(scope="module", params=["tf2onnx_one_layer_16", "two_layers_5_3"])
+def edited(request) -> Edited:
+    import onnx
+
+    if request.param == "tf2onnx_one_layer_16":
+        return edit(onnx.load(str(MODEL_V1)))
+    return edit(lstm_graph((5, 3)))
+
+
+def rows_of(steps: int, count: int = 300, classes: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, classes, size=(count, steps), dtype=np.int32)
+
+
+def state_feed(states, values) -> dict:
+    names = [name for state in states for name in (state.initial_h, state.initial_c)]
+    return dict(zip(names, values, strict=True))
+
+
+def final_names(states) -> list[str]:
+    return [name for state in states for name in (state.final_h, state.final_c)]
+
+
+def test_the_states_are_listed_in_layer_order_with_their_units():
+    from score.spec import StateTensors
+
+    edited = edit(lstm_graph((5, 3)))
+    assert edited.interface.states == (
+        StateTensors(5, "initial_h_0", "initial_c_0", "final_h_0", "final_c_0"),
+        StateTensors(3, "initial_h_1", "initial_c_1", "final_h_1", "final_c_1"),
+    )
+    assert (edited.interface.heads, edited.interface.head_input) == (HEAD_OUTPUTS, "seqscore_top_k")
+    assert edited.interface.states_withheld is None
+    _, session = edited.sessions()
+    outputs = session.run(None, {"x": rows_of(6, count=7)})
+    shapes = {output.name: value.shape for output, value in zip(session.get_outputs(), outputs)}
+    assert shapes == {
+        "probabilities": (7, 6, 4),
+        "final_h_0": (1, 7, 5), "final_c_0": (1, 7, 5), "final_h_1": (1, 7, 3), "final_c_1": (1, 7, 3),
+        "seqscore_top_probabilities": (7, 6, 1), "seqscore_top_classes": (7, 6, 1),
+        "seqscore_step_sums": (7, 6),
+    }
+
+
+def test_a_client_feeding_only_x_gets_the_probabilities_of_the_graph_before_bit_for_bit(edited):
+    before, after = edited.sessions()
+    assert [value.name for value in after.get_inputs()] == ["x"]
+    optional = [name for state in edited.interface.states for name in (state.initial_h, state.initial_c)]
+    assert [value.name for value in after.get_overridable_initializers()] == optional + ["seqscore_top_k"]
+    for steps in (1, 4, 12):
+        x = rows_of(steps)
+        expected = before.run(["probabilities"], {"x": x})[0]
+        np.testing.assert_array_equal(after.run(["probabilities"], {"x": x})[0], expected)
+
+
+def test_two_pieces_carrying_the_state_equal_the_whole_at_every_split(edited):
+    _, session = edited.sessions()
+    states = edited.interface.states
+    x = rows_of(12)
+    whole = session.run(["probabilities"], {"x": x})[0]
+    for split in range(1, 12):
+        first, *carried = session.run(["probabilities", *final_names(states)], {"x": x[:, :split]})
+        second = session.run(["probabilities"], {"x": x[:, split:], **state_feed(states, carried)})[0]
+        pieces = np.concatenate([first, second], axis=1)
+        assert np.abs(pieces - whole).max() <= 1e-6, f"split after step {split}"
+
+
+def test_one_state_of_batch_one_is_broadcast_to_every_row(edited):
+    """initial_* take (1, 1, units) as well as (1, batch, units): one prefix, many continuations."""
+    _, session = edited.sessions()
+    states = edited.interface.states
+    prefix, continuations = rows_of(5, count=1), rows_of(3, count=40, seed=1)
+    carried = session.run(final_names(states), {"x": prefix})
+    one = session.run(["probabilities"], {"x": continuations, **state_feed(states, carried)})[0]
+    tiled = [np.repeat(value, 40, axis=1) for value in carried]
+    every = session.run(["probabilities"], {"x": continuations, **state_feed(states, tiled)})[0]
+    np.testing.assert_array_equal(one, every)
+    whole = session.run(["probabilities"], {"x": np.hstack([np.repeat(prefix, 40, axis=0), continuations])})[0]
+    assert np.abs(one - whole[:, 5:]).max() <= 1e-6
+
+
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_the_heads_give_the_top_k_and_one_sum_per_step(edited, k):
+    _, session = edited.sessions()
+    x = rows_of(12)
+    probabilities, values, classes, sums = session.run(
+        ["probabilities", "seqscore_top_probabilities", "seqscore_top_classes", "seqscore_step_sums"],
+        {"x": x, "seqscore_top_k": np.array([k], dtype=np.int64)},
+    )
+    order = np.argsort(-probabilities, axis=-1, kind="stable")[..., :k]
+    assert classes.dtype == np.int64 and values.dtype == np.float32
+    np.testing.assert_array_equal(classes, order)
+    np.testing.assert_array_equal(values, np.take_along_axis(probabilities, order, axis=-1))
+    assert sums.shape == (300, 12)
+    np.testing.assert_allclose(sums, probabilities.sum(axis=-1), rtol=0, atol=1e-6)
+
+
+def test_k_defaults_to_one_when_not_fed(edited):
+    _, session = edited.sessions()
+    probabilities, classes = session.run(["probabilities", "seqscore_top_classes"], {"x": rows_of(4)})
+    np.testing.assert_array_equal(classes[..., 0], probabilities.argmax(axis=-1))
+
+
+def expands_and_zero_initializers(model) -> tuple[list[str], list[str]]:
+    """What each Expand broadcasts, and the initializers that hold only zeros (floats)."""
+    from onnx import numpy_helper
+
+    expands = [node.input[0] for node in model.graph.node if node.op_type == "Expand"]
+    zeros = [tensor.name for tensor in model.graph.initializer
+             if tensor.data_type == 1 and not numpy_helper.to_array(tensor).any()]
+    return expands, zeros
+
+
+def test_the_graph_keeps_the_fused_lstm_and_loses_the_old_zeros_subgraph(edited):
+    import onnx
+
+    before, after = onnx.load_from_string(edited.before), onnx.load_from_string(edited.after)
+    onnx.checker.check_model(after, full_check=True)
+    op_types = [node.op_type for node in after.graph.node]
+    assert op_types.count("LSTM") == len(edited.interface.states) and not {"Loop", "Scan"} & set(op_types)
+    # Before, tf2onnx's zeros (an Expand of a zero constant) start each LSTM; after, only the
+    # optional inputs are expanded and the only all-zero tensors left are those inputs.
+    initial = sorted(name for state in edited.interface.states for name in (state.initial_h, state.initial_c))
+    assert expands_and_zero_initializers(before) != (initial, initial)
+    expands, zeros = expands_and_zero_initializers(after)
+    assert (sorted(expands), sorted(zeros)) == (initial, initial)
+    producers = {output: node for node in after.graph.node for output in node.output}
+    for layer, node in enumerate(n for n in after.graph.node if n.op_type == "LSTM"):
+        assert [producers[name].input[0] for name in node.input[5:7]] == [f"initial_h_{layer}", f"initial_c_{layer}"]
+        assert list(node.output[1:3]) == [f"final_h_{layer}", f"final_c_{layer}"]
+    # Nothing is left that no output needs.
+    read = {name for node in after.graph.node for name in node.input} | {o.name for o in after.graph.output}
+    assert [node.name for node in after.graph.node if not set(node.output) & read] == []
+    assert [tensor.name for tensor in after.graph.initializer if tensor.name not in read] == []
+
+
+@pytest.mark.parametrize("direction", ["bidirectional", "reverse"])
+def test_a_bidirectional_or_reversed_lstm_exposes_no_state(direction):
+    edited = edit(lstm_graph((5, 3), direction=direction))
+    assert edited.interface.states == ()
+    assert edited.interface.states_withheld == f"LSTM layer 0 (lstm_0) runs {direction}"
+    before, after = edited.sessions()
+    assert [value.name for value in after.get_overridable_initializers()] == ["seqscore_top_k"]
+    assert [value.name for value in after.get_outputs()] == [
+        "probabilities", "seqscore_top_probabilities", "seqscore_top_classes", "seqscore_step_sums",
+    ]
+    x = rows_of(6)
+    np.testing.assert_array_equal(after.run(["probabilities"], {"x": x})[0],
+                                  before.run(["probabilities"], {"x": x})[0])
+
+
+def test_an_opset_below_13_gets_no_interface():
+    model = lstm_graph((5,), opset=12)
+    edited = edit(model)
+    assert edited.interface.states == () and edited.interface.heads == ()
+    assert edited.interface.states_withheld == "opset 12 is below 13"
+    assert edited.after == edited.before
+
+
+def test_a_graph_edited_before_is_refused():
+    import onnx
+
+    from export.graph import InterfaceError, add_scoring_interface
+
+    model = onnx.load_from_string(edit(lstm_graph((5,))).after)
+    with pytest.raises(InterfaceError, match="already has tensor.*final_c_0.*it was edited before"):
+        add_scoring_interface(model)
+
+
+def test_the_state_carry_check_fails_on_wrongly_wired_states():
+    import onnx
+
+    from export.core import ParityRows, verify_state_carry
+
+    edited = edit(onnx.load(str(MODEL_V1)))
+    _, session = edited.sessions()
+    (state,) = edited.interface.states
+    inputs = {"random": ParityRows(rows_of(4, classes=11))}
+    right = verify_state_carry(session, (state,), inputs)
+    assert right["random"] == {"rows": 300, "split_points": [1, 2, 3], "max_abs_difference": 0.0}
+    assert (right["passed"], right["failures"]) == (True, [])
+    swapped = dataclasses.replace(state, initial_h=state.initial_c, initial_c=state.initial_h)
+    wrong = verify_state_carry(session, (swapped,), inputs)
+    assert wrong["passed"] is False and wrong["random"]["max_abs_difference"] > 1e-3
+    assert re.fullmatch(r"random: max \|p_pieces - p_whole\| = \S+ > 1e-06 \(split after steps 1, 2, 3\)",
+                        wrong["failures"][0])
+
+
+def test_the_state_carry_check_runs_ragged_rows_one_length_at_a_time():
+    import onnx
+
+    from export.core import ParityRows, verify_state_carry
+
+    edited = edit(onnx.load(str(MODEL_V1)))
+    _, session = edited.sessions()
+    lengths = np.array([1, 2, 2, 5, 9, 9, 9])
+    indices = np.where(np.arange(9) < lengths[:, None], rows_of(9, count=7, classes=11), 0).astype(np.int32)
+    carry = verify_state_carry(session, edited.interface.states, {"test_split": ParityRows(indices, lengths)})
+    # Length 1 cannot be cut; 2: after 1; 5: after 1, 2, 4; 9: after 1, 4, 8.
+    assert carry["test_split"] == {"rows": 6, "split_points": [1, 2, 4, 8], "max_abs_difference": 0.0}
+    assert carry["passed"] is True
+
+
+def test_the_causality_check_tells_a_forward_lstm_from_a_reversed_one():
+    import onnxruntime as ort
+
+    from export.core import ParityRows, later_steps_difference
+
+    inputs = {"random": ParityRows(rows_of(6))}
+    for direction, causal in (("forward", True), ("reverse", False)):
+        session = ort.InferenceSession(lstm_graph((5,), direction=direction).SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        assert (later_steps_difference(session, inputs) == 0.0) is causal, direction
+
+
+def fixture_spec(path: Path) -> Spec:
+    import onnx
+
+    return Spec.from_json({p.key: p.value for p in onnx.load(str(path)).metadata_props}["spec"])
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "ragged.onnx"])
+def test_the_committed_fixtures_carry_the_interface_their_spec_lists(name):
+    import onnx
+    import onnxruntime as ort
+
+    path = FIXTURES / name
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (FIXTURES / f"{name}.sha256").read_text() == f"{digest}  {name}\n"
+    states = fixture_spec(path).states
+    assert [state.units for state in states] == [16]  # `make fixture`: one layer of 16 units
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [value.name for value in session.get_inputs()] == ["x"]
+    assert [value.name for value in session.get_overridable_initializers()] == [
+        "initial_h_0", "initial_c_0", "seqscore_top_k"]
+    assert [value.name for value in session.get_outputs()] == [
+        "probabilities", "final_h_0", "final_c_0", *HEAD_OUTPUTS]
+    assert "LSTM" in {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_the_model_from_before_the_interface_is_kept_as_it_was():
+    import onnxruntime as ort
+
+    digest = hashlib.sha256(MODEL_V1.read_bytes()).hexdigest()
+    assert (FIXTURES / "model_v1.onnx.sha256").read_text() == f"{digest}  model_v1.onnx\n"
+    assert fixture_spec(MODEL_V1).states == ()
+    session = ort.InferenceSession(str(MODEL_V1), providers=["CPUExecutionProvider"])
+    assert [value.name for value in session.get_inputs()] == ["x"]
+    assert session.get_overridable_initializers() == []
+    assert [value.name for value in session.get_outputs()] == ["probabilities"]
