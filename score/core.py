@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from score import ragged
+from score import prefix, ragged
 from score.encoding import (
     NON_FINITE_OUTPUT,
     REASONS,
@@ -49,6 +49,7 @@ class ScoreOptions:
     dedup: bool = True  # score each distinct sequence of a batch once (the model is deterministic)
     low_confidence: float = 0.5  # a step whose top-1 probability is below this is low-confidence
     max_length: int | None = None  # variable-length models: longest row scored (None: trained max)
+    share_prefixes: bool = True  # compute each distinct prefix of a batch once (score.prefix)
 
     def validate(self, scorer: Scorer) -> None:
         spec = scorer.spec
@@ -303,10 +304,30 @@ def _error_column(raw: RawSequences, encoded: Encoded, scorer: Scorer) -> pa.Arr
     return with_null.take(pa.array(slot))
 
 
+def _run_rows(scorer: Scorer, matrix: np.ndarray, k: int, share_prefixes: bool
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """run_top_k over rows of one length, sharing their common prefixes where that pays; also
+    the steps the model computed."""
+    rows, steps = matrix.shape
+    if share_prefixes and scorer.shares_prefixes and rows > 1:
+        best = np.empty((rows * steps, k), dtype=np.int32)
+        probabilities = np.empty((rows * steps, k), dtype=np.float32)
+        finite = np.empty(rows, dtype=bool)
+        offsets = np.arange(rows + 1, dtype=np.int64) * steps
+        ran = prefix.infer_shared(scorer, matrix.reshape(-1), offsets, np.arange(rows), k,
+                                  best, probabilities, finite)
+        if ran is not None:
+            return finite, probabilities.reshape(rows, steps, k), best.reshape(rows, steps, k), ran
+    finite, probabilities, best = run_top_k(scorer, matrix, k)
+    return finite, probabilities, best, matrix.size
+
+
 def _infer(
-    scorer: Scorer, rows: np.ndarray, keys: np.ndarray | None, k: int, cache: ResultCache | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Top-k classes and probabilities of ``rows``, whether each is finite, and how many ran.
+    scorer: Scorer, rows: np.ndarray, keys: np.ndarray | None, k: int, cache: ResultCache | None,
+    share_prefixes: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Top-k classes and probabilities of ``rows``, whether each is finite, how many ran and
+    how many steps the model computed.
 
     Rows found in ``cache`` (by key) skip the model; the finite results of the others join it.
     """
@@ -317,7 +338,7 @@ def _infer(
     run = np.flatnonzero(~hit) if hits else None
     model_input = np.ascontiguousarray(rows if run is None else rows[run])
     # Top-k inside onnxruntime where it can; non-finite rows are dropped by the caller.
-    finite, best_probabilities, best = run_top_k(scorer, model_input, k)
+    finite, best_probabilities, best, computed = _run_rows(scorer, model_input, k, share_prefixes)
     if hits:  # put the cached and the computed rows together, in row order
         cached_best, cached_probabilities = cache.get(slot[hit])
         merged_best = np.empty((rows.shape[0], steps, k), dtype=best.dtype)
@@ -330,8 +351,8 @@ def _infer(
         ran_keys = keys if run is None else keys[run]
         cache.add(ran_keys[finite], best[finite], best_probabilities[finite])
     if hits:
-        return merged_best, merged_probabilities, merged_finite, model_input.shape[0]
-    return best, best_probabilities, finite, model_input.shape[0]
+        return merged_best, merged_probabilities, merged_finite, model_input.shape[0], computed
+    return best, best_probabilities, finite, model_input.shape[0], computed
 
 
 def score_batch_with_stats(
@@ -365,7 +386,8 @@ def score_batch_with_stats(
     else:
         keys, first, inverse = groups
         distinct_input = indices[first]
-    best, best_probabilities, finite, model_rows = _infer(scorer, distinct_input, keys, k, cache)
+    best, best_probabilities, finite, model_rows, computed = _infer(
+        scorer, distinct_input, keys, k, cache, options.share_prefixes)
 
     # 4. NaN or infinity in the output fails the row, never reaches the file.
     if not finite.all():
@@ -407,7 +429,7 @@ def score_batch_with_stats(
     stats.low_confidence_steps = int((confidence < options.low_confidence).sum())
     stats.scored_steps = int(confidence.size)
     stats.distinct_rows = int(model_rows)
-    stats.steps_computed = int(model_rows) * steps
+    stats.steps_computed = int(computed)
     return scored, stats
 
 
@@ -447,7 +469,7 @@ def _score_ragged(
     else:  # no two rows alike (or no de-duplication): the rows as they are, nothing to scatter
         inverse, distinct_offsets, distinct_flat, distinct_keys = None, offsets, flat, keys
     best, best_probabilities, finite, model_rows, computed = _infer_ragged(
-        scorer, distinct_flat, distinct_offsets, distinct_keys, k, cache)
+        scorer, distinct_flat, distinct_offsets, distinct_keys, k, cache, options.share_prefixes)
 
     # 4-5. Scatter each distinct row's top-k to every row equal to it; NaN or infinity fails the row.
     row_finite = finite[inverse] if inverse is not None else finite
@@ -511,7 +533,7 @@ def new_cache(scorer: Scorer, options: ScoreOptions) -> ResultCache | None:
 
 def _infer_ragged(
     scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, keys: np.ndarray | None, k: int,
-    cache: ResultCache | None,
+    cache: ResultCache | None, share_prefixes: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """Top-k classes and probabilities of each step of flat rows, whether each row is finite,
     how many rows ran and how many steps the model computed.
@@ -536,7 +558,10 @@ def _infer_ragged(
             probabilities[destination] = cached_probabilities[mask]
         cache.settle(float(hit.mean()) if rows else 1.0)
     run = np.flatnonzero(~hit)
-    computed = ragged.infer(scorer, flat, offsets, run, k, best, probabilities, finite)
+    computed = (prefix.infer_shared(scorer, flat, offsets, run, k, best, probabilities, finite)
+                if share_prefixes else None)
+    if computed is None:  # nothing shared (or worth sharing): runs of similar length
+        computed = ragged.infer(scorer, flat, offsets, run, k, best, probabilities, finite)
     if use_cache and cache.enabled:
         new = run[finite[run] & (keys[run] >= 0)]
         if new.size:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,20 +14,26 @@ import onnxruntime as ort
 from score import storage
 from score.encoding import Encoder
 from score.errors import InputMissing, ModelError, SeqscoreError, StorageError
-from score.onnx_wire import WireError, audit_model, with_top_k
+from score.onnx_wire import ModelAudit, WireError, audit_model, with_top_k
 from score.spec import Spec
 
 INPUT_NAME = "x"
 OUTPUT_NAME = "probabilities"
-# What the scorer adds to the graph at load time: a TopK over the probabilities, with K fed
-# at run time (score.onnx_wire.with_top_k). Never in the model file itself.
+# The top-k heads: a TopK over the probabilities, with K fed at run time, and one sum of the
+# probabilities per step (NaN or infinity anywhere in a step makes it non-finite). The export
+# writes them into the model file (export.graph); a file exported before that gets them added
+# at load time (score.onnx_wire.with_top_k).
 K_INPUT = "seqscore_top_k"
 TOP_PROBABILITIES = "seqscore_top_probabilities"
 TOP_CLASSES = "seqscore_top_classes"
-ROW_SUMS = "seqscore_row_sums"
+STEP_SUMS = "seqscore_step_sums"
+HEADS = (TOP_PROBABILITIES, TOP_CLASSES, STEP_SUMS)
 # Operator domains built into onnxruntime itself; anything else needs a custom-op library.
 # com.microsoft holds onnxruntime's own contrib ops, which int8 quantisation produces.
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+# Dynamic int8 quantisation takes each call's activation scale from that call's whole input, so
+# a run resumed from a carried state is not exactly the whole run: such a model is run whole.
+_QUANTIZED = re.compile(r"Quant|Integer")
 _INDEX_TYPES = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}
 # Rows per session.run. onnxruntime's LSTM needs a few KB per row and step and its arena keeps
 # the peak, so a whole record batch at once costs memory in proportion to --batch-size; and
@@ -52,7 +59,8 @@ class Scorer:
     sha256: str
     location: str
     metadata: dict[str, str] = field(default_factory=dict)
-    graph_top_k: bool = False  # the session computes top-k itself (a TopK added at load time)
+    graph_top_k: bool = False  # the session computes top-k itself (the file's heads or added at load)
+    exact_states: bool = True  # a run resumed from a carried state equals the whole run
 
     @property
     def version(self) -> str:
@@ -69,7 +77,7 @@ class Scorer:
         """With ``graph_top_k``: whether each row's output is finite, and its k best
         probabilities and classes per step, all computed inside onnxruntime.
 
-        Finiteness comes from the sum of each row's probabilities: NaN or infinity anywhere
+        Finiteness comes from the sum of each step's probabilities: NaN or infinity anywhere
         makes it non-finite (so would finite values near float32's limit, which no softmax
         gives). The full probabilities never leave onnxruntime.
         """
@@ -77,12 +85,36 @@ class Scorer:
         finite = np.empty(rows, dtype=bool)
         top_probabilities = np.empty((rows, steps, k), dtype=np.float32)
         top_classes = np.empty((rows, steps, k), dtype=np.int64)
-        for start, (sums, values, classes) in self._runs(indices, [ROW_SUMS, TOP_PROBABILITIES, TOP_CLASSES], k):
+        for start, (sums, values, classes) in self._runs(indices, [STEP_SUMS, TOP_PROBABILITIES, TOP_CLASSES], k):
             stop = start + len(sums)
-            finite[start:stop] = np.isfinite(sums)
+            finite[start:stop] = np.isfinite(sums).all(axis=1)
             top_probabilities[start:stop] = values
             top_classes[start:stop] = classes
         return finite, top_probabilities, top_classes
+
+    @property
+    def shares_prefixes(self) -> bool:
+        """Whether a run can resume from the LSTM state a prefix left (score.prefix)."""
+        return self.graph_top_k and self.exact_states and bool(self.spec.states)
+
+    def state_units(self) -> list[int]:
+        """The width of each state tensor, in the order resume_top_k takes and returns them."""
+        return [state.units for state in self.spec.states for _ in ("h", "c")]
+
+    def resume_top_k(self, indices: np.ndarray, k: int, initial: list[np.ndarray] | None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+        """One session.run from the given LSTM states (None: zeros, the sequence's start).
+
+        Returns whether each step's output is finite, the k best probabilities and classes per
+        step, and the states after the last step (h and c of each layer, as ``initial``).
+        """
+        feed = {INPUT_NAME: indices, K_INPUT: np.array([k], dtype=np.int64)}
+        names = [name for state in self.spec.states for name in (state.initial_h, state.initial_c)]
+        if initial is not None:
+            feed.update(zip(names, initial))
+        finals = [name for state in self.spec.states for name in (state.final_h, state.final_c)]
+        sums, values, classes, *states = self.session.run([STEP_SUMS, TOP_PROBABILITIES, TOP_CLASSES, *finals], feed)
+        return np.isfinite(sums), values, classes, states
 
     def _runs(self, indices: np.ndarray, names: list[str], k: int):
         """(first row, outputs) of session.run over INFERENCE_ROWS rows at a time.
@@ -142,7 +174,7 @@ def _check_checksum(location: str, model_bytes: bytes) -> str:
     return digest
 
 
-def _audit(location: str, model_bytes: bytes) -> None:
+def _audit(location: str, model_bytes: bytes) -> ModelAudit:
     try:
         audit = audit_model(model_bytes)
     except WireError as error:
@@ -158,6 +190,7 @@ def _audit(location: str, model_bytes: bytes) -> None:
             f"{location}: the model uses operator domain(s) {', '.join(foreign)}, which "
             f"onnxruntime does not ship; only {', '.join(sorted(d or '(default)' for d in STANDARD_DOMAINS))} are allowed"
         )
+    return audit
 
 
 def _check_io(location: str, session: ort.InferenceSession, spec: Spec) -> np.dtype:
@@ -180,7 +213,7 @@ def _check_io(location: str, session: ort.InferenceSession, spec: Spec) -> np.dt
             f"{location}: the spec says sequences of {spec.describe_length()} but input 'x' has "
             f"a fixed time axis {shape}; export it with a dynamic time axis"
         )
-    outputs = {o.name: o for o in session.get_outputs() if o.name not in (TOP_PROBABILITIES, TOP_CLASSES, ROW_SUMS)}
+    outputs = {o.name: o for o in session.get_outputs()}
     output = outputs.get(OUTPUT_NAME)
     if output is None:
         raise ModelError(
@@ -222,23 +255,42 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def _open_session(location: str, model_bytes: bytes, config: SessionConfig) -> tuple[ort.InferenceSession, bool]:
-    """A session with a TopK over the probabilities added, or, where that fails, the plain one.
+def _open_session(location: str, model_bytes: bytes, audit: ModelAudit, config: SessionConfig
+                  ) -> tuple[ort.InferenceSession, bool]:
+    """A session with the top-k heads: the file's own, or, for a file exported before the export
+    wrote them, a TopK and step sums added here; where adding fails, the plain session.
 
     onnxruntime's TopK is several times faster than numpy's top-k over the same output; a model
     whose graph does not take it (another output name, an old opset) is scored as it is.
     """
     options = session_options(config)
     providers = ["CPUExecutionProvider"]
+    if not set(HEADS) <= set(audit.outputs):
+        try:
+            extended = with_top_k(model_bytes, OUTPUT_NAME, K_INPUT, TOP_PROBABILITIES, TOP_CLASSES, STEP_SUMS)
+            return ort.InferenceSession(extended, sess_options=options, providers=providers), True
+        except Exception:  # noqa: BLE001  (the plain session below reports what is wrong)
+            pass
     try:
-        extended = with_top_k(model_bytes, OUTPUT_NAME, K_INPUT, TOP_PROBABILITIES, TOP_CLASSES, ROW_SUMS)
-        return ort.InferenceSession(extended, sess_options=options, providers=providers), True
-    except Exception:  # noqa: BLE001  (the plain session below reports what is wrong)
-        pass
-    try:
-        return ort.InferenceSession(model_bytes, sess_options=options, providers=providers), False
+        session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
     except Exception as error:  # noqa: BLE001  onnxruntime's Fail / InvalidGraph / InvalidProtobuf ...
         raise ModelError(f"{location}: onnxruntime cannot load it ({_first_line(error)})") from None
+    return session, set(HEADS) <= set(audit.outputs)
+
+
+def _check_states(location: str, session: ort.InferenceSession, spec: Spec) -> None:
+    """The state tensors the spec names must be in the graph, with the sizes it gives."""
+    optional = {value.name: value for value in session.get_overridable_initializers()}
+    outputs = {value.name: value for value in session.get_outputs()}
+    for layer, state in enumerate(spec.states):
+        for name, found in ((state.initial_h, optional), (state.initial_c, optional),
+                            (state.final_h, outputs), (state.final_c, outputs)):
+            value = found.get(name)
+            if value is None or value.shape[-1] != state.units:
+                raise ModelError(
+                    f"{location}: the spec names state tensor {name!r} of layer {layer} "
+                    f"({state.units} units), which the graph does not have; re-run `make export`"
+                )
 
 
 def load(location: str, config: SessionConfig = SessionConfig()) -> Scorer:
@@ -250,8 +302,8 @@ def load(location: str, config: SessionConfig = SessionConfig()) -> Scorer:
     """
     model_bytes = _read_model_bytes(location)
     digest = _check_checksum(location, model_bytes)
-    _audit(location, model_bytes)
-    session, graph_top_k = _open_session(location, model_bytes, config)
+    audit = _audit(location, model_bytes)
+    session, graph_top_k = _open_session(location, model_bytes, audit, config)
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     if "spec" not in metadata:
         raise ModelError(
@@ -262,6 +314,7 @@ def load(location: str, config: SessionConfig = SessionConfig()) -> Scorer:
     except ModelError as error:
         raise ModelError(f"{location}: {error}") from None
     index_dtype = _check_io(location, session, spec)
+    _check_states(location, session, spec)
     scorer = Scorer(
         session=session,
         spec=spec,
@@ -270,6 +323,7 @@ def load(location: str, config: SessionConfig = SessionConfig()) -> Scorer:
         location=location,
         metadata=metadata,
         graph_top_k=graph_top_k,
+        exact_states=not any(_QUANTIZED.search(op) for op in audit.op_types),
     )
     _probe(location, scorer)
     return scorer

@@ -48,6 +48,7 @@ class ModelAudit:
     node_domains: set[str] = field(default_factory=set)
     op_types: set[str] = field(default_factory=set)
     external_tensors: int = 0
+    outputs: list[str] = field(default_factory=list)  # the main graph's output names
 
 
 def _varint(data: memoryview, position: int) -> tuple[int, int]:
@@ -144,7 +145,11 @@ def _audit_graph(data: memoryview, audit: ModelAudit, depth: int) -> None:
     for number, wire_type, value in fields(data):
         if wire_type != 2:
             continue
-        if number == _GRAPH_NODE:
+        if number == _GRAPH_OUTPUT and depth == 0:
+            for info_number, info_wire, info_value in fields(value):
+                if info_number == _VALUE_INFO_NAME and info_wire == 2:
+                    audit.outputs.append(_text(info_value))
+        elif number == _GRAPH_NODE:
             _audit_node(value, audit, depth)
         elif number == _GRAPH_INITIALIZER:
             _audit_tensor(value, audit)
@@ -231,7 +236,8 @@ def _tensor_value_info(name: str, elem_type: int, dims: tuple[int, ...] | None =
 
 def with_top_k(model_bytes: bytes, source: str, k_input: str, values: str, classes: str, sums: str) -> bytes:
     """The model plus a TopK over its output ``source`` (last axis, largest first), and the
-    sum of ``source`` over all but the first axis (one number per row).
+    sum of ``source`` over its last axis (one number per step): the heads a model exported
+    before they were written into the file (export.graph) gets at load time.
 
     K is a graph input (int64, shape [1]), so one session serves every --top-k. ONNX's TopK
     breaks ties by the lower index, as a stable descending sort does. ReduceSum takes its axes
@@ -253,8 +259,8 @@ def with_top_k(model_bytes: bytes, source: str, k_input: str, values: str, class
                   + _length_delimited(_NODE_NAME, f"{sums}_node".encode())
                   + _length_delimited(_NODE_OP_TYPE, b"ReduceSum")
                   + _length_delimited(_NODE_ATTRIBUTE, keepdims))
-    axes = (_int_field(_TENSOR_DIMS, 2) + _int_field(_TENSOR_DATA_TYPE, INT64)
-            + _length_delimited(_TENSOR_INT64_DATA, _encode_varint(1) + _encode_varint(2))
+    axes = (_int_field(_TENSOR_DIMS, 1) + _int_field(_TENSOR_DATA_TYPE, INT64)
+            + _length_delimited(_TENSOR_INT64_DATA, _encode_varint(2))
             + _length_delimited(_TENSOR_NAME, axes_name.encode()))
     fragment = (_length_delimited(_GRAPH_NODE, top_k)
                 + _length_delimited(_GRAPH_NODE, reduce_sum)

@@ -18,6 +18,32 @@ FIXED_LENGTH_FORMAT = 1
 
 
 @dataclass(frozen=True)
+class StateTensors:
+    """Where one recurrent layer's state enters and leaves the exported graph.
+
+    ``initial_*`` are optional graph inputs of shape (1, batch, units), zeros when not fed;
+    ``final_*`` are outputs of the same shape: the state after the last step. Feeding one run's
+    final state as the next run's initial state continues the sequence exactly (score.prefix).
+    """
+
+    units: int  # the layer's hidden size
+    initial_h: str
+    initial_c: str
+    final_h: str
+    final_c: str
+
+    @classmethod
+    def from_dict(cls, payload: object) -> StateTensors:
+        if not isinstance(payload, dict):
+            raise ValueError(f"expected a state description object, found {payload!r}")
+        names = {key: payload.get(key) for key in ("initial_h", "initial_c", "final_h", "final_c")}
+        bad = [key for key, value in names.items() if not isinstance(value, str) or not value]
+        if bad:
+            raise ValueError(f"state description lacks {', '.join(bad)}")
+        return cls(units=_as_int(payload.get("units")), **names)
+
+
+@dataclass(frozen=True)
 class Spec:
     """Value sets and shape shared by training, export and scoring."""
 
@@ -27,6 +53,9 @@ class Spec:
     input_column: str = "x"  # column holding the input sequences
     target_column: str = "y"  # column holding the target sequences (training only)
     min_len: int | None = None  # None: fixed length; else the shortest training length
+    # The recurrent state each layer exposes, in layer order (the export adds them); empty for
+    # a model that exposes none (older files), which is then scored without prefix sharing.
+    states: tuple[StateTensors, ...] = ()
     format: int = field(default=0)  # version of this description (0: the one its fields need)
 
     def __post_init__(self) -> None:
@@ -83,6 +112,10 @@ class Spec:
         payload = asdict(self)
         payload["x_values"] = list(self.x_values)
         payload["y_values"] = list(self.y_values)
+        if self.states:
+            payload["states"] = [asdict(state) for state in self.states]
+        else:
+            del payload["states"]
         if self.variable_length:
             payload["max_len"] = self.seq_len
         else:
@@ -118,10 +151,17 @@ class Spec:
                 input_column=str(payload.get("input_column", "x")),
                 target_column=str(payload.get("target_column", "y")),
                 min_len=None if payload.get("min_len") is None else _as_int(payload["min_len"]),
+                states=_states(payload.get("states", [])),
                 format=spec_format,
             )
         except (TypeError, ValueError) as error:
             raise ModelError(f"spec: {error}") from None
+
+
+def _states(payload: object) -> tuple[StateTensors, ...]:
+    if not isinstance(payload, list):
+        raise ValueError(f"states: expected a list, found {payload!r}")
+    return tuple(StateTensors.from_dict(item) for item in payload)
 
 
 def _as_int(value: object) -> int:

@@ -1,0 +1,249 @@
+"""Prefix-shared inference: a causal model computes each distinct prefix of a batch once.
+
+The model is causal (a unidirectional LSTM with return_sequences): its state after step t
+depends only on steps 0..t, so rows that begin alike share all the work for their common
+beginning, even when no two rows are equal. The rows of a batch are sorted (rows that share a
+prefix become neighbours) and the levels 0..L-1 (step positions) are cut into segments
+[a, b). Each segment runs once per distinct *path*, a row's steps a..min(len, b)-1 among rows
+that share their first min(len, b) steps, starting from the state its prefix of length a left
+in the previous segment (the model exposes its LSTM states: spec.states). Each step's top-k is
+then scattered to every row that has that prefix.
+
+Where to cut is a small dynamic programme over a cost model, from counts of distinct prefixes
+per level: a cut pays when the rows share their first levels (the default task, skewed event
+data); on rows without common prefixes the single segment [0, L) wins and the batch runs
+exactly as it would without this module.
+
+Memory: the carried state is held for the paths of one cut at a time, and a cut is allowed only
+where that state fits STATE_BUDGET; everything else follows the batch's steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from score.encoding import segment_gather
+from score.model import Scorer
+from score.ragged import MAX_PADDING, MIN_RUN_ROWS, key_length, length_chunks
+
+# Levels the plan may cut at; rows longer than this run their remaining steps in one piece.
+SHARE_LEVELS = 64
+# Bytes of carried LSTM state one cut may hold (paths x layers x (h, c) x units x 4 bytes).
+STATE_BUDGET = 48 << 20
+# Runs of paths: at most this many padded steps and rows per session.run. Short paths need many
+# rows to amortise a call: the 12-step bench model ran at 1.27 us/step for 1,024 one-step
+# rows, 0.97 for 4,096, and 0.76 for 1,024 rows of 12 steps.
+RUN_STEPS = 8_192
+RUN_ROWS = 8_192
+# The cost model, in steps of one row (what onnxruntime spends per step of a 2 x 64-unit LSTM:
+# about 0.75 us on the benchmark machine): one session.run costs about 0.4 ms besides its
+# steps, a path about a third of a step (gathering its state and tokens), and a segment a few
+# hundred steps of numpy bookkeeping.
+CALL_COST = 1200.0
+PATH_COST = 0.5
+SEGMENT_COST = 500.0
+
+
+@dataclass(frozen=True)
+class Tree:
+    """The rows of a batch in lexicographic order, and how their prefixes branch."""
+
+    order: np.ndarray  # (rows,) positions of the rows given, sorted by their sequences
+    starts: np.ndarray  # (rows,) flat start of each sorted row
+    lengths: np.ndarray  # (rows,) length of each sorted row
+    common: np.ndarray  # (rows,) steps each sorted row shares with the one before it (0 first)
+    nodes: np.ndarray  # (L,) distinct prefixes that end at each level
+    leaves: np.ndarray  # (L,) of those, the ones no longer row extends (where a row ends)
+    width: int = 0  # the length of every row when the batch is a matrix (all rows, one length)
+
+
+def build_tree(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, classes: int) -> Tree:
+    """Sort ``rows`` of a flat batch by their sequences and count distinct prefixes per level.
+
+    Sharing is looked for in the first min(SHARE_LEVELS, the levels an int64 key holds) steps;
+    beyond them every row is its own path (correct, just not shared).
+    """
+    lengths = (offsets[rows + 1] - offsets[rows]).astype(np.int64)
+    count = rows.size
+    longest = int(lengths.max())
+    depth = min(longest, SHARE_LEVELS, key_length(classes))
+    # 1. Digits: class index + 1 over the first `depth` steps, 0 past a row's end, so that a
+    # row sorts before its own extensions.
+    taken = np.minimum(lengths, depth)
+    digits = np.zeros((count, depth), dtype=np.int16 if classes < 1 << 15 else np.int32)
+    positions = segment_gather(offsets[rows], taken)
+    digits[np.repeat(np.arange(count), taken), positions - np.repeat(offsets[rows], taken)] = flat[positions] + 1
+    weights = (classes + 1) ** np.arange(depth - 1, -1, -1, dtype=np.int64)
+    order = np.argsort(digits.astype(np.int64) @ weights, kind="stable")
+    digits, lengths = digits[order], lengths[order]
+    # 2. Common prefix of each row with the one before it.
+    common = np.zeros(count, dtype=np.int64)
+    if count > 1:
+        differs = digits[1:] != digits[:-1]
+        first_difference = np.where(differs.any(axis=1), differs.argmax(axis=1), depth)
+        common[1:] = np.minimum(first_difference, np.minimum(lengths[1:], lengths[:-1]))
+    # 3. A row adds nodes at levels common..length-1; it ends a branch (a leaf) unless the next
+    # row extends or repeats it.
+    nodes = np.cumsum(np.bincount(common, minlength=longest + 1)
+                      - np.bincount(lengths, minlength=longest + 1))[:longest]
+    extended = np.zeros(count, dtype=bool)
+    extended[:-1] = common[1:] >= lengths[:-1]
+    leaves = np.bincount(lengths[~extended] - 1, minlength=longest)[:longest]
+    starts = offsets[rows][order]
+    matrix = rows.size == offsets.size - 1 and bool((lengths == longest).all()) and offsets[0] == 0
+    return Tree(rows[order], starts, lengths, common, nodes.astype(np.int64), leaves.astype(np.int64),
+                longest if matrix else 0)
+
+
+def segment_cost(tree: Tree, start: int, stop: int) -> tuple[int, int]:
+    """Paths and steps the segment [start, stop) runs."""
+    leaves = tree.leaves[start : stop - 1]
+    levels = np.arange(start, stop - 1)
+    paths = int(tree.nodes[stop - 1] + leaves.sum())
+    steps = int((stop - start) * tree.nodes[stop - 1] + ((levels - start + 1) * leaves).sum())
+    return paths, steps
+
+
+def plan(tree: Tree, state_bytes: int) -> list[int]:
+    """The cut levels [0, ..., L] that minimise the cost model; [0, L] when nothing pays."""
+    longest = tree.nodes.size
+    cuts = [level for level in range(1, min(longest, SHARE_LEVELS + 1))
+            if tree.nodes[level - 1] * state_bytes <= STATE_BUDGET]
+    points = [0, *cuts, longest]
+    best = {0: (0.0, -1)}
+    for stop in points[1:]:
+        options = []
+        for start in points:
+            if start >= stop:
+                break
+            paths, steps = segment_cost(tree, start, stop)
+            calls = max(-(-steps // RUN_STEPS), -(-paths // RUN_ROWS))
+            cost = steps + PATH_COST * paths + CALL_COST * calls + SEGMENT_COST
+            options.append((best[start][0] + cost, start))
+        best[stop] = min(options)
+    boundaries = [longest]
+    while boundaries[-1] > 0:
+        boundaries.append(best[boundaries[-1]][1])
+    return boundaries[::-1]
+
+
+@dataclass
+class _Segment:
+    """The paths of one segment: which sorted rows run them, and their carried state."""
+
+    path_of: np.ndarray  # (alive rows,) path of each sorted row alive in the segment
+    alive: np.ndarray  # (alive rows,) sorted row numbers with a step in the segment
+    states: list[np.ndarray] | None  # final states per path (valid for full-width paths)
+
+
+def infer(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, k: int,
+          best: np.ndarray, probabilities: np.ndarray, finite: np.ndarray,
+          boundaries: list[int], tree: Tree) -> int:
+    """Run ``rows`` segment by segment along ``boundaries``, writing each real step's top-k into
+    ``best`` and ``probabilities`` (flat, like ``flat``) and each row's finiteness into
+    ``finite``. Returns the steps the model computed, padding included."""
+    computed = 0
+    previous = None
+    row_finite = np.ones(tree.order.size, dtype=bool)
+    for start, stop in zip(boundaries[:-1], boundaries[1:]):
+        segment, path_finite, steps = _run_segment(
+            scorer, flat, tree, start, stop, previous, k, best, probabilities,
+            keep_states=stop < boundaries[-1])
+        row_finite[segment.alive] &= path_finite[segment.path_of]
+        computed += steps
+        previous = segment
+    finite[tree.order] = row_finite
+    return computed
+
+
+def _run_segment(scorer: Scorer, flat: np.ndarray, tree: Tree, start: int, stop: int,
+                 previous: _Segment | None, k: int, best: np.ndarray, probabilities: np.ndarray,
+                 keep_states: bool) -> tuple[_Segment, np.ndarray, int]:
+    """Run the distinct paths of levels [start, stop) and scatter their top-k to every row."""
+    # 1. Paths: neighbours in sorted order with the same steps up to min(length, stop).
+    alive = np.flatnonzero(tree.lengths > start)
+    reach = np.minimum(tree.lengths[alive], stop)
+    same = np.zeros(alive.size, dtype=bool)
+    same[1:] = ((alive[1:] - 1 == alive[:-1]) & (reach[1:] == reach[:-1])
+                & (tree.common[alive[1:]] >= reach[1:]))
+    path_of = np.cumsum(~same) - 1
+    leaders = np.flatnonzero(~same)
+    widths = reach[leaders] - start
+    path_starts = tree.starts[alive[leaders]] + start
+    parents = previous_paths(previous, alive[leaders]) if start > 0 else None
+    # 2. Run them in groups of similar width, each from its parent's state. States are kept
+    # as (paths, units) so that a group's rows are contiguous to gather and to store.
+    paths = leaders.size
+    path_offsets = np.zeros(paths + 1, dtype=np.int64)
+    np.cumsum(widths, out=path_offsets[1:])
+    path_best = np.empty((int(path_offsets[-1]), k), dtype=np.int32)
+    path_probabilities = np.empty((int(path_offsets[-1]), k), dtype=np.float32)
+    path_finite = np.ones(paths, dtype=bool)
+    states = ([np.empty((paths, units), dtype=np.float32) for units in scorer.state_units()]
+              if keep_states else None)
+    one_width = bool(widths.size) and widths.min() == widths.max()
+    by_width = np.arange(paths) if one_width else np.argsort(widths, kind="stable")
+    computed = 0
+    for first, last in length_chunks(widths[by_width], RUN_ROWS, MAX_PADDING, RUN_STEPS, MIN_RUN_ROWS):
+        chunk = slice(first, last) if one_width else by_width[first:last]
+        chunk_widths = widths[chunk]
+        width = int(chunk_widths.max())
+        if one_width:  # every path fills the run: no padding, no mask
+            matrix = flat[path_starts[chunk, None] + np.arange(width)].astype(scorer.encoder.index_dtype, copy=False)
+            mask = None
+        else:
+            mask = np.arange(width) < chunk_widths[:, None]
+            matrix = np.zeros((last - first, width), dtype=scorer.encoder.index_dtype)
+            matrix[mask] = flat[segment_gather(path_starts[chunk], chunk_widths)]
+        initial = None
+        if parents is not None:
+            initial = [state[parents[chunk]][None] for state in previous.states]
+        step_finite, top_probabilities, top_classes, final = scorer.resume_top_k(matrix, k, initial)
+        if mask is None:
+            path_best[first * width : last * width] = top_classes.reshape(-1, k)
+            path_probabilities[first * width : last * width] = top_probabilities.reshape(-1, k)
+            path_finite[chunk] = step_finite.all(axis=1)
+        else:
+            destination = segment_gather(path_offsets[chunk], chunk_widths)
+            path_best[destination] = top_classes[mask]
+            path_probabilities[destination] = top_probabilities[mask]
+            path_finite[chunk] = np.where(mask, step_finite, True).all(axis=1)
+        if states is not None:
+            for kept, computed_state in zip(states, final):
+                kept[chunk] = computed_state[0]
+        computed += matrix.size
+    # 3. Every row gets its path's results for its steps in the segment.
+    if tree.width:  # rows of one length: whole blocks of steps per row, no flat positions
+        rows_at = tree.starts[alive] // tree.width
+        width = stop - start
+        best.reshape(-1, tree.width, k)[rows_at, start:stop] = path_best.reshape(-1, width, k)[path_of]
+        probabilities.reshape(-1, tree.width, k)[rows_at, start:stop] = (
+            path_probabilities.reshape(-1, width, k)[path_of])
+        return _Segment(path_of, alive, states), path_finite, computed
+    spans = reach - start
+    destination = segment_gather(tree.starts[alive] + start, spans)
+    source = segment_gather(path_offsets[path_of], spans)
+    best[destination] = path_best[source]
+    probabilities[destination] = path_probabilities[source]
+    return _Segment(path_of, alive, states), path_finite, computed
+
+
+def previous_paths(previous: _Segment, sorted_rows: np.ndarray) -> np.ndarray:
+    """The path each sorted row ran in the previous segment (every row alive now was then)."""
+    where = np.searchsorted(previous.alive, sorted_rows)
+    return previous.path_of[where]
+
+
+def infer_shared(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, k: int,
+                 best: np.ndarray, probabilities: np.ndarray, finite: np.ndarray) -> int | None:
+    """infer() along the cheapest plan, or None (nothing run) when the plan does not cut: the
+    model exposes no state, or the rows share too little for a cut to pay."""
+    if not scorer.shares_prefixes or rows.size < 2:
+        return None
+    tree = build_tree(flat, offsets, rows, scorer.spec.x_classes)
+    boundaries = plan(tree, 4 * sum(scorer.state_units()))
+    if len(boundaries) <= 2:
+        return None
+    return infer(scorer, flat, offsets, rows, k, best, probabilities, finite, boundaries, tree)
