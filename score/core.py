@@ -386,6 +386,8 @@ def score_batch_with_stats(
     else:
         keys, first, inverse = groups
         distinct_input = indices[first]
+        if first.size == indices.shape[0]:  # no two rows alike: the rows as they are, no scatter
+            keys, inverse, distinct_input = keys[inverse], None, indices
     best, best_probabilities, finite, model_rows, computed = _infer(
         scorer, distinct_input, keys, k, cache, options.share_prefixes)
 

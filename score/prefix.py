@@ -34,13 +34,16 @@ SHARE_LEVELS = 64
 STATE_BUDGET = 48 << 20
 # Runs of paths: at most this many padded steps and rows per session.run. Short paths need many
 # rows to amortise a call: the 12-step bench model ran at 1.27 us/step for 1,024 one-step
-# rows, 0.97 for 4,096, and 0.76 for 1,024 rows of 12 steps.
-RUN_STEPS = 8_192
+# rows, 0.97 for 4,096, and 0.76 for 1,024 rows of 12 steps; the job on 1M rows of 12 steps
+# was fastest with runs of 12,288 steps (9.3-9.6 s, against 10.2 s at 4,096 and 9.6-10.5 s at
+# 8,192).
+RUN_STEPS = 12_288
 RUN_ROWS = 8_192
 # The cost model, in steps of one row (what onnxruntime spends per step of a 2 x 64-unit LSTM:
-# about 0.75 us on the benchmark machine): one session.run costs about 0.4 ms besides its
-# steps, a path about a third of a step (gathering its state and tokens), and a segment a few
-# hundred steps of numpy bookkeeping.
+# about 0.8 us on the benchmark machine): one session.run costs about 1 ms besides its steps,
+# a path half a step (gathering its carried state and storing the new one), and a segment a
+# few hundred steps of numpy bookkeeping. The job's time moved within noise when these were
+# halved or doubled.
 CALL_COST = 1200.0
 PATH_COST = 0.5
 SEGMENT_COST = 500.0
@@ -71,10 +74,16 @@ def build_tree(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, classes:
     depth = min(longest, SHARE_LEVELS, key_length(classes))
     # 1. Digits: class index + 1 over the first `depth` steps, 0 past a row's end, so that a
     # row sorts before its own extensions.
-    taken = np.minimum(lengths, depth)
-    digits = np.zeros((count, depth), dtype=np.int16 if classes < 1 << 15 else np.int32)
-    positions = segment_gather(offsets[rows], taken)
-    digits[np.repeat(np.arange(count), taken), positions - np.repeat(offsets[rows], taken)] = flat[positions] + 1
+    digit_type = np.int16 if classes < 1 << 15 else np.int32
+    matrix = (rows.size == offsets.size - 1 and offsets[0] == 0
+              and offsets[-1] == rows.size * longest and bool((lengths == longest).all()))
+    if matrix:  # rows of one length, back to back: the digits are a view of the batch
+        digits = flat.reshape(count, longest)[:, :depth].astype(digit_type) + 1
+    else:
+        taken = np.minimum(lengths, depth)
+        digits = np.zeros((count, depth), dtype=digit_type)
+        positions = segment_gather(offsets[rows], taken)
+        digits[np.repeat(np.arange(count), taken), positions - np.repeat(offsets[rows], taken)] = flat[positions] + 1
     weights = (classes + 1) ** np.arange(depth - 1, -1, -1, dtype=np.int64)
     order = np.argsort(digits.astype(np.int64) @ weights, kind="stable")
     digits, lengths = digits[order], lengths[order]
@@ -92,7 +101,6 @@ def build_tree(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, classes:
     extended[:-1] = common[1:] >= lengths[:-1]
     leaves = np.bincount(lengths[~extended] - 1, minlength=longest)[:longest]
     starts = offsets[rows][order]
-    matrix = rows.size == offsets.size - 1 and bool((lengths == longest).all()) and offsets[0] == 0
     return Tree(rows[order], starts, lengths, common, nodes.astype(np.int64), leaves.astype(np.int64),
                 longest if matrix else 0)
 
