@@ -12,9 +12,10 @@ from bench.workloads import REPO, BenchError
 
 HERE = os.path.join(REPO, "bench")
 EPILOG = """sections: main (every fixed-length section: side by side, de-duplication, batch size,
-threads, cold start, variants) and ragged (rows of any length, issue 12). With --only, the
-report keeps the sections this run did not measure from the report it replaces, and the plot
-(drawn from the main section) is left as it is unless main ran."""
+threads, cold start, variants), ragged (rows of any length, issue 12) and prefix (prefix
+sharing, issue 13). With --only, the report keeps the sections this run did not measure from
+the report it replaces, and the plot (drawn from the main section) is left as it is unless main
+ran."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,10 +45,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only",
         action="append",
-        choices=("main", "ragged"),
+        choices=("main", "ragged", "prefix"),
         default=None,
         metavar="SECTION",
-        help="run only this section (main or ragged; repeatable; default: all)",
+        help="run only this section (main, ragged or prefix; repeatable; default: all)",
     )
     p.add_argument(
         "--work",

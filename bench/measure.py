@@ -108,10 +108,16 @@ def run_job(
     runs = []
     for _ in range(repeat):
         command = job_command(workload, output, threads, batch_size, variant, summary)
-        runs.append(run_child(command))
+        child = run_child(command)
         os.unlink(output)
+        runs.append(JobRun(workload.rows, child.seconds, child.peak_rss_mb))
+    return fastest(runs)
+
+
+def fastest(runs: list[JobRun]) -> JobRun:
+    """The fastest of several runs of one job over one file, with the largest peak RSS seen."""
     return JobRun(
-        workload.rows,
+        runs[0].rows,
         min(run.seconds for run in runs),
         max(run.peak_rss_mb for run in runs),
     )

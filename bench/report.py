@@ -13,11 +13,14 @@ from bench.run import (
     DEFAULT,
     DISTINCT,
     LARGE,
+    SKEWED,
     SWEEP_DISTINCT,
+    UNIFORM,
+    PrefixResults,
     RaggedResults,
     Results,
 )
-from bench.workloads import RAGGED_MODEL, geometric_probabilities
+from bench.workloads import DISTINCT_MODEL, RAGGED_MODEL, SKEW_EXPONENT, geometric_probabilities
 
 LIBRARIES = ("onnxruntime", "pyarrow", "numpy", "tensorflow", "keras")
 # The in-memory paths' reference for each workload (the job's files share their model).
@@ -26,6 +29,7 @@ KERAS = "Keras predict + argmax + top-3"
 RAW = "raw onnxruntime"
 JOB = "job (`python -m score`)"
 RAGGED_HEADING = "## Rows of any length (issue 12)"
+PREFIX_HEADING = "## Prefix sharing (issue 13)"
 
 
 # Machine -------------------------------------------------------------------------------------------
@@ -279,14 +283,18 @@ def markdown(results: Results, quick: bool, previous: str | None = None) -> str:
     if results.workloads:
         document = main_markdown(results, quick)
     elif previous:
-        document = without_section(previous, RAGGED_HEADING)
+        document = without_section(without_section(previous, RAGGED_HEADING), PREFIX_HEADING)
     else:
         document = "# Benchmark: the scoring job against Keras predict and raw onnxruntime\n"
-    if results.ragged is not None:
-        ragged = "\n".join(ragged_markdown(results, quick)) + "\n"
-    else:
-        ragged = section(previous or "", RAGGED_HEADING)
-    return document.rstrip("\n") + "\n" + ("\n" + ragged if ragged else "")
+    parts = [document]
+    for heading, lines in (
+        (RAGGED_HEADING, ragged_markdown(results, quick) if results.ragged else None),
+        (PREFIX_HEADING, prefix_markdown(results, quick) if results.prefix else None),
+    ):
+        part = "\n".join(lines) + "\n" if lines is not None else section(previous or "", heading)
+        if part:
+            parts.append(part)
+    return "\n".join(part.rstrip("\n") + "\n" for part in parts)
 
 
 def section(document: str, heading: str) -> str:
@@ -425,7 +433,7 @@ def ragged_table(ragged: RaggedResults) -> list[str]:
         steps = ragged.no_dedup_steps
         lines.append(
             line(
-                "job without de-duplication (bench.variant --no-dedup)",
+                "job without de-duplication or prefix sharing (bench.variant --no-dedup --no-prefix-sharing)",
                 ragged.no_dedup.rows,
                 "default",
                 ragged.no_dedup.rows_per_second,
@@ -478,9 +486,9 @@ def ragged_profile_lines(ragged: RaggedResults) -> list[str]:
         without = ragged.no_dedup_steps["steps_computed"]
         rows = ragged.job_steps.get("distinct_sequences_scored", 0) / ragged.workload.rows
         lines.append(
-            f"- De-duplication and the run cache skip {1 - rows:.1%} of the rows but only"
-            f" {1 - with_dedup / without:.1%} of the model's steps: the rows that repeat are the"
-            f" short ones."
+            f"- De-duplication and the run cache skip {1 - rows:.1%} of the rows (the rows that"
+            f" repeat are the short ones); with prefix sharing the model computes"
+            f" {1 - with_dedup / without:.1%} fewer steps than with neither."
         )
     return lines
 
@@ -536,8 +544,10 @@ def ragged_markdown(results: Results, quick: bool) -> list[str]:
         "",
         "*Padding* is padded steps / real steps - 1: for raw onnxruntime at its best batch size;"
         " for the job, steps_computed / steps_scored - 1 from the summary of the run without"
-        " de-duplication, where every row runs once. *Model steps / real step* is the steps the"
-        " model ran per real step of the input (the job's with de-duplication, from its summary).",
+        " de-duplication or prefix sharing, where every row runs once from its first step."
+        " *Model steps / real step* is the steps the model ran per real step of the input (the"
+        " job's with de-duplication and prefix sharing, from its summary): under 1 where shared"
+        " prefixes save more steps than padding costs.",
         "",
         *ragged_table(ragged),
         "",
@@ -574,6 +584,172 @@ def ragged_markdown(results: Results, quick: bool) -> list[str]:
         " to back); every path ran in the same run with the same threads, but minutes apart:"
         " read the ratios as +-30%, and rerun `python -m bench --only ragged` before acting"
         " on one.",
+    ]
+    return text
+
+
+# Prefix sharing ----------------------------------------------------------------------------------------
+def _prefix_label(prefix: PrefixResults, name: str) -> str:
+    workload = prefix.workloads[name]
+    return f"{'default' if name in (DEFAULT, LARGE) else name} {_short(workload.rows)}"
+
+
+def _ratio(value: float) -> str:
+    return "    -" if math.isnan(value) else f"{value:5.2f}x"
+
+
+def _times(count: int) -> str:
+    return {1: "once", 2: "twice"}.get(count, f"{count} times")
+
+
+def _step_share(steps: dict[str, int]) -> str:
+    if not steps.get("steps_scored"):
+        return "-"
+    return f"{steps['steps_computed'] / steps['steps_scored']:.1%}"
+
+
+def prefix_table(prefix: PrefixResults) -> list[str]:
+    lines = [
+        "| path | workload | rows | rows/s | x raw ORT | steps computed / steps | peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in (UNIFORM, SKEWED, DEFAULT):
+        label, raw = _prefix_label(prefix, name), prefix.raw[name]
+        lines.append(
+            f"| {RAW}, batch {raw.best_batch_size} | {label} | {prefix.rows_timed:,}"
+            f" | {_rate(raw.best)} | 1.00 | 100.0% | {raw.peak_rss_mb:.0f} |"
+        )
+        runs = ((JOB, prefix.job[name], prefix.steps[name]),)
+        runs += (
+            ("job without prefix sharing", prefix.unshared[name], prefix.unshared_steps[name]),
+        )
+        for path, run, steps in runs:
+            if isinstance(run, measure.JobRun):
+                lines.append(
+                    f"| {path} | {label} | {run.rows:,} | {_rate(run.rows_per_second)}"
+                    f" | {run.rows_per_second / raw.best:.2f} | {_step_share(steps)}"
+                    f" | {run.peak_rss_mb:.0f} |"
+                )
+            else:
+                lines.append(f"| {path} | {label} | {run} | | | | |")
+    large = prefix.large
+    source = " (the main section's run)" if prefix.large_from_main else ""
+    lines.append(
+        f"| {JOB}{source} | {_prefix_label(prefix, LARGE)} | {large.rows:,}"
+        f" | {_rate(large.rows_per_second)} | {large.rows_per_second / prefix.raw[DEFAULT].best:.2f}"
+        f" | - | {large.peak_rss_mb:.0f} |"
+    )
+    return lines
+
+
+def prefix_steps_table(prefix: PrefixResults) -> list[str]:
+    lines = [
+        "| workload | steps scored | steps computed | share | without prefix sharing | share "
+        "| distinct rows the model ran |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def computed(steps: dict[str, int]) -> str:
+        return f"{steps['steps_computed']:,}" if "steps_computed" in steps else "-"
+
+    for name in (UNIFORM, SKEWED, DEFAULT):
+        steps, unshared = prefix.steps[name], prefix.unshared_steps[name]
+        distinct = steps.get("distinct_sequences_scored")
+        rows = "-" if distinct is None else f"{distinct / prefix.workloads[name].rows:.1%}"
+        lines.append(
+            f"| {_prefix_label(prefix, name)} | {steps.get('steps_scored', 0):,}"
+            f" | {computed(steps)} | {_step_share(steps)} | {computed(unshared)}"
+            f" | {_step_share(unshared)} | {rows} |"
+        )
+    return lines
+
+
+def prefix_profile_table(prefix: PrefixResults) -> list[str]:
+    total = prefix.profile_total
+    lines = ["| where | s | share |", "|---|---:|---:|"]
+    for category, seconds in prefix.profile.items():
+        lines.append(f"| {category} | {seconds:.2f} | {seconds / total:.1%} |")
+    lines.append(f"| total seen by the profiler | {total:.2f} | 100.0% |")
+    return lines
+
+
+def prefix_functions_table(prefix: PrefixResults) -> list[str]:
+    lines = ["| function | counted in | own s | cumulative s |", "|---|---|---:|---:|"]
+    for name, category, own, cumulative in prefix.profile_functions:
+        lines.append(f"| `{name}` | {category} | {own:.2f} | {cumulative:.2f} |")
+    return lines
+
+
+def prefix_markdown(results: Results, quick: bool) -> list[str]:
+    prefix = results.prefix
+    assert prefix is not None
+    config = results.config
+    uniform = prefix.workloads[UNIFORM]
+    spec = uniform.model.spec
+    values = f"{spec.x_values[0]}..{spec.x_values[-1]}"
+    text = [
+        PREFIX_HEADING,
+        "",
+        *(
+            ["**A `--quick` smoke run: small files, single runs; not a measurement.**", ""]
+            if quick
+            else []
+        ),
+        *machine_lines(results),
+        "",
+        f"Workloads: *uniform* and *skewed* have {_short(uniform.rows)} rows of {spec.seq_len}"
+        f" steps for the {spec.seq_len}-step model of the all-distinct workload (values"
+        f" {values}, trained by the benchmark on {DISTINCT_MODEL.data_rows:,} rows; timed, not"
+        f" judged on accuracy). *uniform* draws every step uniformly over the values, with"
+        f" replacement, so rows share their first few steps only ({spec.x_classes}^k prefixes of"
+        f" k steps); *skewed* draws every step as min(zipf({SKEW_EXPONENT:g}) - 1,"
+        f" {spec.x_classes - 1}) (numpy's `default_rng(seed).zipf`) mapped to the values, so that"
+        f" many rows share long prefixes. Both are seeded and cached in the work folder."
+        f" *default* is the main section's default workload ({_short(prefix.workloads[DEFAULT].rows)}"
+        f" rows of 4 steps; {_short(prefix.workloads[LARGE].rows)} for peak RSS).",
+        "",
+        f"Raw onnxruntime, as in the main section: `session.run` over the first"
+        f" {prefix.rows_timed:,} rows of the workload, already encoded in memory (best of"
+        f" {config.repeat}), at its best batch size of"
+        f" {', '.join(map(str, config.batch_sizes))}; measured on each workload just before the"
+        f" job. The job is `python -m score IN OUT --quiet --summary S.json`; *without prefix"
+        f" sharing* is the same through `python -m bench.variant --no-prefix-sharing`"
+        f" (`ScoreOptions.share_prefixes` off; de-duplication and the result cache stay on). The"
+        f" two run in turns, {_times(config.repeat)} each ({_times(config.prefix_default_rounds)}"
+        f" on the default workload), and each shows its fastest run. *Steps computed / steps* is"
+        f" `steps_computed` / `steps_scored` from the job's summary: the share of the rows' steps"
+        f" the model computed (raw onnxruntime computes every one).",
+        "",
+        *prefix_table(prefix),
+        "",
+        *prefix_steps_table(prefix),
+        "",
+        "### Targets (issue 13)",
+        "",
+        "| target | measured | |",
+        "|---|---:|---|",
+        *[
+            f"| {target} | {measured} | {_mark(met)} |"
+            for target, measured, met in prefix.targets()
+        ],
+        "",
+        "### Where the skewed job's time goes",
+        "",
+        f"The job on the skewed workload under cProfile (`python -m cProfile -o F -m bench.variant"
+        f" --serial-io -- IN OUT --quiet`: reading and writing run in the profiled main thread"
+        f" instead of the job's reader and writer threads, so that one profile sees all the work;"
+        f" {prefix.profile_seconds:.1f} s wall, {prefix.profile_total:.1f} s seen by the"
+        f" profiler). Every function's own time is counted once, in the category of its module"
+        f" (and function); the own time of numpy, pyarrow and built-in functions is counted with"
+        f" the job's function that called them.",
+        "",
+        *prefix_profile_table(prefix),
+        "",
+        *prefix_functions_table(prefix),
+        "",
+        "On a shared machine rates move a lot from minute to minute; every path ran in the same"
+        " run with the same threads, the job with and without prefix sharing in turns: read the"
+        " ratios as +-30%, and rerun `python -m bench --only prefix` before acting on one.",
     ]
     return text
 
@@ -644,5 +820,16 @@ def summary_lines(results: Results) -> list[str]:
             f" rows/s, {ragged.job.peak_rss_mb:.0f} MB"
         )
         for target, measured, met in ragged.targets():
+            lines.append(f"{_mark(met)}  {target}: {measured}")
+    if results.prefix is not None:
+        prefix = results.prefix
+        for name in (UNIFORM, SKEWED, DEFAULT):
+            run, steps = prefix.job[name], prefix.steps[name]
+            lines.append(
+                f"prefix: job {_prefix_label(prefix, name):13s} {_rate(run.rows_per_second):>10}"
+                f" rows/s  {prefix.speedup(name):5.2f}x raw ORT  {_ratio(prefix.sharing_ratio(name))}"
+                f" without sharing  steps computed {_step_share(steps)}"
+            )
+        for target, measured, met in prefix.targets():
             lines.append(f"{_mark(met)}  {target}: {measured}")
     return lines

@@ -7,9 +7,12 @@ thread count, so that the ratios within one run are fair even on a busy machine.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pstats
+import re
 import sys
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
 from bench import measure
@@ -26,10 +29,12 @@ from bench.workloads import (
 )
 
 # The parts of a run: "main", every fixed-length section (side by side, de-duplication, batch
-# size, threads, cold start, variants); "ragged", rows of any length (issue 12).
+# size, threads, cold start, variants); "ragged", rows of any length (issue 12); "prefix",
+# prefix-shared inference (issue 13).
 MAIN = "main"
 RAGGED = "ragged"
-SECTIONS = (MAIN, RAGGED)
+PREFIX = "prefix"
+SECTIONS = (MAIN, RAGGED, PREFIX)
 
 # The job with one of its optimisations switched off (bench.variant), to show what each pays.
 VARIANTS = {
@@ -40,6 +45,7 @@ VARIANTS = {
     "whole batch per session.run": ("--whole-batch",),
     "with thread spinning": ("--spinning",),
 }
+NO_PREFIX_SHARING = ("--no-prefix-sharing",)  # the prefix section's "without" (bench.variant)
 
 
 @dataclass(frozen=True)
@@ -59,13 +65,15 @@ class BenchConfig:
     repeat: int = 2  # the in-memory paths and the cheap job runs report the best of this many
     cold_runs: int = 7  # runs of the job on a 1-row file
     variants: bool = True  # also measure the job with each optimisation off (bench.variant)
-    sections: tuple[str, ...] = SECTIONS  # the parts to run (MAIN, RAGGED)
+    sections: tuple[str, ...] = SECTIONS  # the parts to run (MAIN, RAGGED, PREFIX)
     ragged_rows: int = 1_000_000  # the ragged workload: lengths 1..64 of the ragged model
     ragged_mean_length: float = 16.0  # its mean length (a truncated geometric distribution)
     ragged_in_memory_rows: int = 200_000  # rows the raw ragged paths time (the first ones)
     ragged_batch_sizes: tuple[int, ...] = (256, 512, 1024, 4096)  # raw ORT over ragged rows
     ragged_job_batch_sizes: tuple[int, ...] = (4096, 16_384)  # the job's --batch-size, ragged
     profile_rows: int = 12  # functions the ragged job's profile lists when it misses a target
+    prefix_rows: int = 1_000_000  # the uniform and skewed workloads (the all-distinct model's)
+    prefix_default_rounds: int = 3  # default workload: alternate runs with and without sharing
 
 
 # A smoke test of the whole pipeline in about a minute: small files, few points, no repeats.
@@ -81,6 +89,8 @@ QUICK = BenchConfig(
     cold_runs=3,
     ragged_rows=100_000,
     ragged_in_memory_rows=50_000,
+    prefix_rows=100_000,
+    prefix_default_rounds=1,
 )
 
 
@@ -102,8 +112,9 @@ class RaggedResults:
 
     @property
     def job_padding(self) -> float:
-        """Extra steps the job ran for padding alone: measured without de-duplication, where
-        every valid row runs once, as steps_computed / steps_scored - 1."""
+        """Extra steps the job ran for padding alone: measured without de-duplication and
+        without prefix sharing, where every valid row runs once from its first step, as
+        steps_computed / steps_scored - 1."""
         steps = self.no_dedup_steps
         if not steps.get("steps_scored"):
             return float("nan")
@@ -137,6 +148,67 @@ class RaggedResults:
 
 
 @dataclass
+class PrefixResults:
+    """The prefix section: the job with and without prefix sharing (bench.variant
+    --no-prefix-sharing) against raw onnxruntime over the same rows, per workload."""
+
+    workloads: dict[str, Workload]  # UNIFORM, SKEWED, DEFAULT and LARGE
+    rows_timed: int  # rows raw onnxruntime times: the first ones of each workload
+    raw: dict[str, measure.InMemoryRun]  # per workload (not LARGE)
+    job: dict[str, measure.JobRun]  # the job as it is, per workload (not LARGE)
+    steps: dict[str, dict[str, int]]  # its --summary: steps_scored, steps_computed, ...
+    unshared: dict[str, measure.JobRun | str]  # without prefix sharing, or why that failed
+    unshared_steps: dict[str, dict[str, int]]
+    large: measure.JobRun  # the job on the LARGE file, for its peak RSS
+    large_from_main: bool  # that run is the main section's, in this same benchmark run
+    profile: dict[str, float] = field(default_factory=dict)  # skewed job: category -> seconds
+    profile_functions: list[tuple[str, str, float, float]] = field(default_factory=list)
+    profile_total: float = 0.0  # seconds the profiler saw
+    profile_seconds: float = 0.0  # wall time of the profiled run
+
+    def speedup(self, name: str) -> float:
+        """The job's rows/s over raw onnxruntime's (at its best batch size) on ``name``."""
+        return self.job[name].rows_per_second / self.raw[name].best
+
+    def sharing_ratio(self, name: str) -> float:
+        """rows/s with prefix sharing over rows/s without; NaN if the run without failed."""
+        unshared = self.unshared.get(name)
+        if not isinstance(unshared, measure.JobRun):
+            return float("nan")
+        return self.job[name].rows_per_second / unshared.rows_per_second
+
+    def targets(self) -> list[tuple[str, str, bool]]:
+        """Issue 13's targets: (target, measured, met)."""
+        uniform, skewed = self.speedup(UNIFORM), self.speedup(SKEWED)
+        ratio = self.sharing_ratio(DEFAULT)
+        large = self.large.peak_rss_mb
+        rows = self.workloads[UNIFORM].rows
+        return [
+            (
+                f"job >= 1.0x raw onnxruntime, uniform {rows:,} rows",
+                f"{uniform:.2f}x",
+                uniform >= 1.0,
+            ),
+            (
+                f"job >= 1.8x raw onnxruntime, skewed {rows:,} rows",
+                f"{skewed:.2f}x",
+                skewed >= 1.8,
+            ),
+            (
+                f"default {self.workloads[DEFAULT].rows:,} rows: job with prefix sharing"
+                f" >= 0.95x without",
+                "failed" if math.isnan(ratio) else f"{ratio:.2f}x",
+                ratio >= 0.95,
+            ),
+            (
+                f"peak RSS at {self.workloads[LARGE].rows:,} rows (default) <= 400 MB",
+                f"{large:.0f} MB",
+                large <= 400,
+            ),
+        ]
+
+
+@dataclass
 class Results:
     """Everything the report shows. Rates are rows per second; memory is peak RSS in MB."""
 
@@ -152,6 +224,7 @@ class Results:
     dedup: dict[str, dict[str, float]] = field(default_factory=dict)  # workload -> figures
     variants: dict[str, dict[str, measure.JobRun | str]] = field(default_factory=dict)  # name -> w
     ragged: RaggedResults | None = None  # the ragged section, when it ran
+    prefix: PrefixResults | None = None  # the prefix section, when it ran
 
 
 # Workload names. The job's sweeps and variants use DEFAULT and SWEEP_DISTINCT.
@@ -160,6 +233,8 @@ LARGE = "default-5x"
 DISTINCT = "all-distinct"
 SWEEP_DISTINCT = "all-distinct-sweep"
 RAGGED_WORKLOAD = "ragged"
+UNIFORM = "uniform"  # the prefix section's: 12 steps, each uniform (rows share short prefixes)
+SKEWED = "skewed"  # and each from a clipped zipf distribution (rows share long prefixes)
 # The raw paths over ragged rows (bench.paths).
 FILE_ORDER_PATH = "onnxruntime-file-order"
 SORTED_PATH = "onnxruntime-sorted"
@@ -171,15 +246,22 @@ def prepare(config: BenchConfig, log=print) -> dict[str, Workload]:
     default_model = prepare_model(DEFAULT_MODEL, config.work, log)
     distinct_model = prepare_model(DISTINCT_MODEL, config.work, log)
     return {
-        DEFAULT: prepare_workload(default_model, DEFAULT, config.rows, config.work, False, log=log),
+        DEFAULT: prepare_workload(
+            default_model, DEFAULT, config.rows, config.work, "uniform", log=log
+        ),
         LARGE: prepare_workload(
-            default_model, LARGE, config.large_rows, config.work, False, log=log
+            default_model, LARGE, config.large_rows, config.work, "uniform", log=log
         ),
         DISTINCT: prepare_workload(
-            distinct_model, DISTINCT, config.distinct_rows, config.work, True, log=log
+            distinct_model, DISTINCT, config.distinct_rows, config.work, "distinct", log=log
         ),
         SWEEP_DISTINCT: prepare_workload(
-            distinct_model, SWEEP_DISTINCT, config.sweep_distinct_rows, config.work, True, log=log
+            distinct_model,
+            SWEEP_DISTINCT,
+            config.sweep_distinct_rows,
+            config.work,
+            "distinct",
+            log=log,
         ),
     }
 
@@ -194,6 +276,8 @@ def run_benchmark(config: BenchConfig, log=print) -> Results:
         run_main(results, config, log)
     if RAGGED in config.sections:
         results.ragged = run_ragged(config, log)
+    if PREFIX in config.sections:
+        results.prefix = run_prefix(results, config, log)
     return results
 
 
@@ -275,13 +359,14 @@ def run_ragged(config: BenchConfig, log=print) -> RaggedResults:
         log(f"ragged: raw {path}, {rows_timed:,} rows, batch sizes {', '.join(map(str, sizes))}")
         raw[path] = measure.run_in_memory(path, workload, threads, sizes, rows_timed, config.repeat)
 
-    # 3. The job; without de-duplication its steps_computed / steps_scored is the padding alone.
+    # 3. The job; without de-duplication and prefix sharing its steps_computed / steps_scored
+    # is the padding alone.
     summary = os.path.join(config.work, "ragged-summary.json")
     log(f"ragged: the job, {workload.rows:,} rows")
     job = measure.run_job(workload, config.work, threads, repeat=config.repeat, summary=summary)
     job_steps = _steps(summary)
-    log("ragged: the job without de-duplication")
-    no_dedup = _try_job(workload, config, ("--no-dedup",), None, summary)
+    log("ragged: the job without de-duplication or prefix sharing")
+    no_dedup = _try_job(workload, config, ("--no-dedup", "--no-prefix-sharing"), None, summary)
     no_dedup_steps = _steps(summary) if isinstance(no_dedup, measure.JobRun) else {}
     results = RaggedResults(
         workload,
@@ -307,7 +392,7 @@ def run_ragged(config: BenchConfig, log=print) -> RaggedResults:
 
 
 def _steps(summary_path: str) -> dict[str, int]:
-    """The step counts of a ragged job's --summary."""
+    """The step and row counts of a job's --summary (and the file removed)."""
     with open(summary_path) as handle:
         summary = json.load(handle)
     os.unlink(summary_path)
@@ -321,18 +406,25 @@ def profile_job(
     """The job under cProfile, reading and writing in its main thread (bench.variant
     --serial-io) so that one profile sees all of it: the functions with the most time of their
     own (name, own seconds, cumulative seconds), and the profiled run's wall time."""
-    profile_path = os.path.join(config.work, "ragged-job.prof")
+    stats, seconds = profiled_run(workload, config, "ragged-job.prof")
+    entries = []
+    for (filename, line, function), (_, _, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
+        entries.append((_function_name(filename, line, function), own, cumulative))
+    entries.sort(key=lambda entry: entry[1], reverse=True)
+    return entries[: config.profile_rows], seconds
+
+
+def profiled_run(workload: Workload, config: BenchConfig, name: str) -> tuple[pstats.Stats, float]:
+    """The job under cProfile (profile kept in the work folder as ``name``), reading and
+    writing in its main thread (bench.variant --serial-io) so that one profile sees all of it:
+    its statistics and the run's wall time."""
+    profile_path = os.path.join(config.work, name)
     output = os.path.join(config.work, "scored.parquet")
     job = measure.job_command(workload, output, config.threads, variant=("--serial-io",))
     command = [sys.executable, "-m", "cProfile", "-o", profile_path, *job[1:]]
     child = measure.run_child(command)
     os.unlink(output)
-    stats = pstats.Stats(profile_path)
-    entries = []
-    for (filename, line, function), (_, _, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
-        entries.append((_function_name(filename, line, function), own, cumulative))
-    entries.sort(key=lambda entry: entry[1], reverse=True)
-    return entries[: config.profile_rows], child.seconds
+    return pstats.Stats(profile_path), child.seconds
 
 
 def _function_name(filename: str, line: int, function: str) -> str:
@@ -344,6 +436,207 @@ def _function_name(filename: str, line: int, function: str) -> str:
             filename = os.path.relpath(filename, root)
             break
     return f"{filename}:{line}({function})"
+
+
+def run_prefix(results: Results, config: BenchConfig, log=print) -> PrefixResults:
+    """Steps: 1. the models and the uniform, skewed and default workloads; 2. per workload, raw
+    onnxruntime's batch sweep, then the job with and without prefix sharing in turns; 3. peak
+    RSS at the large default file (the main section's run when it ran); 4. where the skewed
+    job's time goes (cProfile)."""
+    # 1. Models and data.
+    os.makedirs(config.work, exist_ok=True)
+    distinct_model = prepare_model(DISTINCT_MODEL, config.work, log)
+    default_model = prepare_model(DEFAULT_MODEL, config.work, log)
+    workloads = {
+        UNIFORM: prepare_workload(
+            distinct_model, UNIFORM, config.prefix_rows, config.work, "uniform", log=log
+        ),
+        SKEWED: prepare_workload(
+            distinct_model, SKEWED, config.prefix_rows, config.work, "skewed", log=log
+        ),
+        DEFAULT: prepare_workload(
+            default_model, DEFAULT, config.rows, config.work, "uniform", log=log
+        ),
+    }
+    rows_timed = min(config.in_memory_rows, *(workload.rows for workload in workloads.values()))
+
+    # 2. Raw onnxruntime, then the job with and without prefix sharing, per workload.
+    raw, job, steps, unshared, unshared_steps = {}, {}, {}, {}, {}
+    for name, rounds in (
+        (UNIFORM, config.repeat),
+        (SKEWED, config.repeat),
+        (DEFAULT, config.prefix_default_rounds),
+    ):
+        workload = workloads[name]
+        log(f"{name}: raw onnxruntime, batch sizes {', '.join(map(str, config.batch_sizes))}")
+        raw[name] = measure.run_in_memory(
+            "onnxruntime",
+            workload,
+            config.threads,
+            list(config.batch_sizes),
+            rows_timed,
+            config.repeat,
+        )
+        log(f"{name}: the job with and without prefix sharing, {workload.rows:,} rows, x{rounds}")
+        job[name], steps[name], unshared[name], unshared_steps[name] = with_and_without(
+            workload, config, rounds
+        )
+
+    # 3. Peak RSS on the large default file.
+    large = results.job.get(LARGE)
+    if large is not None:
+        workloads[LARGE] = results.workloads[LARGE]
+    else:
+        workloads[LARGE] = prepare_workload(
+            default_model, LARGE, config.large_rows, config.work, "uniform", log=log
+        )
+        log(f"{LARGE}: the job, {config.large_rows:,} rows (peak RSS)")
+        large = measure.run_job(workloads[LARGE], config.work, config.threads)
+    prefix = PrefixResults(
+        workloads,
+        rows_timed,
+        raw,
+        job,
+        steps,
+        unshared,
+        unshared_steps,
+        large,
+        LARGE in results.job,
+    )
+
+    # 4. Where the time goes.
+    log(f"{SKEWED}: profiling the job (cProfile, I/O in the main thread)")
+    stats, prefix.profile_seconds = profiled_run(workloads[SKEWED], config, "prefix-job.prof")
+    prefix.profile, prefix.profile_functions = where_time_goes(stats, PROFILE_FUNCTIONS)
+    prefix.profile_total = stats.total_tt  # type: ignore[attr-defined]
+    return prefix
+
+
+def with_and_without(
+    workload: Workload, config: BenchConfig, rounds: int
+) -> tuple[measure.JobRun, dict[str, int], measure.JobRun | str, dict[str, int]]:
+    """The job, and the job through bench.variant --no-prefix-sharing, in turns ``rounds`` times
+    (so that a busy spell on the machine slows both): the fastest run of each, with its largest
+    peak RSS and its --summary step counts. The run without is the reason it failed, if it did."""
+    summary = os.path.join(config.work, "prefix-summary.json")
+    shared: list[measure.JobRun] = []
+    unshared: list[measure.JobRun] = []
+    steps: dict[str, int] = {}
+    unshared_steps: dict[str, int] = {}
+    failure = ""
+    for _ in range(rounds):
+        shared.append(measure.run_job(workload, config.work, config.threads, summary=summary))
+        steps = _steps(summary)
+        if failure:
+            continue
+        run = _try_job(workload, config, NO_PREFIX_SHARING, None, summary)
+        if isinstance(run, str):
+            failure = run
+            if os.path.exists(summary):  # a failed job still writes its summary
+                os.unlink(summary)
+        else:
+            unshared.append(run)
+            unshared_steps = _steps(summary)
+    without = failure or measure.fastest(unshared)
+    return measure.fastest(shared), steps, without, unshared_steps
+
+
+# Where the profiled job's time goes. A function's own time goes to the first category whose
+# pattern its name (`path:line(function)` as _function_name writes it, or a built-in's) matches;
+# a function that none matches (numpy, most of pyarrow, built-ins) passes its time on to its
+# callers, in proportion to the time each call took, until a named function takes it. So every
+# second the profiler saw is counted once; what reaches no named function is "not attributed".
+PROFILE_FUNCTIONS = 8  # the functions with the most own time, listed beside the categories
+ONNXRUNTIME_RUN = "onnxruntime session.run"
+NOT_ATTRIBUTED = "not attributed (interpreter, runpy, profiler)"
+PROFILE_CATEGORIES = (
+    (ONNXRUNTIME_RUN, r"onnxruntime.*[.(]run(_\w+)?[)>]"),
+    (
+        "start-up: imports, arguments, model load and checks",
+        r"^<frozen |\(<module>\)$|onnxruntime|^score/(__main__|spec|onnx_wire)\.py"
+        r"|^score/model\.py:\d+\((load|session_options|_(read_model_bytes|check_checksum|audit"
+        r"|check_io|probe|open_session))\)",
+    ),
+    ("prefix planning and state gathering (score/prefix.py)", r"^score/prefix\.py"),
+    (
+        "reading and encoding the sequences (score/encoding.py)",
+        r"^score/encoding\.py|^score/core\.py:\d+\((read_sequences|check_input_schema)\)",
+    ),
+    (
+        "Parquet reading",
+        r"builtins\.next>|parquet/core\.py:\d+\((iter_batches|read\w*)\)|^score/storage\.py"
+        r"|^score/job\.py:\d+\(open_parquet\)|^score/pipeline\.py:\d+\((prefetch|read|put)\)",
+    ),
+    (
+        "output assembly and Parquet writing",
+        r"parquet/core\.py:\d+\((write\w*|close)\)|^score/(local_sink|remote_sink|sink\w*)\.py"
+        r"|^score/core\.py:\d+\((_list_array|_nested_list_array|_error_column|output_schema)\)"
+        r"|^score/pipeline\.py|^bench/variant\.py:\d+\(write\)",
+    ),
+    (
+        "monitoring: drift profile and summary (score/monitor.py)",
+        r"^score/monitor\.py|^score/job\.py:\d+\((summary|drift_report|_check_max_psi"
+        r"|_output_metadata|length_histogram|write_summary)\)",
+    ),
+    ("the rest of score/: de-duplication, result cache, top-k scatter, job loop", r"^score/"),
+)
+
+
+def _category(name: str) -> str | None:
+    for category, pattern in PROFILE_CATEGORIES:
+        if re.search(pattern, name):
+            return category
+    return None
+
+
+def where_time_goes(
+    stats: pstats.Stats, functions: int
+) -> tuple[dict[str, float], list[tuple[str, str, float, float]]]:
+    """Seconds per category (PROFILE_CATEGORIES), largest first, and the ``functions``
+    functions with the most time of their own: (name, category, own s, cumulative s)."""
+    table = stats.stats  # type: ignore[attr-defined]
+    names = {function: _function_name(*function) for function in table}
+    categories = {function: _category(name) for function, name in names.items()}
+    totals: dict[str, float] = defaultdict(float)
+
+    def pass_on(function, seconds: float, weight: int, pending: dict) -> None:
+        """Hand ``seconds`` of ``function`` to its callers, weighted by each call's own time
+        (weight 2) or cumulative time (weight 3)."""
+        callers = table[function][4]
+        total = sum(edge[weight] for edge in callers.values())
+        if total <= 0 and weight == 2:  # own time too small to split: by cumulative time
+            weight, total = 3, sum(edge[3] for edge in callers.values())
+        if total <= 0:
+            totals[NOT_ATTRIBUTED] += seconds
+            return
+        for caller, edge in callers.items():
+            share = seconds * edge[weight] / total
+            if categories.get(caller):
+                totals[categories[caller]] += share
+            else:
+                pending[caller] += share
+
+    pending: dict = defaultdict(float)
+    for function, (_, _, own, _, _) in table.items():
+        if categories[function]:
+            totals[categories[function]] += own
+        elif own > 0:
+            pass_on(function, own, 2, pending)
+    for _ in range(100):  # up the call graph; a cycle of unnamed functions keeps a remainder
+        if not pending:
+            break
+        handed, pending = pending, defaultdict(float)
+        for function, seconds in handed.items():
+            pass_on(function, seconds, 3, pending)
+    totals[NOT_ATTRIBUTED] += sum(pending.values())
+
+    top = sorted(table.items(), key=lambda item: item[1][2], reverse=True)[:functions]
+    listed = [
+        (names[function], categories[function] or "(passed on to its callers)", own, cumulative)
+        for function, (_, _, own, cumulative, _) in top
+    ]
+    ordered = dict(sorted(totals.items(), key=lambda item: item[1], reverse=True))
+    return ordered, listed
 
 
 def dedup_effect(workload: Workload, config: BenchConfig) -> dict[str, float]:

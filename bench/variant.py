@@ -1,9 +1,10 @@
 """`python -m score` with one of its optimisations switched off, to measure what each one pays.
 
-`python -m bench.variant [--no-dedup] [--no-cache] [--numpy-top-k] [--serial-io] [--whole-batch]
-[--spinning] -- ARGS` runs score's own `main(ARGS)` in this process after patching score's
-modules, so the variant pays the same start-up, reading, validation and writing as the job and
-differs only in the patched piece. No file under score/ changes.
+`python -m bench.variant [--no-dedup] [--no-cache] [--no-prefix-sharing] [--numpy-top-k]
+[--serial-io] [--whole-batch] [--spinning] -- ARGS` runs score's own `main(ARGS)` in this
+process after patching score's modules, so the variant pays the same start-up, reading,
+validation and writing as the job and differs only in the patched piece. No file under score/
+changes.
 """
 
 from __future__ import annotations
@@ -32,11 +33,34 @@ def patch_no_cache() -> None:
     score.job.new_cache = lambda *args, **kwargs: None
 
 
+def patch_no_prefix_sharing() -> None:
+    """Run every distinct sequence from its first step: no computing a prefix once for all the
+    rows of a batch that share it (ScoreOptions.share_prefixes off)."""
+    import score.job
+
+    original = score.job.score_batch_with_stats
+
+    def without_prefix_sharing(scorer, batch, options, cache=None):
+        return original(scorer, batch, dataclasses.replace(options, share_prefixes=False), cache)
+
+    score.job.score_batch_with_stats = without_prefix_sharing
+
+
 def patch_numpy_top_k() -> None:
-    """Top-k in numpy (k passes of argmax) instead of a TopK added to the onnxruntime graph."""
+    """Top-k in numpy (k passes of argmax) over the full probabilities, instead of the TopK in
+    the graph (the model file's heads, or those added at load time to an older file). Prefix
+    sharing runs through the heads, so this variant also runs every row from its first step."""
     import score.model
 
-    score.model.with_top_k = lambda *args: b"not a model"  # the load falls back to the plain graph
+    score.model.with_top_k = lambda *args: b"not a model"  # an older file: the plain graph
+    original = score.model.load
+
+    def load_without_heads(location, config=score.model.SessionConfig()):
+        scorer = original(location, config)
+        scorer.graph_top_k = False
+        return scorer
+
+    score.model.load = load_without_heads
 
 
 def patch_serial_io() -> None:
@@ -79,6 +103,7 @@ def patch_spinning() -> None:
 PATCHES = {
     "no_dedup": patch_no_dedup,
     "no_cache": patch_no_cache,
+    "no_prefix_sharing": patch_no_prefix_sharing,
     "numpy_top_k": patch_numpy_top_k,
     "serial_io": patch_serial_io,
     "whole_batch": patch_whole_batch,

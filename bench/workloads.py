@@ -245,6 +245,19 @@ def draw_rows(spec: Spec, rows: int, seed: int) -> np.ndarray:
     return np.asarray(spec.x_values, dtype=np.int64)[classes]
 
 
+SKEW_EXPONENT = 1.5  # the skewed workload's zipf exponent
+
+
+def draw_skewed_rows(spec: Spec, rows: int, seed: int) -> np.ndarray:
+    """Rows whose every step is the x value of class min(zipf(SKEW_EXPONENT) - 1, last class):
+    with 11 values, the first in about 38% of steps and the last (the clipped tail) in about
+    24%, so that many rows share long prefixes."""
+    generator = np.random.default_rng(seed)
+    draws = generator.zipf(SKEW_EXPONENT, size=(rows, spec.seq_len))
+    classes = np.minimum(draws - 1, spec.x_classes - 1)
+    return np.asarray(spec.x_values, dtype=np.int64)[classes]
+
+
 def draw_distinct_rows(spec: Spec, rows: int, seed: int) -> np.ndarray:
     """Rows uniform over the model's x values, no two alike, in random order.
 
@@ -296,27 +309,30 @@ def write_columns(path: str, columns: dict[str, pa.Array]) -> None:
 class Workload:
     """One input file of the benchmark."""
 
-    name: str  # 'default' or 'all-distinct'
+    name: str  # 'default', 'all-distinct', 'uniform', 'skewed', ...
     path: str
     rows: int
     model: Model
 
 
+# How a fixed-length workload's rows are drawn (prepare_workload's ``draw``): every step
+# uniform with replacement, like the default data; uniform with no two rows alike; every step
+# from a clipped zipf distribution.
+DRAWS = {"uniform": draw_rows, "distinct": draw_distinct_rows, "skewed": draw_skewed_rows}
+
+
 def prepare_workload(
-    model: Model, name: str, rows: int, work: str, distinct: bool, seed: int = 1, log=print
+    model: Model, name: str, rows: int, work: str, draw: str, seed: int = 1, log=print
 ) -> Workload:
-    """Write (or reuse) a Parquet file of ``rows`` rows for ``model``: an x column only."""
-    label = f"{'distinct' if distinct else 'default'}_{model.name}_{rows}"
-    path = os.path.join(work, f"{label}.parquet")
-    key = f"{model.spec.to_json()}|{rows}|{seed}|{distinct}"
+    """Write (or reuse) a Parquet file of ``rows`` rows for ``model``, drawn the ``draw`` way
+    (one of DRAWS): an x column only."""
+    path = os.path.join(work, f"{draw}_{model.name}_{rows}.parquet")
+    recipe = f"{draw} {SKEW_EXPONENT}" if draw == "skewed" else draw
+    key = f"{model.spec.to_json()}|{rows}|{seed}|{recipe}"
     key_path = path + ".key"
     if not (os.path.exists(path) and _read(key_path) == key):
-        log(f"data: writing {rows:,} {'all-distinct ' if distinct else ''}rows to {path}")
-        values = (
-            draw_distinct_rows(model.spec, rows, seed)
-            if distinct
-            else draw_rows(model.spec, rows, seed)
-        )
+        log(f"data: writing {rows:,} {draw} rows to {path}")
+        values = DRAWS[draw](model.spec, rows, seed)
         write_table(path, {model.spec.input_column: values})
         with open(key_path, "w") as handle:
             handle.write(key + "\n")
