@@ -434,19 +434,27 @@ def test_failed_parity_publishes_nothing_and_exits_70(copy, monkeypatch):
     import export.core
 
     monkeypatch.setattr(export.core, "convert", nudged_bias(export.core.convert))
-    before = published(copy)
-    result = run_export("--artifacts", copy)
-    assert result.code == 70 and len(result.lines) == 1 and result.stdout == ""
-    assert re.fullmatch(
+    failed = refused_with_nothing_published(
+        copy,
         r"error: ONNX does not match Keras, nothing published: test_split: max \|p_onnx - p_keras\| "
         r"= \S+ > 1e-05 \(step t allows 1e-05 x max\(1, \(t \+ 1\) / 4\)\); test_split: argmax differs "
         r"on \d+ step\(s\) that are not near-ties; random: max \|p_onnx - p_keras\| = \S+ > 1e-05 .*",
-        result.lines[0],
     )
+    assert failed["parity"]["passed"] is False
+    assert [name for name in (p.name for p in copy.iterdir()) if name.startswith(".")] == []
+
+
+def refused_with_nothing_published(copy, pattern: str) -> dict:
+    """Run the export: exit 70, one line matching ``pattern``, the published files untouched;
+    return the refused conversion's report."""
+    before = published(copy)
+    result = run_export("--artifacts", copy)
+    assert result.code == 70 and len(result.lines) == 1 and result.stdout == ""
+    assert re.fullmatch(pattern, result.lines[0]), result.lines[0]
     assert published(copy) == before
     failed = read_json(copy / "export_report.failed.json")
-    assert failed["published"] is False and failed["parity"]["passed"] is False
-    assert [name for name in (p.name for p in copy.iterdir()) if name.startswith(".")] == []
+    assert failed["published"] is False
+    return failed
 
 
 @pytest.mark.slow
@@ -488,18 +496,13 @@ def test_failed_state_carry_publishes_nothing_and_exits_70(copy, monkeypatch):
 
     monkeypatch.setattr(export.graph, "add_scoring_interface",
                         swapped_states(export.graph.add_scoring_interface))
-    before = published(copy)
-    result = run_export("--artifacts", copy)
-    assert result.code == 70 and len(result.lines) == 1 and result.stdout == ""
-    assert re.fullmatch(
+    failed = refused_with_nothing_published(
+        copy,
         r"error: ONNX resumed from a carried LSTM state does not match ONNX run whole, nothing "
         r"published: test_split: max \|p_pieces - p_whole\| = \S+ > 1e-06 \(split after steps 1, 2, 3\); "
         r"random: max \|p_pieces - p_whole\| = \S+ > 1e-06 \(split after steps 1, 2, 3\)",
-        result.lines[0],
     )
-    assert published(copy) == before
-    failed = read_json(copy / "export_report.failed.json")
-    assert failed["published"] is False and failed["parity"]["passed"] is False
+    assert failed["parity"]["passed"] is False
     assert failed["parity"]["state_carry"]["passed"] is False
     assert failed["parity"]["test_split"]["max_abs_difference"] <= 1e-5  # Keras parity held
     assert failed["scoring_interface"]["states"][0]["initial_h"] == "initial_c_0"
