@@ -155,21 +155,32 @@ def infer(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarra
     computed = 0
     previous = None
     row_finite = np.ones(tree.order.size, dtype=bool)
+    # Rows of one length are filled in sorted order, where each path's rows are neighbours (a
+    # repeat, not a scatter per segment), and put back in their own order once at the end.
+    in_order = ((np.empty((tree.order.size, tree.width, k), dtype=best.dtype),
+                 np.empty((tree.order.size, tree.width, k), dtype=probabilities.dtype))
+                if tree.width else None)
     for start, stop in zip(boundaries[:-1], boundaries[1:]):
         segment, path_finite, steps = _run_segment(
             scorer, flat, tree, start, stop, previous, k, best, probabilities,
-            keep_states=stop < boundaries[-1])
+            keep_states=stop < boundaries[-1], in_order=in_order)
         row_finite[segment.alive] &= path_finite[segment.path_of]
         computed += steps
         previous = segment
+    if in_order is not None:
+        best.reshape(-1, tree.width, k)[tree.order] = in_order[0]
+        probabilities.reshape(-1, tree.width, k)[tree.order] = in_order[1]
     finite[tree.order] = row_finite
     return computed
 
 
 def _run_segment(scorer: Scorer, flat: np.ndarray, tree: Tree, start: int, stop: int,
                  previous: _Segment | None, k: int, best: np.ndarray, probabilities: np.ndarray,
-                 keep_states: bool) -> tuple[_Segment, np.ndarray, int]:
-    """Run the distinct paths of levels [start, stop) and scatter their top-k to every row."""
+                 keep_states: bool, in_order: tuple[np.ndarray, np.ndarray] | None = None,
+                 ) -> tuple[_Segment, np.ndarray, int]:
+    """Run the distinct paths of levels [start, stop) and give their top-k to every row: into
+    ``in_order`` (rows of one length, in sorted order) when given, else into ``best`` and
+    ``probabilities`` at the rows' flat positions."""
     # 1. Paths: neighbours in sorted order with the same steps up to min(length, stop).
     alive = np.flatnonzero(tree.lengths > start)
     reach = np.minimum(tree.lengths[alive], stop)
@@ -223,12 +234,11 @@ def _run_segment(scorer: Scorer, flat: np.ndarray, tree: Tree, start: int, stop:
                 kept[chunk] = computed_state[0]
         computed += matrix.size
     # 3. Every row gets its path's results for its steps in the segment.
-    if tree.width:  # rows of one length: whole blocks of steps per row, no flat positions
-        rows_at = tree.starts[alive] // tree.width
+    if in_order is not None:  # every row is alive; a path's rows follow each other
+        repeats = np.bincount(path_of, minlength=paths)
         width = stop - start
-        best.reshape(-1, tree.width, k)[rows_at, start:stop] = path_best.reshape(-1, width, k)[path_of]
-        probabilities.reshape(-1, tree.width, k)[rows_at, start:stop] = (
-            path_probabilities.reshape(-1, width, k)[path_of])
+        in_order[0][:, start:stop] = np.repeat(path_best.reshape(-1, width, k), repeats, axis=0)
+        in_order[1][:, start:stop] = np.repeat(path_probabilities.reshape(-1, width, k), repeats, axis=0)
         return _Segment(path_of, alive, states), path_finite, computed
     spans = reach - start
     destination = segment_gather(tree.starts[alive] + start, spans)
