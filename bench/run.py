@@ -575,7 +575,7 @@ PROFILE_CATEGORIES = (
     ),
     (
         "monitoring: drift profile and summary (score/monitor.py)",
-        r"^score/monitor\.py|^score/job\.py:\d+\((summary|drift_report|_check_max_psi"
+        r"^score/monitor\.py|^score/job\.py:\d+\((summary|summary_head|summary_figures|drift_report|check_max_psi"
         r"|_output_metadata|length_histogram|write_summary)\)",
     ),
     ("the rest of score/: de-duplication, result cache, top-k scatter, job loop", r"^score/"),

@@ -81,7 +81,7 @@ class RunState:
     """Everything the summary reports, filled in as the run goes."""
 
     started: float = field(default_factory=time.perf_counter)
-    started_at: str = field(default_factory=lambda: _now())
+    started_at: str = field(default_factory=lambda: utc_now())
     files: list[FileResult] = field(default_factory=list)
     stats: BatchStats | None = None
     scorer: models.Scorer | None = None
@@ -89,7 +89,8 @@ class RunState:
     warnings: list[str] = field(default_factory=list)  # said once, on stderr, after the run
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """Now, in UTC, to the second: the summary's and the footer's timestamps."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
@@ -232,7 +233,7 @@ def _output_metadata(scorer: models.Scorer, config: JobConfig, location: str, st
         "seqscore.input": location,
         "seqscore.rows_in": str(stats.rows),
         "seqscore.rows_invalid": str(invalid),
-        "seqscore.created_at": _now(),
+        "seqscore.created_at": utc_now(),
     }
 
 
@@ -244,7 +245,8 @@ def drift_report(scorer: models.Scorer, stats: BatchStats) -> dict | None:
     return monitor.drift(monitor.Profile.from_dict(baseline_payload), stats.profile)
 
 
-def _check_max_psi(location: str, scorer: models.Scorer, stats: BatchStats, max_psi: float | None) -> None:
+def check_max_psi(location: str, scorer: models.Scorer, stats: BatchStats, max_psi: float | None) -> None:
+    """Refuse to publish (InvalidInput, 65) when a step's input or prediction PSI exceeds max_psi."""
     if max_psi is None:
         return
     report = drift_report(scorer, stats)
@@ -362,7 +364,7 @@ def score_file(
         except OSError as error:
             raise write_error(output_location, error) from None
         writer = None
-        _check_max_psi(input_location, scorer, stats, config.max_psi)
+        check_max_psi(input_location, scorer, stats, config.max_psi)
         sink.commit(stats.rows)
     except BaseException:
         reporter.close()
@@ -452,7 +454,7 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
     if directory_mode:
         manifest = {
             "status": "succeeded",
-            "created_at": _now(),
+            "created_at": utc_now(),
             "model_sha256": scorer.sha256,
             "rows": sum(result.rows for result in state.files),
             "files": [{"path": relative, "rows": result.rows}
@@ -466,63 +468,85 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
 # Summary ------------------------------------------------------------------------------------------
 def summary(config: JobConfig, state: RunState, exit_code: int, error: str | None) -> dict:
     """The --summary JSON: status, counts, speed, distributions and drift."""
-    seconds = time.perf_counter() - state.started
-    stats, scorer = state.stats, state.scorer
-    rows_in = stats.rows if stats is not None else 0
-    rows_out = sum(result.rows for result in state.files)
-    payload: dict = {
+    payload = summary_head(
+        exit_code=exit_code, error=error, input_location=config.input, output_location=config.output,
+        options=config.options, started=state.started, started_at=state.started_at,
+        rows_in=state.stats.rows if state.stats is not None else 0,
+        rows_out=sum(result.rows for result in state.files),
+    )
+    payload["files"] = [{"input": r.input, "output": r.output, "rows": r.rows, "rows_invalid": r.rows_invalid,
+                         "seconds": round(r.seconds, 3)} for r in state.files]
+    payload.update(summary_figures(config.options, state.scorer, state.stats, state.drift))
+    payload["warnings"] = list(state.warnings)
+    return payload
+
+
+def summary_head(*, exit_code: int, error: str | None, input_location: str, output_location: str,
+                 options: ScoreOptions, started: float, started_at: str, rows_in: int, rows_out: int) -> dict:
+    """The summary's first keys, from status to on_invalid; the same for every kind of run."""
+    seconds = time.perf_counter() - started
+    return {
         "status": "succeeded" if exit_code == 0 else "failed",
         "exit_code": exit_code,
         "error": error,
-        "input": config.input,
-        "output": config.output,
-        "started_at": state.started_at,
-        "finished_at": _now(),
+        "input": input_location,
+        "output": output_location,
+        "started_at": started_at,
+        "finished_at": utc_now(),
         "seconds": round(seconds, 3),
         "rows_in": rows_in,
         "rows_out": rows_out,
         "rows_per_second": round(rows_in / seconds, 1) if seconds > 0 else None,
         "scorer_version": __version__,
-        "top_k": config.options.top_k,
-        "on_invalid": config.options.on_invalid,
-        "files": [{"input": r.input, "output": r.output, "rows": r.rows, "rows_invalid": r.rows_invalid,
-                   "seconds": round(r.seconds, 3)} for r in state.files],
+        "top_k": options.top_k,
+        "on_invalid": options.on_invalid,
     }
+
+
+def summary_figures(options: ScoreOptions, scorer: models.Scorer | None, stats: BatchStats | None,
+                    drift: dict | None) -> dict:
+    """The model, the counts, the distributions and the drift of a run's merged statistics.
+
+    Everything here follows from the stats alone, so a run that gathers them elsewhere (Spark's
+    executors) reports them exactly as the local job does.
+    """
+    payload: dict = {}
     if scorer is not None:
         payload["model"] = {"location": scorer.location, "sha256": scorer.sha256, "version": scorer.version}
         payload["spec"] = json.loads(scorer.spec.to_json())
-    if stats is not None and scorer is not None:
-        spec = scorer.spec
-        invalid = int(rows_in - stats.reason_counts[0])
-        payload["rows_invalid"] = invalid
-        payload["invalid_by_reason"] = {name: int(stats.reason_counts[code])
-                                        for code, name in reasons_for(spec).items()}
-        payload["predicted_class_distribution"] = [
-            {str(value): int(count) for value, count in zip(spec.y_values, row) if count}
-            for row in stats.profile.prediction_counts
-        ]
-        payload["input_value_histogram"] = [
-            {str(value): int(count) for value, count in zip(spec.x_values, row) if count}
-            for row in stats.profile.input_counts
-        ]
-        drift = dict(state.drift or {})
-        baseline = models.baseline(scorer)
-        drift["has_baseline"] = baseline is not None
-        drift["baseline_profile"] = baseline
-        drift["profile"] = stats.profile.to_dict()
-        drift["low_confidence_threshold"] = config.options.low_confidence
-        drift["low_confidence_share"] = (
-            round(stats.low_confidence_steps / stats.scored_steps, 6) if stats.scored_steps else None
-        )
-        drift["invalid_share"] = round(invalid / rows_in, 6) if rows_in else None
-        drift["psi_warning_level"] = monitor.PSI_WARNING
-        payload["drift"] = drift
-        payload["distinct_sequences_scored"] = stats.distinct_rows
-        payload["steps_scored"] = stats.scored_steps
-        payload["steps_computed"] = stats.steps_computed
-        payload["max_length"] = config.options.length_limit(scorer)
-        payload["sequence_length_histogram"] = length_histogram(stats.profile)
-    payload["warnings"] = list(state.warnings)
+    if stats is None or scorer is None:
+        return payload
+    spec = scorer.spec
+    rows_in = stats.rows
+    invalid = int(rows_in - stats.reason_counts[0])
+    payload["rows_invalid"] = invalid
+    payload["invalid_by_reason"] = {name: int(stats.reason_counts[code])
+                                    for code, name in reasons_for(spec).items()}
+    payload["predicted_class_distribution"] = [
+        {str(value): int(count) for value, count in zip(spec.y_values, row) if count}
+        for row in stats.profile.prediction_counts
+    ]
+    payload["input_value_histogram"] = [
+        {str(value): int(count) for value, count in zip(spec.x_values, row) if count}
+        for row in stats.profile.input_counts
+    ]
+    report = dict(drift or {})
+    baseline = models.baseline(scorer)
+    report["has_baseline"] = baseline is not None
+    report["baseline_profile"] = baseline
+    report["profile"] = stats.profile.to_dict()
+    report["low_confidence_threshold"] = options.low_confidence
+    report["low_confidence_share"] = (
+        round(stats.low_confidence_steps / stats.scored_steps, 6) if stats.scored_steps else None
+    )
+    report["invalid_share"] = round(invalid / rows_in, 6) if rows_in else None
+    report["psi_warning_level"] = monitor.PSI_WARNING
+    payload["drift"] = report
+    payload["distinct_sequences_scored"] = stats.distinct_rows
+    payload["steps_scored"] = stats.scored_steps
+    payload["steps_computed"] = stats.steps_computed
+    payload["max_length"] = options.length_limit(scorer)
+    payload["sequence_length_histogram"] = length_histogram(stats.profile)
     return payload
 
 

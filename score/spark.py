@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import logging
 import os
@@ -30,9 +31,18 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from score import __main__ as cli
-from score import errors, storage
+from score import errors, job, monitor, storage
 from score import model as models
-from score.core import ScoreOptions, check_input_schema, length_warnings, output_schema, score_batch
+from score.core import (
+    BatchStats,
+    ScoreOptions,
+    check_input_schema,
+    empty_stats,
+    length_warnings,
+    new_cache,
+    output_schema,
+    score_batch_with_stats,
+)
 from score.errors import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
@@ -76,7 +86,27 @@ class WorkerPlan:
     threads: int  # onnxruntime intra-op threads per task
     options: ScoreOptions
     locate: bool = False  # the batches end with FILE_COLUMN and ROW_COLUMN
-    counters: tuple | None = None  # (rows, invalid rows) Spark accumulators, or None
+    stats: object | None = None  # a Spark accumulator of BatchStats (StatsParam), or None
+
+
+@dataclass(frozen=True)
+class StatsParam:
+    """Spark's AccumulatorParam for a run's BatchStats (PySpark needs only the two methods).
+
+    Each task adds its partition's stats once, at the end of the partition; the driver merges
+    the tasks' stats with BatchStats.merge, hence Profile.merge, exactly as the local job merges
+    its batches. The rows themselves never travel to the driver.
+    """
+
+    empty: BatchStats  # the run's empty stats, whose shapes follow the model's spec
+
+    def zero(self, value: BatchStats) -> BatchStats:
+        del value  # the driver's running total, which a task must not start from
+        return copy.deepcopy(self.empty)
+
+    def addInPlace(self, total: BatchStats, more: BatchStats) -> BatchStats:  # PySpark's name
+        total.merge(more)
+        return total
 
 
 # One loaded model per Python worker process and model: loading verifies and probes the model,
@@ -129,22 +159,26 @@ def _load_on_worker(plan: WorkerPlan) -> models.Scorer:
 def score_partition(
     plan: WorkerPlan, batches: Iterator[pa.RecordBatch]
 ) -> Iterator[pa.RecordBatch]:
-    """The mapInArrow function: score_batch on every batch of one partition."""
+    """The mapInArrow function: score every batch of one partition with the local job's
+    score_batch_with_stats, then add the partition's merged stats to plan.stats once."""
     scorer = worker_scorer(plan)
-    rows_before = 0  # rows of this partition already scored, for partition-relative messages
+    # One result cache per task, as the local job keeps one per run: a sequence repeated within
+    # the partition runs through the model once. Tasks share nothing, so each has its own.
+    cache = new_cache(scorer, plan.options)
+    stats = empty_stats(scorer)  # stats.rows: rows already scored, for partition-relative messages
     for batch in batches:
         data = batch.drop_columns([FILE_COLUMN, ROW_COLUMN]) if plan.locate else batch
         try:
-            scored = score_batch(scorer, data, plan.options)
+            scored, batch_stats = score_batch_with_stats(scorer, data, plan.options, cache)
         except InvalidRow as error:
-            where = _row_location(batch, plan, error.row, rows_before + error.row)
+            where = _row_location(batch, plan, error.row, stats.rows + error.row)
             raise InvalidInput(f"{where}: {error.detail}") from None
-        rows_before += batch.num_rows
-        if plan.counters is not None:
-            rows, invalid = plan.counters
-            rows.add(scored.num_rows)
-            invalid.add(scored.num_rows - scored.column("error").null_count)
+        stats.merge(batch_stats)
         yield scored
+    # Once per partition, after its last batch: the update travels with the task's result, and
+    # the scheduler applies a result task's update once per partition (see run()).
+    if plan.stats is not None:
+        plan.stats.add(stats)
 
 
 def _row_location(
@@ -240,7 +274,7 @@ def _scored(
     model_path: str,
     options: ScoreOptions,
     threads: int,
-    counters: tuple | None = None,
+    stats: object | None = None,
 ) -> DataFrame:
     """Steps: 1. check the options and the schema on the driver; 2. ship the model; 3. add each
     row's file and row index when invalid rows stop the job; 4. mapInArrow with score_partition."""
@@ -255,7 +289,7 @@ def _scored(
     shipped_name = ship_model(df.sparkSession, model_path)
     located = _with_row_location(df) if options.on_invalid == "error" else None
     plan = WorkerPlan(model_path, shipped_name, scorer.sha256, threads, options,
-                      locate=located is not None, counters=counters)
+                      locate=located is not None, stats=stats)
 
     # 4. mapInArrow builds a pandas_udf internally, which warns about pandas it never uses.
     with warnings.catch_warnings():
@@ -308,16 +342,33 @@ class SparkJobConfig:
     batch_size: int | None = None  # rows per Arrow batch; None: Spark's default (10,000)
     master: str | None = None  # None: spark-submit's master, else local[*]
     quiet: bool = False  # no line when done
+    summary: str | None = None  # where the driver writes the JSON summary (as python -m score)
+    max_psi: float | None = None  # publish only when no step's input or prediction PSI exceeds it
 
 
 @dataclass
 class SparkRunState:
-    """What the command line needs after run(), also after a failure."""
+    """What the summary and the command line need after run(), also after a failure."""
 
     started: float = field(default_factory=time.perf_counter)
-    writing: bool = False  # the write job started: OUTPUT may exist, and then it is ours
-    rows: int = 0
-    rows_invalid: int = 0
+    started_at: str = field(default_factory=lambda: job.utc_now())
+    scorer: models.Scorer | None = None
+    stats: BatchStats | None = None  # merged from every task that finished
+    drift: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+    spark: dict = field(default_factory=dict)  # master, application_id, partitions, spark_version
+    # Locations this run created (the dataset it wrote, OUTPUT once moved there): a failed run
+    # removes them. Never anything that existed before the run.
+    created: list[str] = field(default_factory=list)
+    published: bool = False  # OUTPUT holds this run's dataset, _SUCCESS included
+
+    @property
+    def rows(self) -> int:
+        return self.stats.rows if self.stats is not None else 0
+
+    @property
+    def rows_invalid(self) -> int:
+        return int(self.stats.rows - self.stats.reason_counts[0]) if self.stats is not None else 0
 
 
 def check_locations(config: SparkJobConfig) -> None:
@@ -338,44 +389,178 @@ def check_locations(config: SparkJobConfig) -> None:
             f"its own output. Choose a directory outside the input"
         )
     if os.path.lexists(target):
-        raise OutputError(
-            f"{config.output}: already exists; Spark writes a whole new dataset. Remove it or "
-            f"choose another path"
-        )
+        raise _output_exists(config.output)
     if not os.path.isdir(os.path.dirname(target)):
         raise OutputError(f"{config.output}: the parent directory does not exist")
 
 
+def _output_exists(location: str) -> OutputError:
+    return OutputError(
+        f"{location}: already exists; Spark writes a whole new dataset. Remove it or choose "
+        f"another path"
+    )
+
+
+def check_baseline(config: SparkJobConfig, scorer: models.Scorer) -> None:
+    """--max-psi needs the model's training baseline: refuse before any task runs, not after."""
+    if config.max_psi is not None and models.baseline(scorer) is None:
+        raise UsageError(f"--max-psi: the model {scorer.location} carries no training baseline")
+
+
 def run(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
         state: SparkRunState | None = None) -> SparkRunState:
-    """Read INPUT, score it, write OUTPUT through Spark's committer (which writes _SUCCESS last).
+    """Read INPUT, score it, write it through Spark's committer (which writes _SUCCESS last),
+    and merge the statistics every task gathered; under --max-psi, publish only within the limit.
 
+    Steps: 1. read INPUT and plan the scoring, with an accumulator for the tasks' stats;
+    2. write: to OUTPUT, or under --max-psi to a hidden staging sibling of OUTPUT; 3. merge the
+    stats and measure the drift (also after a failure: the summary shows what was scored);
+    4. under --max-psi, decide, then move the staged dataset to OUTPUT or remove it.
+
+    The stats come with the write itself, without a second pass and without rows on the driver:
+    the write is an action, its tasks are result tasks, and Spark's scheduler applies a result
+    task's accumulator update only for the first attempt of a partition to succeed, so retried
+    and speculative attempts are not counted twice.
     Raises a SeqscoreError subclass on failure; Spark's own exceptions are translated.
     """
     state = state if state is not None else SparkRunState()
     context = session.sparkContext
+    state.scorer = scorer
+    state.spark.update(master=context.master, application_id=context.applicationId,
+                       spark_version=session.version)
     if config.batch_size is not None:
         session.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.batch_size))
+    gated = config.max_psi is not None
+    target = staging_location(config.output, context.applicationId) if gated else config.output
+    accumulator = context.accumulator(empty_stats(scorer), StatsParam(empty_stats(scorer)))
     try:
+        # 1. Planning only: no task runs before the write.
         df = session.read.parquet(config.input)
-        counters = (context.accumulator(0), context.accumulator(0))
         try:
-            scored = _scored(df, scorer, config.model, config.options, config.threads, counters)
+            scored = _scored(df, scorer, config.model, config.options, config.threads, accumulator)
         except InvalidInput as error:
             raise InvalidInput(f"{config.input}: {error}") from None
-        state.writing = True
-        scored.write.mode("errorifexists").parquet(config.output)
+        state.spark["partitions"] = scored.rdd.getNumPartitions()
+        # 2. The staging name is new; OUTPUT itself is checked now, not after scoring it all.
+        if gated and exists(session, config.output):
+            raise _output_exists(config.output)
+        state.created.append(target)
+        scored.write.mode("errorifexists").parquet(target)
     except SeqscoreError:
         raise
     except Exception as error:  # Py4J and PySpark exceptions, translated below
-        if _condition(error) == "PATH_ALREADY_EXISTS":
-            state.writing = False  # Spark refused before writing anything: not ours to remove
+        if _condition(error) == "PATH_ALREADY_EXISTS" and target in state.created:
+            state.created.remove(target)  # Spark refused before writing: not ours to remove
         translated = spark_error(error)
         if translated is None:
             raise
         raise translated from None
-    state.rows, state.rows_invalid = counters[0].value, counters[1].value
+    finally:
+        # 3. Every finished task's stats are in: the scheduler applies them before the job ends.
+        state.stats = accumulator.value
+        state.drift = job.drift_report(scorer, state.stats)
+    if gated:
+        # 4. The local job's decision, on the merged stats, before anything is published.
+        try:
+            job.check_max_psi(config.input, scorer, state.stats, config.max_psi)
+        except InvalidInput:
+            remove_output(session, target)
+            state.created.remove(target)
+            raise
+        publish(session, target, config.output, state)
+    state.published = True
     return state
+
+
+def staging_location(output: str, application_id: str) -> str:
+    """Where a run under --max-psi writes before it decides: a sibling of OUTPUT (the same file
+    system, so that publishing is a rename), hidden (Spark, Hadoop and pyarrow skip names that
+    start with '.'), and named after the Spark application that owns it."""
+    trimmed = output.rstrip("/")
+    if storage.is_uri(trimmed):
+        parent, _, name = trimmed.rpartition("/")
+        return f"{parent}/.{name}.seqscore-{application_id}.tmp"
+    parent, name = os.path.split(trimmed)
+    return os.path.join(parent, f".{name}.seqscore-{application_id}.tmp")
+
+
+def publish(session: SparkSession, staged: str, output: str, state: SparkRunState) -> None:
+    """Move the staged dataset to OUTPUT, _SUCCESS last.
+
+    Steps: 1. refuse an OUTPUT that appeared meanwhile (a rename would move the dataset into
+    it); 2. set the staged _SUCCESS aside; 3. rename the dataset to OUTPUT, one atomic rename on
+    a local disk or HDFS, a copy on S3; 4. put _SUCCESS back, so that a reader waiting for it
+    never sees a partial dataset, also where step 3 is a copy.
+    """
+    marker = _child(staged, job.SUCCESS_FILE)
+    held = f"{staged.rstrip('/')}.{job.SUCCESS_FILE}"
+    if exists(session, output):
+        raise _output_exists(output)
+    has_marker = exists(session, marker)
+    if has_marker:
+        state.created.append(held)
+        rename(session, marker, held)
+    state.created.append(output)
+    rename(session, staged, output)
+    state.created.remove(staged)
+    if has_marker:
+        rename(session, held, _child(output, job.SUCCESS_FILE))
+        state.created.remove(held)
+
+
+def _child(location: str, name: str) -> str:
+    if storage.is_uri(location):
+        return f"{location.rstrip('/')}/{name}"
+    return os.path.join(location, name)
+
+
+def _hadoop(session: SparkSession, location: str):
+    """Spark's own Hadoop file system for a URI, and the path in it: what Spark writes with."""
+    jvm = session.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(location)
+    return path.getFileSystem(session.sparkContext._jsc.hadoopConfiguration()), path
+
+
+def exists(session: SparkSession | None, location: str) -> bool:
+    """Whether a local path or a store's location exists (a store's through the session)."""
+    if not storage.is_uri(location):
+        return os.path.lexists(storage.local_path(location))
+    filesystem, path = _hadoop(session, location)
+    return bool(filesystem.exists(path))
+
+
+def rename(session: SparkSession, source: str, target: str) -> None:
+    """Rename within one file system: os.rename on a local disk, Hadoop's rename on a store."""
+    if not storage.is_uri(source):
+        try:
+            os.rename(storage.local_path(source), storage.local_path(target))
+        except OSError as error:
+            raise storage.write_error(target, error) from None
+        return
+    filesystem, path = _hadoop(session, source)
+    try:
+        moved = filesystem.rename(path, session.sparkContext._jvm.org.apache.hadoop.fs.Path(target))
+    except Exception as error:  # noqa: BLE001  (Py4J: the store's failure, said in one line)
+        raise StorageError(f"cannot move {source} to {target}: {_spark_message(error)}") from None
+    if not moved:
+        raise StorageError(f"cannot move {source} to {target}: the file system refused the rename")
+
+
+def summary(config: SparkJobConfig, state: SparkRunState, exit_code: int,
+            error: str | None) -> dict:
+    """The --summary JSON: the local job's keys, built by the local job's code from the merged
+    stats, with `spark` (what only Spark knows) in place of the local job's `files`."""
+    payload = job.summary_head(
+        exit_code=exit_code, error=error, input_location=config.input,
+        output_location=config.output, options=config.options, started=state.started,
+        started_at=state.started_at, rows_in=state.rows,
+        rows_out=state.rows if state.published else 0,
+    )
+    payload["spark"] = {"master": config.master, "application_id": None, "partitions": None,
+                        "spark_version": None, **state.spark}
+    payload.update(job.summary_figures(config.options, state.scorer, state.stats, state.drift))
+    payload["warnings"] = list(state.warnings)
+    return payload
 
 
 def spark_error(error: BaseException) -> SeqscoreError | None:
@@ -434,18 +619,22 @@ def describe(error: BaseException) -> str:
 
 
 def remove_output(session: SparkSession | None, location: str) -> None:
-    """Remove OUTPUT after a failed write; only ever called for an OUTPUT this run created.
+    """Remove what a failed or refused run wrote; only ever called for a location it created.
 
-    A local directory goes with shutil; a store's through Spark's Hadoop file system (session).
+    Local directories and files go with shutil and os; a store's through Spark's Hadoop file
+    system (session).
     """
     if not storage.is_uri(location):
-        shutil.rmtree(storage.local_path(location), ignore_errors=True)
+        path = storage.local_path(location)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         return
     if session is None:
         return
-    jvm = session.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(location)
-    filesystem = path.getFileSystem(session.sparkContext._jsc.hadoopConfiguration())
+    filesystem, path = _hadoop(session, location)
     if filesystem.exists(path):
         filesystem.delete(path, True)
 
@@ -512,14 +701,16 @@ def start_session(config: SparkJobConfig) -> tuple[SparkSession, str | None]:
 DESCRIPTION = """\
 Score a Parquet file or dataset on Apache Spark with the exported ONNX model: the same batch
 function, output columns and validation as python -m score, through mapInArrow. OUTPUT is a new
-Parquet dataset written by Spark's committer (_SUCCESS last); it must not exist."""
+Parquet dataset written by Spark's committer (_SUCCESS last); it must not exist. Every task
+reports its counts and distributions beside its rows; the driver merges them into the local
+job's --summary and drift check, and under --max-psi publishes OUTPUT only within the limit."""
 
 EPILOG = """\
 exit codes: 0 ok; 2 usage; 65 bad data (the first invalid row a task met, as FILE: row N; not
-Parquet; wrong column); 66 INPUT missing; 70 internal error (Spark's log is kept and named);
+Parquet; wrong column; drift above --max-psi); 66 INPUT missing; 70 internal error (Spark's log is kept and named);
 73 OUTPUT exists or cannot be created; 74 I/O error; 78 model missing, corrupt or not matching
 its spec (checked on the driver before Spark starts); 130 Ctrl-C; 143 SIGTERM. A failed run
-removes the OUTPUT it created."""
+removes the OUTPUT it created, and still writes its --summary."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -552,6 +743,15 @@ def parser() -> argparse.ArgumentParser:
                         "training length)")
     p.add_argument("--threads", type=cli.positive_int, default=DEFAULT_THREADS, metavar="N",
                    help="onnxruntime intra-op threads per task (default 1: tasks share the cores)")
+    p.add_argument("--summary", metavar="PATH",
+                   help="write a JSON summary (status, counts, speed, distributions, drift, and "
+                        "Spark's master, application id and partitions), also when the run fails")
+    p.add_argument("--low-confidence", type=cli._probability, default=0.5, metavar="P",
+                   help="a step whose top-1 probability is below P counts as low-confidence (default 0.5)")
+    p.add_argument("--max-psi", type=cli._non_negative, default=None, metavar="X",
+                   help="fail (exit 65, nothing published) if any step's input or prediction PSI "
+                        "exceeds X; the dataset is written beside OUTPUT, hidden, and moved to "
+                        "OUTPUT only within the limit (default: off)")
     p.add_argument("--quiet", action="store_true", help="no line when the job is done")
     return p
 
@@ -564,7 +764,7 @@ def _config(args: argparse.Namespace) -> SparkJobConfig:
             raise UsageError(f"--input-columns {args.input_columns!r}: a column name is empty")
     options = ScoreOptions(top_k=args.top_k, on_invalid=args.on_invalid,
                            input_column=args.input_column, input_columns=input_columns,
-                           max_length=args.max_length)
+                           low_confidence=args.low_confidence, max_length=args.max_length)
     return SparkJobConfig(
         input=args.input,
         output=args.output,
@@ -574,6 +774,8 @@ def _config(args: argparse.Namespace) -> SparkJobConfig:
         batch_size=args.batch_size,
         master=args.master,
         quiet=args.quiet,
+        summary=args.summary,
+        max_psi=args.max_psi,
     )
 
 
@@ -621,7 +823,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, signals: _Signals) -> int:
     """Steps: 1. check the locations and load the model (before Spark starts); 2. start Spark;
-    3. run; 4. stop Spark, then remove an OUTPUT the failed run created; one line on stderr."""
+    3. run; 4. stop Spark, then remove what the failed run created; 5. the warnings and one
+    line on stderr; 6. the summary, whatever happened."""
     warnings.filterwarnings("ignore", message=_PANDAS_WARNING)
     state = SparkRunState()
     session, log_path, config = None, None, None
@@ -630,8 +833,11 @@ def _main(args: argparse.Namespace, signals: _Signals) -> int:
         config = _config(args)
         check_locations(config)
         scorer = models.load(config.model, models.SessionConfig(threads=1))
+        state.scorer, state.stats = scorer, empty_stats(scorer)
         config.options.validate(scorer)
-        for line in length_warnings(scorer, config.options):
+        check_baseline(config, scorer)
+        state.warnings.extend(length_warnings(scorer, config.options))
+        for line in state.warnings:  # now: the run may take hours
             print(f"warning: {line}", file=sys.stderr)
         session, log_path = start_session(config)
         signals.session = session
@@ -650,39 +856,51 @@ def _main(args: argparse.Namespace, signals: _Signals) -> int:
         signals.session = None
         if signals.received is not None and exit_code:  # whatever the cancelled job raised
             exit_code, message = signals.received.exit_code, str(signals.received)
-        _shut_down(session, config, removing=bool(exit_code) and state.writing)
+        _shut_down(session, state.created if exit_code else [])
 
     if log_path is not None:
         if exit_code in (EXIT_SOFTWARE, errors.EXIT_IOERR):
             message = f"{message}; Spark's log: {log_path}"
         else:
             os.unlink(log_path)
+    message = cli.one_line(message) if message else None
+    if state.drift:
+        for line in monitor.drift_warnings(state.drift):
+            print(f"warning: {line}", file=sys.stderr)
     if message:
-        print(f"error: {cli.one_line(message)}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
     elif not config.quiet:
         seconds = time.perf_counter() - state.started
         print(f"scored {config.input} -> {config.output}: {state.rows} rows "
               f"({state.rows_invalid} invalid) in {seconds:.2f} s", file=sys.stderr)
+    if config is not None and config.summary:
+        try:
+            job.write_summary(config.summary, summary(config, state, exit_code, message))
+        except SeqscoreError as error:
+            print(f"error: --summary {error}", file=sys.stderr)  # the message names the location
+            exit_code = exit_code or error.exit_code
     return exit_code
 
 
-def _shut_down(session: SparkSession | None, config: SparkJobConfig | None, removing: bool) -> None:
-    """Stop Spark; when the failed run wrote, remove its OUTPUT once no task can still write.
+def _shut_down(session: SparkSession | None, removing: list[str]) -> None:
+    """Stop Spark; remove what a failed run created (``removing``) once no task can still write.
 
     A store is cleaned through Spark's own file system, so before stopping (jobs cancelled
     first); a local directory after stopping, when every task is gone.
     """
     if session is None:
         return
-    remote = removing and config is not None and storage.is_uri(config.output)
+    remote = [location for location in removing if storage.is_uri(location)]
     try:
         if remote:
             session.sparkContext.cancelAllJobs()
-            remove_output(session, config.output)
+            for location in remote:
+                remove_output(session, location)
     finally:
         session.stop()
-    if removing and not remote:
-        remove_output(None, config.output)
+    for location in removing:
+        if not storage.is_uri(location):
+            remove_output(None, location)
 
 
 if __name__ == "__main__":

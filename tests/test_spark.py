@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -20,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import RAGGED_MODEL, ROOT, list_array, random_x, run_module, run_score
+from conftest import RAGGED_MODEL, ROOT, list_array, random_x, run_module, run_score, write_x
 
+from score import job, monitor
 from score import spark as scale  # imports no pyspark: the refusal tests need none
 from score.core import ScoreOptions, output_schema, score_batch
 from score.errors import InvalidInput, ModelError
@@ -285,17 +287,25 @@ QUICK_JVM = {"PYSPARK_SUBMIT_ARGS": "--conf spark.ui.enabled=false "
 
 @pytest.mark.slow
 @needs_spark
-def test_cli_invalid_row_exits_65_with_one_line_and_leaves_no_output(model_path, tmp_path):
+def test_cli_invalid_row_exits_65_leaves_no_output_and_the_failing_run_still_writes_its_summary(
+        model_path, tmp_path):
     directory, bad_file = write_single_bad_row(tmp_path / "input")
     output = tmp_path / "scored"
     result = run_module("score.spark", directory, output, "--model", model_path,
-                        "--master", "local[2]", "--on-invalid", "error", env=QUICK_JVM)
+                        "--master", "local[2]", "--on-invalid", "error",
+                        "--summary", tmp_path / "summary.json", env=QUICK_JVM)
     assert result.returncode == 65, result.stderr
     assert result.stdout == ""
-    assert result.stderr.splitlines() == [
-        f"error: {bad_file}: row 321: x[2] = 99 is not one of the model's input values (0..10)"
-    ]
+    message = f"{bad_file}: row 321: x[2] = 99 is not one of the model's input values (0..10)"
+    assert result.stderr.splitlines() == [f"error: {message}"]
     assert not output.exists()  # no _SUCCESS, no part files, not even the empty directory
+    # A failing run still writes its summary: what the tasks that finished had scored.
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["exit_code"], summary["error"]) == ("failed", 65, message)
+    assert summary["rows_out"] == 0
+    assert summary["rows_in"] in (0, 500, 1000)  # whole clean files only, never the failed task's
+    assert summary["rows_invalid"] == 0
+    assert summary["spark"]["application_id"].startswith("local-")
 
 
 @pytest.mark.slow
@@ -341,6 +351,143 @@ def test_cli_sigterm_cancels_the_job_and_removes_its_output(model_path, tmp_path
     assert not output.exists()
 
 
+# The run's summary and the --max-psi gate ---------------------------------------------------
+# What differs between the two summaries by nature: where and when each ran, and the result
+# cache, which Spark keeps per task (a partition's repeats are scored once, not the run's).
+PER_RUN = {"output", "started_at", "finished_at", "seconds", "rows_per_second"}
+PER_PARTITION = {"distinct_sequences_scored", "steps_computed"}
+
+
+def spark_summary(spark, config: scale.SparkJobConfig, path: Path) -> dict:
+    """Run the job on the module's session and write its summary as the command line does."""
+    state = scale.run(spark, config, load(config.model), scale.SparkRunState())
+    job.write_summary(str(path), scale.summary(config, state, 0, None))
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def monitored_file(spark, tmp_path_factory, model_path) -> dict:
+    """One file scored with --summary by the local job and by Spark (in several partitions)."""
+    directory = tmp_path_factory.mktemp("monitored")
+    rows = 5000
+    table = pa.table({"id": np.arange(rows, dtype=np.int64),
+                      "x": pa.array(sequences_with_invalid_rows(rows, seed=41), pa.list_(pa.int64()))})
+    source = directory / "events.parquet"
+    pq.write_table(table, source, row_group_size=500)
+    flags = ("--on-invalid", "null", "--low-confidence", "0.8")
+    result = run_score(source, directory / "local.parquet", "--model", model_path, *flags,
+                       "--summary", directory / "local.json", "--quiet")
+    assert result.code == 0, result.stderr
+    options = ScoreOptions(on_invalid="null", low_confidence=0.8)
+    config = scale.SparkJobConfig(str(source), str(directory / "spark"), model_path, options)
+    # Splits of 8 kB: the file's ten row groups go to several tasks, whose stats must merge.
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "8192")
+    try:
+        partitions = spark.read.parquet(str(source)).rdd.getNumPartitions()
+        summary = spark_summary(spark, config, directory / "spark.json")
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    return {"local": json.loads((directory / "local.json").read_text()), "spark": summary,
+            "partitions": partitions, "path": directory / "spark.json"}
+
+
+@pytest.mark.slow
+@needs_spark
+def test_the_spark_summary_of_a_file_equals_the_local_jobs_summary(spark, monitored_file):
+    local, summary = monitored_file["local"], monitored_file["spark"]
+    assert set(summary) - set(local) == {"spark"}
+    assert set(local) - set(summary) == {"files"}
+    assert summary["spark"] == {"master": "local[2]", "application_id": spark.sparkContext.applicationId,
+                                "partitions": monitored_file["partitions"], "spark_version": spark.version}
+    assert monitored_file["partitions"] >= 2
+    # Every shared count and histogram, exactly: status, rows in, out and invalid, invalid rows
+    # by reason, the per-step input and prediction histograms, lengths, the model's sha256...
+    shared = set(local) - PER_RUN - PER_PARTITION - {"files", "drift"}
+    assert {key: summary[key] for key in shared} == {key: local[key] for key in shared}
+    assert summary["rows_in"] == summary["rows_out"] == 5000
+    assert summary["rows_invalid"] == 500
+    # ... and the drift: the same profiles and shares; the PSI figures within 1e-9.
+    psi_keys = {"input_psi", "prediction_psi", "confidence_psi", "length_psi"}
+    assert set(local["drift"]) >= psi_keys
+    for key, value in local["drift"].items():
+        if key in psi_keys:
+            assert summary["drift"][key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
+        else:
+            assert summary["drift"][key] == value, key
+    # Each task de-duplicates its own rows: at least the local job's work, never more than a
+    # run without de-duplication.
+    valid = 5000 - 500
+    assert local["distinct_sequences_scored"] <= summary["distinct_sequences_scored"] <= valid
+    assert local["steps_computed"] <= summary["steps_computed"] <= valid * 4
+
+
+@pytest.mark.slow
+@needs_spark
+def test_invalid_rows_under_on_invalid_null_are_reported_by_reason(spark, dataset, model_path,
+                                                                  tmp_path):
+    # The reason of every row, worked out here from the values, without seqscore.
+    expected = {"null_row": 0, "wrong_length": 0, "null_element": 0, "unknown_value": 0,
+                "non_finite_output": 0}
+    for row in pq.read_table(dataset).column("x").to_pylist():
+        if row is None:
+            expected["null_row"] += 1
+        elif len(row) != 4:
+            expected["wrong_length"] += 1
+        elif None in row:
+            expected["null_element"] += 1
+        elif not all(0 <= value <= 10 for value in row):
+            expected["unknown_value"] += 1
+    config = scale.SparkJobConfig(str(dataset), str(tmp_path / "scored"), model_path,
+                                  ScoreOptions(on_invalid="null"))
+    summary = spark_summary(spark, config, tmp_path / "summary.json")
+    assert summary["invalid_by_reason"] == expected
+    assert min(expected["null_row"], expected["wrong_length"], expected["null_element"],
+               expected["unknown_value"]) > 0
+    assert summary["rows_in"] == summary["rows_out"] == 3400
+    assert summary["rows_invalid"] == sum(expected.values()) == 340
+    assert summary["drift"]["invalid_share"] == 0.1
+
+
+@pytest.mark.slow
+@needs_spark
+def test_drift_above_max_psi_exits_65_and_leaves_no_output(model_path, tmp_path):
+    source = write_x(tmp_path / "drifted.parquet", random_x(5000, seed=33, high=3))
+    output, summary_path = tmp_path / "scored", tmp_path / "summary.json"
+    result = run_module("score.spark", source, output, "--model", model_path, "--master", "local[2]",
+                        "--max-psi", "0.2", "--summary", summary_path, env=QUICK_JVM)
+    assert result.returncode == 65, result.stderr
+    summary = json.loads(summary_path.read_text())
+    drift = summary["drift"]
+    worst, where = monitor.max_psi(drift)
+    message = (f"{source}: drift in {where}: PSI {worst:.3f} exceeds --max-psi 0.2; "
+               f"nothing was published")
+    lines = result.stderr.splitlines()
+    assert lines[-1] == f"error: {message}"
+    assert lines[:-1] == [f"warning: {line}" for line in monitor.drift_warnings(drift)]
+    assert worst == max(drift["input_psi"] + drift["prediction_psi"]) > 0.2
+    # Nothing published, and the staged dataset beside OUTPUT is gone too.
+    assert not output.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["drifted.parquet", "summary.json"]
+    assert (summary["status"], summary["exit_code"], summary["error"]) == ("failed", 65, message)
+    assert (summary["rows_in"], summary["rows_out"]) == (5000, 0)
+    assert summary["spark"]["master"] == "local[2]"
+    assert summary["spark"]["application_id"].startswith("local-")
+
+
+@pytest.mark.slow
+@needs_spark
+def test_score_report_draws_a_spark_summary(monitored_file, tmp_path):
+    pytest.importorskip("matplotlib")
+    from score.report import main as report_main
+
+    picture = tmp_path / "report.png"
+    assert report_main([str(monitored_file["path"]), str(picture)]) == 0
+    data = picture.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width > 1000 and height > 700
+
+
 # Refusals before Spark starts (no JVM needed) ---------------------------------------------
 def run_spark_cli(*args) -> tuple[int, list[str]]:
     import io
@@ -382,6 +529,47 @@ def test_locations_are_refused_before_spark_starts(model_path, tmp_path, monkeyp
     code, lines = run_spark_cli(source, output, "--model", model_path)
     assert code == expected_code
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
+
+
+def test_a_run_that_fails_before_spark_starts_still_writes_its_summary(tmp_path, monkeypatch):
+    directory, _ = write_single_bad_row(tmp_path / "input")
+    monkeypatch.setattr(scale, "start_session", lambda config: pytest.fail("Spark started"))
+    missing = tmp_path / "missing.onnx"
+    code, lines = run_spark_cli(directory, tmp_path / "out", "--model", missing,
+                                "--summary", tmp_path / "summary.json")
+    assert code == 78
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["exit_code"]) == ("failed", 78)
+    assert f"error: {summary['error']}" == lines[0]
+    assert (summary["rows_in"], summary["rows_out"]) == (0, 0)
+    assert summary["spark"] == {"master": None, "application_id": None, "partitions": None,
+                                "spark_version": None}
+    assert "model" not in summary and "drift" not in summary  # nothing was loaded or scored
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        pytest.param("--low-confidence", "1.5", "1.5 is not a probability in [0, 1]",
+                     id="low_confidence_above_1"),
+        pytest.param("--max-psi", "-0.1", "-0.1 is negative", id="max_psi_negative"),
+    ],
+)
+def test_monitoring_flags_are_checked_as_the_local_job_checks_them(tmp_path, capsys, flag, value,
+                                                                  expected):
+    with pytest.raises(SystemExit) as raised:
+        scale.main([str(tmp_path / "in"), str(tmp_path / "out"), flag, value])
+    assert raised.value.code == 2
+    assert capsys.readouterr().err == (
+        f"python -m score.spark: error: argument {flag}: {expected} (see --help)\n")
+
+
+def test_the_staged_dataset_is_a_hidden_sibling_of_output():
+    assert scale.staging_location("/data/scored/", "local-17") == "/data/.scored.seqscore-local-17.tmp"
+    assert scale.staging_location("s3a://bucket/scored/dt=2024-06-01", "application_9_0001") == (
+        "s3a://bucket/scored/.dt=2024-06-01.seqscore-application_9_0001.tmp")
 
 
 def test_importing_score_spark_does_not_import_pyspark():
