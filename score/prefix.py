@@ -114,27 +114,41 @@ def segment_cost(tree: Tree, start: int, stop: int) -> tuple[int, int]:
     return paths, steps
 
 
+def segment_costs(tree: Tree, starts: np.ndarray, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """segment_cost for every start in ``starts`` (each < stop) at once, from running sums.
+
+    A segment's paths are the prefixes that end at its last level plus the leaves inside it; a
+    leaf at level s runs s - start + 1 steps.
+    """
+    ends = np.zeros(tree.leaves.size + 1, dtype=np.int64)
+    np.cumsum(tree.leaves, out=ends[1:])
+    weighted = np.zeros(tree.leaves.size + 1, dtype=np.int64)
+    np.cumsum(np.arange(tree.leaves.size) * tree.leaves, out=weighted[1:])
+    inner = ends[stop - 1] - ends[starts]  # leaves at levels start..stop-2
+    paths = tree.nodes[stop - 1] + inner
+    steps = ((stop - starts) * tree.nodes[stop - 1] + weighted[stop - 1] - weighted[starts]
+             - (starts - 1) * inner)
+    return paths, steps
+
+
 def plan(tree: Tree, state_bytes: int) -> list[int]:
     """The cut levels [0, ..., L] that minimise the cost model; [0, L] when nothing pays."""
     longest = tree.nodes.size
     cuts = [level for level in range(1, min(longest, SHARE_LEVELS + 1))
             if tree.nodes[level - 1] * state_bytes <= STATE_BUDGET]
-    points = [0, *cuts, longest]
-    best = {0: (0.0, -1)}
-    for stop in points[1:]:
-        options = []
-        for start in points:
-            if start >= stop:
-                break
-            paths, steps = segment_cost(tree, start, stop)
-            calls = max(-(-steps // RUN_STEPS), -(-paths // RUN_ROWS))
-            cost = steps + PATH_COST * paths + CALL_COST * calls + SEGMENT_COST
-            options.append((best[start][0] + cost, start))
-        best[stop] = min(options)
-    boundaries = [longest]
+    points = np.asarray([0, *cuts, longest], dtype=np.int64)
+    best = np.zeros(points.size)  # the cheapest cost of reaching each point
+    came_from = np.zeros(points.size, dtype=np.int64)
+    for index in range(1, points.size):
+        paths, steps = segment_costs(tree, points[:index], int(points[index]))
+        calls = np.maximum(-(-steps // RUN_STEPS), -(-paths // RUN_ROWS))
+        costs = best[:index] + steps + PATH_COST * paths + CALL_COST * calls + SEGMENT_COST
+        came_from[index] = int(np.argmin(costs))
+        best[index] = costs[came_from[index]]
+    boundaries = [points.size - 1]
     while boundaries[-1] > 0:
-        boundaries.append(best[boundaries[-1]][1])
-    return boundaries[::-1]
+        boundaries.append(int(came_from[boundaries[-1]]))
+    return [int(points[index]) for index in boundaries[::-1]]
 
 
 @dataclass

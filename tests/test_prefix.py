@@ -248,3 +248,16 @@ def test_an_int8_model_is_run_whole(tmp_path):
     x = skewed(np.random.default_rng(6), (2000, 4), 10)
     _, stats = scored(quantized, list_array(x), dedup=False)
     assert stats.steps_computed == stats.scored_steps
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=rows_strategy)
+def test_the_plan_prices_every_segment_as_the_plain_sums_do(rows):
+    flat, offsets = flat_rows(rows)
+    tree = prefix.build_tree(flat, offsets, np.arange(len(rows)), 5)
+    longest = tree.nodes.size
+    for stop in range(1, longest + 1):
+        starts = np.arange(stop)
+        paths, steps = prefix.segment_costs(tree, starts, stop)
+        assert [(int(p), int(s)) for p, s in zip(paths, steps)] == [
+            prefix.segment_cost(tree, start, stop) for start in starts]
