@@ -1,4 +1,5 @@
-"""python -m export: convert artifacts/model.keras to a verified, self-describing model.onnx."""
+"""python -m export: convert artifacts/model.keras (or, with --onnx, import an ONNX sequence model
+made elsewhere) to a verified, self-describing model.onnx."""
 
 from __future__ import annotations
 
@@ -18,19 +19,31 @@ from score.errors import EXIT_SIGINT, SeqscoreError
 DESCRIPTION = """\
 Convert DIR/model.keras to ONNX with tf2onnx (on the CPU), check it against Keras on the test
 split and on random sequences, embed the spec and the training summary in its metadata, and
-publish it atomically with a .sha256 beside it. Nothing is published if the check fails."""
+publish it atomically with a .sha256 beside it. Nothing is published if the check fails.
+
+With --onnx PATH instead: import a sequence model exported elsewhere (torch.onnx.export of an
+nn.LSTM / nn.GRU, or any exporter), wrap it so that it takes x (class indices, (batch, time)) and
+gives per-step softmax probabilities, check it against the source and for causality, and publish
+it the same way. No TensorFlow is needed."""
 
 
 def parser() -> argparse.ArgumentParser:
     from export.core import ExportConfig
+    from export.imported import ImportConfig
 
     defaults = ExportConfig()
     p = argparse.ArgumentParser(prog="python -m export", description=DESCRIPTION)
-    p.add_argument("--artifacts", default=defaults.artifacts, metavar="DIR",
-                   help=f"folder written by `python -m train` (default {defaults.artifacts})")
+    source = p.add_mutually_exclusive_group()
+    # No default here: argparse lets a mutually exclusive flag pass when its value is the default.
+    source.add_argument("--artifacts", metavar="DIR",
+                        help=f"folder written by `python -m train` (default {defaults.artifacts})")
+    source.add_argument("--onnx", metavar="PATH",
+                        help="import this ONNX sequence model made elsewhere instead (needs "
+                             "--x-values and --y-values)")
     p.add_argument("--output", metavar="PATH",
-                   help="where to write the ONNX file (default DIR/model.onnx)")
-    p.add_argument("--opset", type=int, default=defaults.opset, metavar="N",
+                   help=f"where to write the ONNX file (default DIR/model.onnx; with --onnx "
+                        f"{ImportConfig.output})")
+    p.add_argument("--opset", type=int, default=None, metavar="N",
                    help=f"ONNX opset (default {defaults.opset}, loadable by older onnxruntime builds)")
     p.add_argument("--quantize", choices=["int8"],
                    help="also write model.int8.onnx (dynamic int8) if it agrees with the float model")
@@ -38,31 +51,139 @@ def parser() -> argparse.ArgumentParser:
                    metavar="SHARE",
                    help=f"minimum argmax agreement of int8 with float on the test split "
                         f"(default {defaults.quantize_agreement})")
+    imported = p.add_argument_group("--onnx only")
+    imported.add_argument("--x-values", type=_values, metavar="SET",
+                          help="the raw input value of each input class index: a range like 0..10 "
+                               "or a list like 1,2,5")
+    imported.add_argument("--y-values", type=_values, metavar="SET",
+                          help="the raw output value of each output class, in the model's order")
+    imported.add_argument("--outputs", choices=["probabilities", "logits"],
+                          help="what the model's output is (default: detected; a softmax is added "
+                               "to logits)")
+    imported.add_argument("--time-axis", type=int, choices=[0, 1],
+                          help="the input's time axis (default: the axis whose name says time, "
+                               "seq, step or length, else 1)")
+    imported.add_argument("--reference", metavar="DATA.parquet",
+                          help="rows (list column x of raw values) to check on and to take the "
+                               "drift baseline from (default: none, no drift monitoring)")
+    imported.add_argument("--max-length", type=_positive, metavar="N",
+                          help=f"the longest sequence accepted when the time axis is dynamic; a "
+                               f"model that reads later steps is scored at exactly N "
+                               f"(default {ImportConfig.max_length})")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before TensorFlow loads: never the cuDNN kernel
-    from export.core import ExportConfig, export
+def _values(text: str) -> tuple[int, ...]:
+    from score.spec import parse_values
 
-    config = ExportConfig(
-        artifacts=args.artifacts,
-        output=args.output,
-        opset=args.opset,
-        quantize=args.quantize,
-        quantize_agreement=args.quantize_agreement,
-    )
     try:
-        report = export(config)
+        return parse_values(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+IMPORT_ONLY = ("x_values", "y_values", "outputs", "time_axis", "reference", "max_length")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if args.onnx is not None:
+        _check_import_arguments(p, args)
+    else:
+        given = [f"--{name.replace('_', '-')}" for name in IMPORT_ONLY if getattr(args, name) is not None]
+        if given:
+            p.error(f"{', '.join(given)}: only with --onnx")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before TensorFlow loads: never the cuDNN kernel
+    try:
+        if args.onnx is not None:
+            report = _import(args)
+        else:
+            report = _export(args)
     except SeqscoreError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("error: interrupted; the previous model.onnx is unchanged", file=sys.stderr)
         return EXIT_SIGINT
-    _print_report(report)
+    if args.onnx is not None:
+        _print_import_report(report)
+    else:
+        _print_report(report)
     return 0
+
+
+def _check_import_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--onnx needs the value sets, and has no conversion or quantisation to tune."""
+    missing = [flag for flag, value in (("--x-values", args.x_values), ("--y-values", args.y_values))
+               if value is None]
+    if missing:
+        p.error(f"--onnx needs {' and '.join(missing)}")
+    given = [flag for flag, value in (("--opset", args.opset), ("--quantize", args.quantize))
+             if value is not None]
+    if given:
+        p.error(f"{', '.join(given)}: only with --artifacts (an imported model keeps its own opset)")
+
+
+def _export(args: argparse.Namespace) -> dict:
+    from export.core import ExportConfig, export
+
+    config = ExportConfig(
+        artifacts=args.artifacts if args.artifacts is not None else ExportConfig.artifacts,
+        output=args.output,
+        opset=args.opset if args.opset is not None else ExportConfig.opset,
+        quantize=args.quantize,
+        quantize_agreement=args.quantize_agreement,
+    )
+    return export(config)
+
+
+def _import(args: argparse.Namespace) -> dict:
+    from export.imported import ImportConfig, import_model
+
+    optional = {"output": args.output, "outputs": args.outputs, "time_axis": args.time_axis,
+                "reference": args.reference, "max_length": args.max_length}
+    config = ImportConfig(source=args.onnx, x_values=args.x_values, y_values=args.y_values,
+                          **{key: value for key, value in optional.items() if value is not None})
+    return import_model(config)
+
+
+def _print_import_report(report: dict) -> None:
+    source, wrapping, checks, spec = report["source"], report["wrapping"], report["checks"], report["spec"]
+    producer = " ".join(part for part in (source["producer_name"], source["producer_version"]) if part)
+    print(f"imported {source['path']} ({producer or 'unknown producer'}, sha256 {source['sha256'][:16]}...): "
+          f"{wrapping['input']}, {wrapping['output']}"
+          f"{', time-major' if wrapping['input_time_major'] or wrapping['output_time_major'] else ''}")
+    parity = "; ".join(f"{name}: {checks[name]['rows']} rows, max |diff| {checks[name]['max_abs_difference']:.2g}"
+                       for name in ("random", "reference") if name in checks)
+    print(f"verified against the source ({parity})")
+    causality = checks["causality"]
+    if spec.get("min_len") is not None:
+        print(f"causal: scored at any length 1..{spec['seq_len']}")
+    elif causality["causal"]:
+        print(f"causal, with a fixed time axis: scored at exactly {spec['seq_len']} steps")
+    else:
+        print(f"not causal (changing later steps moves earlier outputs by up to "
+              f"{causality['later_steps_changed_max_abs_difference']:.2g}): scored at exactly "
+              f"{spec['seq_len']} steps")
+    interface = report["scoring_interface"]
+    if "state_carry" in checks:
+        print(_state_carry_line(checks["state_carry"], interface["states"]))
+    elif interface["states_withheld"]:
+        print(f"no LSTM state exposed, so no prefix is shared in scoring: {interface['states_withheld']}")
+    if report["baseline"] is None:
+        print("no drift baseline (no --reference): the scoring job will not monitor drift")
+    print(f"wrote {report['output']} ({report['bytes']} bytes, sha256 {report['sha256'][:16]}...)")
 
 
 def _print_report(report: dict) -> None:

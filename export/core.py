@@ -231,29 +231,41 @@ def verification_inputs(spec: Spec, artifacts: str, rows: int, seed: int) -> dic
     A variable-length model is checked on the test split's rows at their own lengths and on
     random sequences of random lengths 1..max_len.
     """
+    path = os.path.join(artifacts, "test.parquet")
+    if not os.path.isfile(path):
+        raise InputMissing(f"{path}: not found; run `make train` first")
+    test = read_rows(path, spec)
+    generator = np.random.default_rng(seed)
+    return {"test_split": test, "random": random_rows(spec, rows, generator)}
+
+
+def read_rows(path: str, spec: Spec) -> ParityRows:
+    """The input column of a Parquet file, encoded to class indices; a variable-length spec
+    keeps each row at its own length (right-padded with 0 to the longest)."""
     import pyarrow.parquet as pq
 
     from score.encoding import Encoder, ragged_from_list, sequences_from_list, to_padded
 
-    path = os.path.join(artifacts, "test.parquet")
-    if not os.path.isfile(path):
-        raise InputMissing(f"{path}: not found; run `make train` first")
     table = pq.read_table(path, columns=[spec.input_column])
-    generator = np.random.default_rng(seed)
     encoder = Encoder(spec, np.int32)
     if not spec.variable_length:
         raw = sequences_from_list(table.column(spec.input_column), spec.seq_len, spec.input_column)
-        test = encoder.encode_strict(raw)
-        random = generator.integers(0, spec.x_classes, size=(rows, spec.seq_len), dtype=np.int32)
-        return {"test_split": ParityRows(test), "random": ParityRows(random)}
-
+        return ParityRows(encoder.encode_strict(raw))
     raw = ragged_from_list(table.column(spec.input_column), spec.input_column, spec.max_len)
     flat = encoder.encode_ragged_strict(raw)
-    test, _ = to_padded(flat, raw.offsets, np.arange(raw.rows), int(raw.lengths.max()))
+    indices, _ = to_padded(flat, raw.offsets, np.arange(raw.rows), int(raw.lengths.max()))
+    return ParityRows(indices, raw.lengths)
+
+
+def random_rows(spec: Spec, rows: int, generator: np.random.Generator) -> ParityRows:
+    """Random valid sequences: seq_len steps each, or of random lengths 1..max_len (padded
+    with 0) for a variable-length spec."""
+    if not spec.variable_length:
+        return ParityRows(generator.integers(0, spec.x_classes, size=(rows, spec.seq_len), dtype=np.int32))
     lengths = generator.integers(1, spec.max_len + 1, size=rows, dtype=np.int64)
     random = generator.integers(0, spec.x_classes, size=(rows, spec.max_len), dtype=np.int32)
     random = np.where(np.arange(spec.max_len) < lengths[:, None], random, 0).astype(np.int32)
-    return {"test_split": ParityRows(test, raw.lengths), "random": ParityRows(random, lengths)}
+    return ParityRows(random, lengths)
 
 
 def compare(keras_probabilities: np.ndarray, onnx_probabilities: np.ndarray, near_tie: float,

@@ -1,0 +1,497 @@
+"""python -m export --onnx: importing a sequence model made elsewhere, wrapping, checks, scoring.
+
+The source models are built here with onnx.helper, as torch.onnx.export lays out nn.LSTM /
+nn.GRU: an embedding Gather (or a MatMul over one-hot floats), the fused recurrence over
+(time, batch, features), a linear head. No TensorFlow or PyTorch is needed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import CliResult, run_score
+from onnx import TensorProto, helper, numpy_helper
+
+from score.monitor import Profile
+from score.spec import Spec
+
+X_VALUES = (10, 11, 12, 13, 14)  # raw input values: five input classes
+Y_VALUES = (0, 2, 4)  # raw output values: three output classes
+MAX_LENGTH = 6
+TOP_K = 3
+
+
+@dataclass(frozen=True)
+class Source:
+    """How to build a source model."""
+
+    cell: str = "LSTM"  # or 'GRU'
+    time_major: bool = False  # input (time, batch) and output (time, batch, classes)
+    one_hot: bool = False  # input float32 (batch, time, x classes) instead of int64 ids
+    direction: str = "forward"  # or 'bidirectional'
+    head: str = "logits"  # or 'softmax', 'sigmoid'
+    x_classes: int = len(X_VALUES)
+    y_classes: int = len(Y_VALUES)
+    extra_input: bool = False  # a second required input (a lengths vector)
+    state_outputs: bool = False  # the final h and c as further outputs, as PyTorch's (h_n, c_n)
+    axis_names: tuple[str, str] = ("batch", "sequence")  # in batch-major order
+    hidden: int = 4
+    embedding: int = 3
+    opset: int = 17
+    seed: int = 0
+
+
+def build(source: Source) -> onnx.ModelProto:
+    """A small seeded recurrent model as torch.onnx.export would lay it out."""
+    generator = np.random.default_rng(source.seed)
+
+    def weight(*shape: int) -> np.ndarray:
+        return generator.normal(0.0, 0.8, size=shape).astype(np.float32)
+
+    gates = 4 if source.cell == "LSTM" else 3
+    directions = 2 if source.direction == "bidirectional" else 1
+    hidden = source.hidden
+    batch_name, time_name = source.axis_names
+    initializers = {
+        "W": weight(directions, gates * hidden, source.embedding),
+        "R": weight(directions, gates * hidden, hidden),
+        "B": weight(directions, 2 * gates * hidden),
+        "head_weight": weight(directions * hidden, source.y_classes),
+        "head_bias": weight(source.y_classes),
+        "flat_shape": np.array([0, 0, -1], np.int64),
+    }
+    nodes = []
+    if source.one_hot:
+        initializers["embedding"] = weight(source.x_classes, source.embedding)
+        axes = [batch_name, time_name, source.x_classes]
+        inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                [axes[1], axes[0], axes[2]] if source.time_major else axes)]
+        nodes.append(helper.make_node("MatMul", ["input", "embedding"], ["embedded"]))
+    else:
+        initializers["embedding"] = weight(source.x_classes, source.embedding)
+        axes = [time_name, batch_name] if source.time_major else [batch_name, time_name]
+        inputs = [helper.make_tensor_value_info("input", TensorProto.INT64, axes)]
+        nodes.append(helper.make_node("Gather", ["embedding", "input"], ["embedded"]))
+    if source.extra_input:
+        inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT64, [batch_name]))
+    # The recurrence runs time-major (ONNX's default layout), as PyTorch exports it.
+    recurrent_input = "embedded"
+    if not source.time_major:
+        nodes.append(helper.make_node("Transpose", ["embedded"], ["embedded_tb"], perm=[1, 0, 2]))
+        recurrent_input = "embedded_tb"
+    nodes += [
+        helper.make_node(source.cell, [recurrent_input, "W", "R", "B"],
+                         ["Y", "h_n", "c_n"] if source.state_outputs else ["Y"], f"/rnn/{source.cell}",
+                         hidden_size=hidden, direction=source.direction),
+        helper.make_node("Transpose", ["Y"], ["Y_tbdh"], perm=[0, 2, 1, 3]),  # (time, batch, dirs, hidden)
+        helper.make_node("Reshape", ["Y_tbdh", "flat_shape"], ["features"]),
+        helper.make_node("MatMul", ["features", "head_weight"], ["scores"]),
+        helper.make_node("Add", ["scores", "head_bias"], ["head"]),
+    ]
+    head = "head"
+    if not source.time_major:
+        nodes.append(helper.make_node("Transpose", ["head"], ["head_bt"], perm=[1, 0, 2]))
+        head = "head_bt"
+    if source.head == "softmax":
+        nodes.append(helper.make_node("Softmax", [head], ["output"], axis=-1))
+    elif source.head == "sigmoid":
+        nodes.append(helper.make_node("Sigmoid", [head], ["output"]))
+    else:
+        nodes.append(helper.make_node("Identity", [head], ["output"]))
+    output_axes = ([time_name, batch_name] if source.time_major else [batch_name, time_name]) + [source.y_classes]
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, output_axes)]
+    if source.state_outputs:
+        outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, batch_name, hidden])
+                    for name in ("h_n", "c_n")]
+    graph = helper.make_graph(
+        nodes, "source", inputs, outputs,
+        [numpy_helper.from_array(value, name) for name, value in initializers.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", source.opset)],
+                              producer_name="pytorch", producer_version="2.5.0")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_source(path, source: Source) -> str:
+    onnx.save_model(build(source), str(path))
+    return str(path)
+
+
+def run_export(*args: str) -> CliResult:
+    """Call `python -m export` in-process through main(argv) and capture its output."""
+    from export.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def import_source(tmp_path, source: Source, *extra: str) -> tuple[CliResult, str]:
+    """Import ``source`` into tmp_path/published/model.onnx; return the result and that path."""
+    path = write_source(tmp_path / "source.onnx", source)
+    output = tmp_path / "published" / "model.onnx"
+    result = run_export("--onnx", path, "--x-values", "10..14", "--y-values", "0,2,4",
+                        "--output", output, "--max-length", MAX_LENGTH, *extra)
+    return result, str(output)
+
+
+def ragged_rows(rows: int, seed: int, lengths: tuple[int, int]) -> list[list[int]]:
+    generator = np.random.default_rng(seed)
+    return [list(generator.choice(X_VALUES, size=int(generator.integers(lengths[0], lengths[1] + 1))))
+            for _ in range(rows)]
+
+
+def write_rows(path, rows: list[list[int]]) -> str:
+    table = pa.table({"id": np.arange(len(rows), dtype=np.int64),
+                      "x": pa.array(rows, type=pa.list_(pa.int64()))})
+    pq.write_table(table, str(path))
+    return str(path)
+
+
+def source_by_hand(model: onnx.ModelProto, source: Source, row: list[int]) -> np.ndarray:
+    """The source model on one raw row, run the plain way: (steps, y classes) probabilities."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    indices = np.searchsorted(X_VALUES, row)[None, :]
+    feed = np.eye(source.x_classes, dtype=np.float32)[indices] if source.one_hot else indices.astype(np.int64)
+    if source.time_major:
+        feed = np.swapaxes(feed, 0, 1)
+    output = session.run(["output"], {"input": feed})[0]
+    if source.time_major:
+        output = np.swapaxes(output, 0, 1)
+    output = output[0]
+    if source.head == "logits":
+        exponentials = np.exp(output - output.max(axis=-1, keepdims=True))
+        output = exponentials / exponentials.sum(axis=-1, keepdims=True)
+    return output
+
+
+def published_spec(path: str) -> Spec:
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return Spec.from_json(session.get_modelmeta().custom_metadata_map["spec"])
+
+
+def metadata(path: str) -> dict[str, str]:
+    return dict(ort.InferenceSession(path, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map)
+
+
+def assert_scores_like_the_source(tmp_path, model_path: str, source: Source, rows: list[list[int]]):
+    """`python -m score` on ``rows`` gives what the source, run by hand, gives: the same argmax
+    and top-k classes (a stable descending sort, through Y_VALUES), probabilities within 1e-6."""
+    data = write_rows(tmp_path / "rows.parquet", rows)
+    scored = tmp_path / "scored.parquet"
+    result = run_score(data, scored, "--model", model_path, "--top-k", TOP_K, "--quiet")
+    assert result.code == 0, result.stderr
+    out = pq.read_table(scored)
+    y_values = np.asarray(Y_VALUES)
+    model = build(source)
+    for number, row in enumerate(rows):
+        probabilities = source_by_hand(model, source, row)
+        order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :TOP_K]
+        assert out.column("y_pred")[number].as_py() == list(y_values[probabilities.argmax(-1)])
+        assert out.column("top_k_values")[number].as_py() == y_values[order].tolist()
+        scored_probabilities = np.asarray(out.column("top_k_probs")[number].as_py(), np.float32)
+        np.testing.assert_allclose(scored_probabilities, np.take_along_axis(probabilities, order, -1), atol=1e-6)
+    return result
+
+
+# Imported models, scored ------------------------------------------------------------------------
+CAUSAL = [
+    pytest.param(Source(), 1, id="lstm_batch_major_ids"),
+    pytest.param(Source(time_major=True, axis_names=("batch", "seq")), 1, id="lstm_time_major_ids"),
+    pytest.param(Source(cell="GRU"), 0, id="gru_batch_major_ids"),
+    pytest.param(Source(cell="GRU", time_major=True, axis_names=("N", "time")), 0, id="gru_time_major_ids"),
+    pytest.param(Source(one_hot=True), 1, id="lstm_one_hot_float"),
+    pytest.param(Source(head="softmax", time_major=True, axis_names=("b", "steps")), 1, id="lstm_softmax_out"),
+    # Below opset 13 the graph gets no heads or states; the scorer adds the heads at load time.
+    pytest.param(Source(opset=11), 0, id="lstm_opset_11"),
+    pytest.param(Source(state_outputs=True), 1, id="lstm_with_h_n_c_n_outputs"),
+]
+
+
+@pytest.mark.parametrize(("source", "states"), CAUSAL)
+def test_a_causal_model_is_imported_variable_length_and_scores_like_the_source(tmp_path, source, states):
+    result, model_path = import_source(tmp_path, source)
+    assert result.code == 0, result.stderr
+    assert result.stderr == ""
+    spec = published_spec(model_path)
+    assert (spec.x_values, spec.y_values, spec.min_len, spec.max_len) == (X_VALUES, Y_VALUES, 1, MAX_LENGTH)
+    assert len(spec.states) == states  # a GRU's state is not carried: scored without prefix sharing
+    report = json.loads((tmp_path / "published" / "export_report.json").read_text())
+    assert report["checks"]["causality"]["causal"] is True
+    assert report["wrapping"]["input_time_major"] == source.time_major
+    assert report["wrapping"]["output_time_major"] == source.time_major
+    assert report["wrapping"]["output"].startswith("logits" if source.head == "logits" else "probabilities")
+    assert report["wrapping"]["dropped_outputs"] == (["h_n", "c_n"] if source.state_outputs else [])
+    assert report["checks"]["passed"] is True
+    assert report["checks"]["random"]["max_abs_difference"] <= 1e-5
+    assert ("state_carry" in report["checks"]) == bool(states)
+    # Rows of every length, with repeated prefixes (shared in scoring where states are exposed).
+    rows = ragged_rows(24, seed=1, lengths=(1, MAX_LENGTH)) + [[10, 11, 12], [10, 11, 12, 13], [10, 11]]
+    scored = assert_scores_like_the_source(tmp_path, model_path, source, rows)
+    assert scored.stderr == ""
+
+
+def test_a_bidirectional_model_is_found_non_causal_and_scored_at_one_fixed_length(tmp_path):
+    source = Source(direction="bidirectional")
+    result, model_path = import_source(tmp_path, source)
+    assert result.code == 0, result.stderr
+    spec = published_spec(model_path)
+    assert (spec.variable_length, spec.seq_len, spec.states) == (False, MAX_LENGTH, ())
+    report = json.loads((tmp_path / "published" / "export_report.json").read_text())
+    causality = report["checks"]["causality"]
+    assert causality["causal"] is False
+    assert causality["later_steps_changed_max_abs_difference"] > 1e-3
+    assert report["scoring_interface"]["states_withheld"] == "LSTM layer 0 (/rnn/LSTM) runs bidirectional"
+    assert report["length"] == ("not causal (it reads later steps): a fixed-length model of exactly 6 "
+                                "steps (--max-length), as a shorter row would change every step's output")
+    assert result.stdout.splitlines()[2].startswith(
+        "not causal (changing later steps moves earlier outputs by up to ")
+    assert result.stdout.splitlines()[2].endswith("): scored at exactly 6 steps")
+    assert_scores_like_the_source(tmp_path, model_path, source, ragged_rows(12, seed=2, lengths=(MAX_LENGTH, MAX_LENGTH)))
+
+
+def test_a_fixed_time_axis_stays_fixed_and_withholds_the_states(tmp_path):
+    source = Source(axis_names=("batch", 4))  # type: ignore[arg-type]  (a fixed size, as without dynamic_axes)
+    result, model_path = import_source(tmp_path, source)
+    assert result.code == 0, result.stderr
+    spec = published_spec(model_path)
+    assert (spec.variable_length, spec.seq_len, spec.states) == (False, 4, ())
+    report = json.loads((tmp_path / "published" / "export_report.json").read_text())
+    assert report["scoring_interface"]["states_withheld"] == (
+        "the source's time axis is fixed at 4 steps, so a prefix cannot run alone")
+    assert_scores_like_the_source(tmp_path, model_path, source, ragged_rows(10, seed=3, lengths=(4, 4)))
+
+
+def test_a_wrong_time_axis_is_refused_as_rows_that_are_not_independent(tmp_path):
+    source = Source(time_major=True, axis_names=("b", "t"))  # names that say nothing: axis 1 assumed
+    result, _ = import_source(tmp_path, source)
+    assert result.code == 78
+    [line] = result.lines
+    assert line.startswith(f"error: --onnx {tmp_path / 'source.onnx'}: changing one row of a batch "
+                           f"changes the other rows' outputs by up to ")
+    assert line.endswith(": axis 1 of input 'input' is not its time axis (pass --time-axis 0), or the "
+                         "model mixes the rows of a batch, which scoring cannot take")
+    assert_refused(tmp_path, result, 78, line)
+
+
+def test_the_time_axis_flag_overrides_the_axis_names(tmp_path):
+    source = Source(time_major=True, axis_names=("b", "t"))  # names that say nothing
+    result, model_path = import_source(tmp_path, source, "--time-axis", "0")
+    assert result.code == 0, result.stderr
+    assert_scores_like_the_source(tmp_path, model_path, source, ragged_rows(10, seed=4, lengths=(1, MAX_LENGTH)))
+
+
+# Provenance, reference rows and the baseline ----------------------------------------------------
+def test_the_report_and_metadata_record_where_the_model_came_from(tmp_path):
+    import hashlib
+
+    result, model_path = import_source(tmp_path, Source())
+    assert result.code == 0, result.stderr
+    source_bytes = (tmp_path / "source.onnx").read_bytes()
+    report = json.loads((tmp_path / "published" / "export_report.json").read_text())
+    expected = {
+        "path": str(tmp_path / "source.onnx"),
+        "sha256": hashlib.sha256(source_bytes).hexdigest(),
+        "producer_name": "pytorch",
+        "producer_version": "2.5.0",
+        "ir_version": 8,
+        "opsets": {"ai.onnx": 17},
+        "doc_string": None,
+    }
+    assert report["source"] == expected
+    assert json.loads(metadata(model_path)["source"]) == expected
+    published = (tmp_path / "published" / "model.onnx").read_bytes()
+    assert report["sha256"] == hashlib.sha256(published).hexdigest()
+    assert (tmp_path / "published" / "model.onnx.sha256").read_text() == (
+        f"{report['sha256']}  model.onnx\n")
+    assert report["baseline"] is None and "baseline" not in metadata(model_path)
+    assert re.fullmatch(
+        rf"imported {re.escape(expected['path'])} \(pytorch 2\.5\.0, sha256 {expected['sha256'][:16]}\.\.\.\): "
+        r"class indices cast from x, logits, softmax over the last axis added\n"
+        r"verified against the source \(random: 256 rows, max \|diff\| \S+\)\n"
+        r"causal: scored at any length 1\.\.6\n"
+        r"exposed the state of 1 LSTM layer\(s\); resumed runs match whole runs \(random: split after "
+        r"steps 1\.\.5, max \|diff\| \S+\)\n"
+        r"no drift baseline \(no --reference\): the scoring job will not monitor drift\n"
+        rf"wrote {re.escape(model_path)} \({len(published)} bytes, sha256 {report['sha256'][:16]}\.\.\.\)\n",
+        result.stdout,
+    )
+
+
+def test_reference_rows_are_checked_and_give_the_drift_baseline(tmp_path):
+    rows = ragged_rows(40, seed=5, lengths=(1, MAX_LENGTH))
+    reference = write_rows(tmp_path / "reference.parquet", rows)
+    result, model_path = import_source(tmp_path, Source(), "--reference", reference)
+    assert result.code == 0, result.stderr
+    report = json.loads((tmp_path / "published" / "export_report.json").read_text())
+    assert report["checks"]["reference"]["rows"] == 40
+    assert report["checks"]["reference"]["max_abs_difference"] <= 1e-5
+    # The baseline counts the reference inputs and the source's predictions, real steps only.
+    spec = published_spec(model_path)
+    expected = Profile.empty(spec)
+    model = build(Source())
+    for row in rows:
+        probabilities = source_by_hand(model, Source(), row)
+        indices = np.searchsorted(X_VALUES, row)[None, :]
+        expected.add(indices, probabilities.argmax(-1)[None, :], probabilities.max(-1)[None, :])
+    baseline = json.loads(metadata(model_path)["baseline"])
+    assert baseline == expected.to_dict()
+    # Scoring the reference rows themselves drifts nowhere.
+    summary = tmp_path / "summary.json"
+    scored = run_score(reference, tmp_path / "scored.parquet", "--model", model_path, "--quiet",
+                       "--summary", summary)
+    assert scored.code == 0, scored.stderr
+    drift = json.loads(summary.read_text())["drift"]
+    assert drift["has_baseline"] is True
+    assert max(value for value in drift["input_psi"] if value is not None) < 1e-9
+
+
+def test_a_model_without_a_baseline_scores_and_its_summary_says_so(tmp_path):
+    result, model_path = import_source(tmp_path, Source())
+    assert result.code == 0, result.stderr
+    data = write_rows(tmp_path / "rows.parquet", ragged_rows(5, seed=6, lengths=(1, MAX_LENGTH)))
+    summary = tmp_path / "summary.json"
+    scored = run_score(data, tmp_path / "scored.parquet", "--model", model_path, "--quiet", "--summary", summary)
+    assert (scored.code, scored.stderr) == (0, "")
+    assert json.loads(summary.read_text())["drift"]["has_baseline"] is False
+
+
+# Refusals: one line, the documented exit code, nothing published -------------------------------
+def test_a_parity_failure_is_exit_70_with_the_figures_in_the_failed_report(tmp_path, monkeypatch):
+    import export.imported
+
+    monkeypatch.setattr(export.imported, "PARITY_TOLERANCE", -1.0)  # no difference passes
+    result, _ = import_source(tmp_path, Source())
+    assert result.code == 70
+    [line] = result.lines
+    assert line.startswith("error: the wrapped model does not match the source, nothing published: "
+                           "random: max |p_published - p_source| = ")
+    published = tmp_path / "published"
+    assert sorted(path.name for path in published.iterdir()) == ["export_report.failed.json"]
+    failed = json.loads((published / "export_report.failed.json").read_text())
+    assert (failed["published"], failed["checks"]["passed"]) == (False, False)
+
+
+
+def assert_refused(tmp_path, result: CliResult, code: int, line: str) -> None:
+    assert result.code == code
+    assert result.lines == [line]
+    assert result.stdout == ""
+    assert not (tmp_path / "published").exists()
+
+
+def test_two_required_inputs_are_refused(tmp_path):
+    result, _ = import_source(tmp_path, Source(extra_input=True))
+    assert_refused(tmp_path, result, 78,
+                   f"error: --onnx {tmp_path / 'source.onnx'}: the model has 2 required inputs (input, "
+                   f"lengths); expected one, the sequence (an initial state or a length must have a "
+                   f"default, or be left out)")
+
+
+def test_sigmoid_outputs_are_refused_as_not_a_distribution(tmp_path):
+    result, _ = import_source(tmp_path, Source(head="sigmoid"))
+    assert result.code == 78
+    [line] = result.lines
+    assert line.startswith(f"error: --onnx {tmp_path / 'source.onnx'}: the outputs lie in [0, 1] but a "
+                           f"step's outputs sum to between ")
+    assert line.endswith(
+        "not 1: they are independent per-class scores (a sigmoid), not a distribution over classes, "
+        "so argmax would still name the top class but the probabilities would not be comparable "
+        "across steps; export logits or a softmax (if these are logits, pass --outputs logits)")
+    assert_refused(tmp_path, result, 78, line)
+
+
+@pytest.mark.parametrize(("source", "flags", "line"), [
+    pytest.param(Source(y_classes=4), ("--y-values", "0,2,4"),
+                 "output 'output' has 4 classes but --y-values lists 3 values", id="output_classes"),
+    pytest.param(Source(one_hot=True, x_classes=6), ("--x-values", "10..14"),
+                 "input 'input' is one-hot over 6 classes but --x-values lists 5 values", id="one_hot_depth"),
+])
+def test_a_class_count_that_does_not_match_the_value_sets_is_refused(tmp_path, source, flags, line):
+    result, _ = import_source(tmp_path, source, *flags)
+    assert_refused(tmp_path, result, 78, f"error: --onnx {tmp_path / 'source.onnx'}: {line}")
+
+
+def test_logits_declared_as_probabilities_are_refused(tmp_path):
+    result, _ = import_source(tmp_path, Source(), "--outputs", "probabilities")
+    assert result.code == 78
+    [line] = result.lines
+    assert line.startswith(f"error: --onnx {tmp_path / 'source.onnx'}: --outputs probabilities, but the "
+                           f"outputs range over [")
+    assert line.endswith("]; pass --outputs logits if they are logits")
+    assert_refused(tmp_path, result, 78, line)
+
+
+def test_a_reference_value_outside_the_x_values_is_exit_65(tmp_path):
+    reference = write_rows(tmp_path / "reference.parquet", [[10, 11], [10, 99, 12]])
+    result, _ = import_source(tmp_path, Source(), "--reference", reference)
+    assert result.code == 65
+    assert result.lines == [f"error: --reference {reference}: row 1: x[1] = 99 is not one of the model's "
+                            f"input values (10..14)"]
+    assert not (tmp_path / "published").exists()
+
+
+def test_a_custom_operator_domain_is_refused(tmp_path):
+    model = build(Source())
+    model.graph.node[-1].domain = "com.example"
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    onnx.save_model(model, str(tmp_path / "source.onnx"))
+    result = run_export("--onnx", tmp_path / "source.onnx", "--x-values", "10..14", "--y-values", "0,2,4",
+                        "--output", tmp_path / "published" / "model.onnx")
+    assert_refused(tmp_path, result, 78,
+                   f"error: --onnx {tmp_path / 'source.onnx'}: the model uses operator domain(s) "
+                   f"com.example, which onnxruntime does not ship; export it with standard ONNX ops only")
+
+
+def test_an_input_without_a_time_axis_is_refused(tmp_path):
+    model = build(Source())
+    del model.graph.input[0].type.tensor_type.shape.dim[1]
+    onnx.save_model(model, str(tmp_path / "source.onnx"))
+    result = run_export("--onnx", tmp_path / "source.onnx", "--x-values", "10..14", "--y-values", "0,2,4",
+                        "--output", tmp_path / "published" / "model.onnx")
+    assert_refused(tmp_path, result, 78,
+                   f"error: --onnx {tmp_path / 'source.onnx'}: input 'input' has rank 1, so no time "
+                   f"axis; expected (batch, time) class indices or (batch, time, classes) one-hot floats")
+
+
+def test_a_missing_source_is_exit_66(tmp_path):
+    result = run_export("--onnx", tmp_path / "absent.onnx", "--x-values", "10..14", "--y-values", "0,2,4",
+                        "--output", tmp_path / "published" / "model.onnx")
+    assert_refused(tmp_path, result, 66, f"error: --onnx {tmp_path / 'absent.onnx'}: not found")
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    pytest.param(("--y-values", "0,2,4"), "--onnx needs --x-values", id="no_x_values"),
+    pytest.param(("--x-values", "10..14", "--y-values", "0,2,4", "--quantize", "int8"),
+                 "--quantize: only with --artifacts (an imported model keeps its own opset)", id="quantize"),
+    pytest.param(("--x-values", "10..14", "--y-values", "0,2,4", "--artifacts", "artifacts"),
+                 "argument --artifacts: not allowed with argument --onnx", id="both_modes"),
+])
+def test_import_usage_errors_are_exit_2(tmp_path, flags, message):
+    result = run_export("--onnx", write_source(tmp_path / "source.onnx", Source()),
+                        "--output", tmp_path / "published" / "model.onnx", *flags)
+    assert result.code == 2
+    assert not (tmp_path / "published").exists()
+    assert result.lines[-1] == f"python -m export: error: {message}"
+
+
+def test_import_flags_without_onnx_are_exit_2():
+    result = run_export("--x-values", "0..3")
+    assert result.code == 2
+    assert result.lines[-1] == "python -m export: error: --x-values: only with --onnx"
