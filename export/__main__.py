@@ -1,5 +1,5 @@
-"""python -m export: convert artifacts/model.keras (or, with --onnx, import an ONNX sequence model
-made elsewhere) to a verified, self-describing model.onnx."""
+"""python -m export: convert artifacts/model.keras (or, with --onnx or --keras, import a sequence
+model made elsewhere) to a verified, self-describing model.onnx."""
 
 from __future__ import annotations
 
@@ -24,7 +24,10 @@ publish it atomically with a .sha256 beside it. Nothing is published if the chec
 With --onnx PATH instead: import a sequence model exported elsewhere (torch.onnx.export of an
 nn.LSTM / nn.GRU, or any exporter), wrap it so that it takes x (class indices, (batch, time)) and
 gives per-step softmax probabilities, check it against the source and for causality, and publish
-it the same way. No TensorFlow is needed."""
+it the same way. No TensorFlow is needed.
+
+With --keras PATH instead: convert a .keras or .h5 sequence model made elsewhere with tf2onnx (on
+the CPU, at its own input signature) and import it as --onnx does, checked against Keras too."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,9 +43,12 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("--onnx", metavar="PATH",
                         help="import this ONNX sequence model made elsewhere instead (needs "
                              "--x-values and --y-values)")
+    source.add_argument("--keras", metavar="PATH",
+                        help="import this .keras or .h5 sequence model made elsewhere instead, "
+                             "converted with tf2onnx (needs --x-values and --y-values)")
     p.add_argument("--output", metavar="PATH",
-                   help=f"where to write the ONNX file (default DIR/model.onnx; with --onnx "
-                        f"{ImportConfig.output})")
+                   help=f"where to write the ONNX file (default DIR/model.onnx; with --onnx or "
+                        f"--keras {ImportConfig.output})")
     p.add_argument("--opset", type=int, default=None, metavar="N",
                    help=f"ONNX opset (default {defaults.opset}, loadable by older onnxruntime builds)")
     p.add_argument("--quantize", choices=["int8"],
@@ -51,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
                    metavar="SHARE",
                    help=f"minimum argmax agreement of int8 with float on the test split "
                         f"(default {defaults.quantize_agreement})")
-    imported = p.add_argument_group("--onnx only")
+    imported = p.add_argument_group("--onnx and --keras only")
     imported.add_argument("--x-values", type=_values, metavar="SET",
                           help="the raw input value of each input class index: a range like 0..10 "
                                "or a list like 1,2,5")
@@ -61,8 +67,8 @@ def parser() -> argparse.ArgumentParser:
                           help="what the model's output is (default: detected; a softmax is added "
                                "to logits)")
     imported.add_argument("--time-axis", type=int, choices=[0, 1],
-                          help="the input's time axis (default: the axis whose name says time, "
-                               "seq, step or length, else 1)")
+                          help="--onnx only: the input's time axis (default: the axis whose name "
+                               "says time, seq, step or length, else 1; a Keras model's is 1)")
     imported.add_argument("--reference", metavar="DATA.parquet",
                           help="rows (list column x of raw values) to check on and to take the "
                                "drift baseline from (default: none, no drift monitoring)")
@@ -70,6 +76,10 @@ def parser() -> argparse.ArgumentParser:
                           help=f"the longest sequence accepted when the time axis is dynamic; a "
                                f"model that reads later steps is scored at exactly N "
                                f"(default {ImportConfig.max_length})")
+    imported.add_argument("--renormalize", action="store_true", default=None,
+                          help="divide outputs in [0, 1] that do not sum to 1 per step (a sigmoid) "
+                               "by their sum per step instead of refusing them: scores, not "
+                               "calibrated probabilities")
     return p
 
 
@@ -92,21 +102,22 @@ def _positive(text: str) -> int:
     return value
 
 
-IMPORT_ONLY = ("x_values", "y_values", "outputs", "time_axis", "reference", "max_length")
+IMPORT_ONLY = ("x_values", "y_values", "outputs", "time_axis", "reference", "max_length", "renormalize")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    if args.onnx is not None:
+    importing = args.onnx is not None or args.keras is not None
+    if importing:
         _check_import_arguments(p, args)
     else:
         given = [f"--{name.replace('_', '-')}" for name in IMPORT_ONLY if getattr(args, name) is not None]
         if given:
-            p.error(f"{', '.join(given)}: only with --onnx")
+            p.error(f"{', '.join(given)}: only with --onnx or --keras")
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before TensorFlow loads: never the cuDNN kernel
     try:
-        if args.onnx is not None:
+        if importing:
             report = _import(args)
         else:
             report = _export(args)
@@ -116,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; the previous model.onnx is unchanged", file=sys.stderr)
         return EXIT_SIGINT
-    if args.onnx is not None:
+    if importing:
         _print_import_report(report)
     else:
         _print_report(report)
@@ -124,11 +135,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_import_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--onnx needs the value sets, and has no conversion or quantisation to tune."""
+    """--onnx and --keras need the value sets, and have no conversion or quantisation to tune."""
+    mode = "--onnx" if args.onnx is not None else "--keras"
     missing = [flag for flag, value in (("--x-values", args.x_values), ("--y-values", args.y_values))
                if value is None]
     if missing:
-        p.error(f"--onnx needs {' and '.join(missing)}")
+        p.error(f"{mode} needs {' and '.join(missing)}")
+    if args.keras is not None and args.time_axis is not None:
+        p.error("--time-axis: only with --onnx (a Keras model is batch-major: its time axis is 1)")
+    if args.renormalize and args.outputs == "logits":
+        p.error("--renormalize: not with --outputs logits (logits get a softmax)")
     given = [flag for flag, value in (("--opset", args.opset), ("--quantize", args.quantize))
              if value is not None]
     if given:
@@ -152,21 +168,27 @@ def _import(args: argparse.Namespace) -> dict:
     from export.imported import ImportConfig, import_model
 
     optional = {"output": args.output, "outputs": args.outputs, "time_axis": args.time_axis,
-                "reference": args.reference, "max_length": args.max_length}
-    config = ImportConfig(source=args.onnx, x_values=args.x_values, y_values=args.y_values,
+                "reference": args.reference, "max_length": args.max_length,
+                "renormalize": args.renormalize}
+    framework, source = ("onnx", args.onnx) if args.onnx is not None else ("keras", args.keras)
+    config = ImportConfig(source=source, framework=framework, x_values=args.x_values,
+                          y_values=args.y_values,
                           **{key: value for key, value in optional.items() if value is not None})
     return import_model(config)
 
 
 def _print_import_report(report: dict) -> None:
     source, wrapping, checks, spec = report["source"], report["wrapping"], report["checks"], report["spec"]
-    producer = " ".join(part for part in (source["producer_name"], source["producer_version"]) if part)
+    if source.get("framework") == "keras":
+        producer = f"keras {source['keras_version']}, converted by tf2onnx {source['tf2onnx_version']}"
+    else:
+        producer = " ".join(part for part in (source["producer_name"], source["producer_version"]) if part)
     print(f"imported {source['path']} ({producer or 'unknown producer'}, sha256 {source['sha256'][:16]}...): "
           f"{wrapping['input']}, {wrapping['output']}"
           f"{', time-major' if wrapping['input_time_major'] or wrapping['output_time_major'] else ''}")
-    parity = "; ".join(f"{name}: {checks[name]['rows']} rows, max |diff| {checks[name]['max_abs_difference']:.2g}"
-                       for name in ("random", "reference") if name in checks)
-    print(f"verified against the source ({parity})")
+    print(f"verified against the source ({_parity(checks)})")
+    if "keras" in checks:
+        print(f"verified the conversion against Keras predict ({_parity(checks['keras'])})")
     causality = checks["causality"]
     if spec.get("min_len") is not None:
         print(f"causal: scored at any length 1..{spec['seq_len']}")
@@ -184,6 +206,12 @@ def _print_import_report(report: dict) -> None:
     if report["baseline"] is None:
         print("no drift baseline (no --reference): the scoring job will not monitor drift")
     print(f"wrote {report['output']} ({report['bytes']} bytes, sha256 {report['sha256'][:16]}...)")
+
+
+def _parity(checks: dict) -> str:
+    """'random: 256 rows, max |diff| 1e-07; reference: ...' for the sets of rows checked."""
+    return "; ".join(f"{name}: {checks[name]['rows']} rows, max |diff| {checks[name]['max_abs_difference']:.2g}"
+                     for name in ("random", "reference") if name in checks)
 
 
 def _print_report(report: dict) -> None:

@@ -1,12 +1,15 @@
-"""Import a sequence model exported elsewhere (torch.onnx.export of nn.LSTM / nn.GRU, or any
-exporter): wrap it into the scoring contract, verify it against the source, publish it.
+"""Import a sequence model made elsewhere (an ONNX file from torch.onnx.export of nn.LSTM /
+nn.GRU or any exporter, or a Keras file): wrap it into the scoring contract, verify it against
+the source, publish it.
 
-The library behind `python -m export --onnx PATH`. The scoring job takes one input ``x``
+The library behind `python -m export --onnx PATH` and `--keras PATH`. The scoring job takes one input ``x``
 (int32 class indices, (batch, time)) and one output ``probabilities`` (float32 (batch, time,
 classes), a softmax per step), with the spec in the metadata. A source model may take integer
 ids of any type or one-hot floats, lie time-major, and give logits: the wrapping added here
 (Cast, OneHot, Transpose, Softmax, all standard ONNX ops) makes it fit, and leaves its
-recurrence, the fused LSTM or GRU op, as it is. No TensorFlow is needed.
+recurrence, the fused LSTM or GRU op, as it is. A Keras file is first converted with tf2onnx
+and then takes the same path, with one more check against Keras itself; only that needs
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, replace
 
@@ -24,8 +28,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.core import (
     FAILED_REPORT_NAME,
+    FORBIDDEN_OPS,
     REPORT_NAME,
     STATE_CARRY_TOLERANCE,
+    TOLERANCE_STEPS,
     ParityError,
     ParityRows,
     _atomic_write,
@@ -33,6 +39,7 @@ from export.core import (
     _json_bytes,
     _remove,
     _session,
+    allowed_difference,
     publish_file,
     random_rows,
     read_rows,
@@ -62,6 +69,13 @@ PARITY_TOLERANCE = 1e-5  # max |p_published - p_source| (the same kernels run on
 # was, up to float32 rounding of a differently shaped call.
 CAUSALITY_TOLERANCE = STATE_CARRY_TOLERANCE
 SUM_TOLERANCE = 1e-4  # a step of probabilities sums to 1 within this
+# The converted Keras model against Keras `predict` (TensorFlow's and onnxruntime's kernels round
+# differently): as for `--artifacts`, this holds over the first TOLERANCE_STEPS steps and grows
+# in proportion after (export.core.allowed_difference).
+KERAS_TOLERANCE = 1e-5
+KERAS_OPSET = 17  # the opset a Keras file is converted at, as for `--artifacts`
+RENORMALIZED = ("renormalised scores: sigmoid outputs divided by their sum per step; "
+                "not calibrated probabilities")
 # Names of the source's own input and output inside the published graph, so that the contract's
 # 'x' and 'probabilities' are free whatever the exporter called its tensors.
 _SOURCE_INPUT = "seqscore_import_input"
@@ -73,7 +87,7 @@ _PREFIX = "seqscore_import_"
 class ImportConfig:
     """What to import, what it means, and where to publish it."""
 
-    source: str  # the ONNX file exported elsewhere
+    source: str  # the ONNX (or, with framework 'keras', .keras / .h5) file made elsewhere
     x_values: tuple[int, ...]  # the raw input value of each input class index, in index order
     y_values: tuple[int, ...]  # the raw output value of each output class index, in index order
     output: str = "artifacts/model.onnx"  # where the wrapped model goes (the scorer's default)
@@ -83,6 +97,13 @@ class ImportConfig:
     max_length: int = 64  # the longest sequence accepted when the source's time axis is dynamic
     random_rows: int = 256  # random valid sequences checked
     seed: int = 0  # for the random sequences
+    renormalize: bool = False  # divide scores in [0, 1] that do not sum to 1 by their sum per step
+    framework: str = "onnx"  # 'onnx' or 'keras': what kind of file `source` is
+
+    @property
+    def label(self) -> str:
+        """How messages name the source: the flag that gave it and its path."""
+        return f"--{self.framework} {self.source}"
 
 
 @dataclass(frozen=True)
@@ -98,6 +119,7 @@ class SourceLayout:
     output_type: int  # TensorProto element type of the source output
     output_time_major: bool = False  # output (time, batch, classes); found by a probe run
     logits: bool = False  # a Softmax over the last axis turns the output into probabilities
+    renormalized: bool = False  # scores in [0, 1] divided by their sum per step (--renormalize)
     x_classes: int = 0  # one-hot depth
     dropped_outputs: tuple[str, ...] = ()  # further graph outputs (a final state, say), left out
 
@@ -114,6 +136,8 @@ class SourceLayout:
         if self.logits:
             exponentials = np.exp(values - values.max(axis=-1, keepdims=True))
             values = exponentials / exponentials.sum(axis=-1, keepdims=True)
+        if self.renormalized:
+            values = values / values.sum(axis=-1, keepdims=True)
         return values
 
     def describe(self) -> dict:
@@ -125,13 +149,32 @@ class SourceLayout:
             "time_steps": self.time_steps,
             "source_output": self.output_name,
             "output_time_major": self.output_time_major,
-            "output": "logits, softmax over the last axis added" if self.logits else "probabilities, kept",
+            "output": self._describe_output(),
+            "renormalized": self.renormalized,
             "dropped_outputs": list(self.dropped_outputs),
         }
 
+    def _describe_output(self) -> str:
+        if self.logits:
+            return "logits, softmax over the last axis added"
+        if self.renormalized:
+            return "scores in [0, 1], divided by their sum per step (--renormalize)"
+        return "probabilities, kept"
+
 
 def import_model(config: ImportConfig) -> dict:
-    """Wrap, verify and publish an ONNX sequence model made elsewhere; return the report.
+    """Wrap, verify and publish a sequence model made elsewhere; return the report."""
+    if config.framework == "keras":
+        return import_keras(config)
+    source_bytes = _read_source(config.source, config.label)
+    source_proto = _parse(config.label, source_bytes)
+    return import_onnx_model(config, source_bytes, source_proto,
+                             source_provenance(config.source, source_bytes, source_proto))
+
+
+def import_onnx_model(config: ImportConfig, source_bytes: bytes, source_proto: onnx.ModelProto,
+                      provenance: dict, keras_model=None) -> dict:
+    """Wrap, verify and publish an ONNX sequence model; return the report.
 
     Steps: 1. read and audit the source, and find its input and output layout; 2. probe it:
     the output layout, the number of classes, logits or probabilities; 3. check that its rows
@@ -139,16 +182,15 @@ def import_model(config: ImportConfig) -> dict:
     spec's length and whether the LSTM states are exposed; 4. wrap it and add
     the scoring interface, with the spec (and a baseline from --reference) in the metadata;
     5. check the result against the source, and the state carry; 6. publish atomically (only if
-    5 passed), with the report beside it.
+    5 passed), with the report beside it. With ``keras_model`` (the model ``source_proto`` was
+    converted from), step 5 also checks the source against Keras `predict`.
     """
     # 1. Everything that can be wrong with the inputs fails before any model runs.
-    source_bytes = _read_source(config.source)
-    source_proto = _parse(config.source, source_bytes)
     layout = inspect_layout(source_proto, config)
     reference_path = config.reference
     if reference_path is not None and not os.path.isfile(reference_path):
         raise InputMissing(f"--reference {reference_path}: not found")
-    source_session = _source_session(config.source, source_bytes)
+    source_session = _source_session(config.label, source_bytes)
 
     # 2.
     generator = np.random.default_rng(config.seed)
@@ -157,7 +199,7 @@ def import_model(config: ImportConfig) -> dict:
 
     # 3.
     steps = layout.time_steps or config.max_length
-    independence = check_rows_independent(config.source, predict_source, layout, steps,
+    independence = check_rows_independent(config.label, predict_source, layout, steps,
                                           len(config.x_values), generator)
     causality = check_causality(predict_source, layout, steps, len(config.x_values), generator)
     spec = _spec(config, layout, causality)
@@ -180,12 +222,15 @@ def import_model(config: ImportConfig) -> dict:
     if "reference" in inputs:
         baseline = baseline_profile(spec, inputs["reference"], expected["reference"]).to_dict()
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    provenance = source_provenance(config.source, source_bytes, source_proto)
-    embed_metadata(wrapped, spec, baseline, provenance, created, interface.describe())
+    embed_metadata(wrapped, spec, baseline, provenance, created, interface.describe(), layout.renormalized)
     model_bytes = wrapped.SerializeToString()
 
     # 5.
     checks = verify(model_bytes, inputs, expected, spec)
+    if keras_model is not None:
+        checks["keras"] = verify_keras(keras_model, layout, inputs, expected)
+        checks["failures"] += checks["keras"]["failures"]
+        checks["passed"] = not checks["failures"]
     checks["rows_independent"] = independence
     checks["causality"] = causality
     _check_scorer_loads(model_bytes)
@@ -224,16 +269,16 @@ def import_model(config: ImportConfig) -> dict:
 
 
 # 1. Reading and inspecting ---------------------------------------------------------------------
-def _read_source(path: str) -> bytes:
+def _read_source(path: str, label: str) -> bytes:
     try:
         with open(path, "rb") as handle:
             return handle.read()
     except FileNotFoundError:
-        raise InputMissing(f"--onnx {path}: not found") from None
+        raise InputMissing(f"{label}: not found") from None
     except IsADirectoryError:
-        raise InputMissing(f"--onnx {path}: is a directory; expected an ONNX file") from None
+        raise InputMissing(f"{label}: is a directory; expected a model file") from None
     except PermissionError:
-        raise InputPermission(f"--onnx {path}: no permission to read it") from None
+        raise InputPermission(f"{label}: no permission to read it") from None
 
 
 def _parse(path: str, source_bytes: bytes) -> onnx.ModelProto:
@@ -242,16 +287,16 @@ def _parse(path: str, source_bytes: bytes) -> onnx.ModelProto:
         audit = audit_model(source_bytes)
         model_proto = onnx.load_model_from_string(source_bytes)
     except Exception as error:  # noqa: BLE001  (the wire reader's WireError, protobuf's DecodeError)
-        raise ModelError(f"--onnx {path}: not an ONNX model ({_first_line(error)})") from None
+        raise ModelError(f"{path}: not an ONNX model ({_first_line(error)})") from None
     if audit.external_tensors:
         raise ModelError(
-            f"--onnx {path}: the model keeps {audit.external_tensors} tensor(s) in external data "
+            f"{path}: the model keeps {audit.external_tensors} tensor(s) in external data "
             f"files; export it as one self-contained file (torch.onnx.export without external data)"
         )
     foreign = sorted((audit.opset_domains | audit.node_domains) - STANDARD_DOMAINS)
     if foreign:
         raise ModelError(
-            f"--onnx {path}: the model uses operator domain(s) {', '.join(foreign)}, which "
+            f"{path}: the model uses operator domain(s) {', '.join(foreign)}, which "
             f"onnxruntime does not ship; export it with standard ONNX ops only"
         )
     return model_proto
@@ -259,20 +304,20 @@ def _parse(path: str, source_bytes: bytes) -> onnx.ModelProto:
 
 def inspect_layout(model_proto: onnx.ModelProto, config: ImportConfig) -> SourceLayout:
     """The source's one required input and its sequence output, from the graph alone."""
-    path, graph = config.source, model_proto.graph
+    path, graph = config.label, model_proto.graph
     initialized = {tensor.name for tensor in graph.initializer}
     required = [value for value in graph.input if value.name not in initialized]
     if len(required) != 1:
         names = ", ".join(value.name for value in required) or "none"
         raise ModelError(
-            f"--onnx {path}: the model has {len(required)} required inputs ({names}); expected one, "
+            f"{path}: the model has {len(required)} required inputs ({names}); expected one, "
             f"the sequence (an initial state or a length must have a default, or be left out)"
         )
     source_input = required[0]
     tensor_type = source_input.type.tensor_type
     if not tensor_type.HasField("shape"):
         raise ModelError(
-            f"--onnx {path}: input {source_input.name!r} declares no shape, so its time axis is "
+            f"{path}: input {source_input.name!r} declares no shape, so its time axis is "
             f"unknown; export it with its shape (batch, time) or (batch, time, classes)"
         )
     dimensions = list(tensor_type.shape.dim)
@@ -283,36 +328,36 @@ def inspect_layout(model_proto: onnx.ModelProto, config: ImportConfig) -> Source
         one_hot, rank = True, 3
     else:
         raise ModelError(
-            f"--onnx {path}: input {source_input.name!r} is {_type_name(element)}; expected integer "
+            f"{path}: input {source_input.name!r} is {_type_name(element)}; expected integer "
             f"class indices (batch, time) or one-hot floats (batch, time, classes)"
         )
     if len(dimensions) < 2:
         raise ModelError(
-            f"--onnx {path}: input {source_input.name!r} has rank {len(dimensions)}, so no time "
+            f"{path}: input {source_input.name!r} has rank {len(dimensions)}, so no time "
             f"axis; expected (batch, time) class indices or (batch, time, classes) one-hot floats"
         )
     if len(dimensions) != rank:
         raise ModelError(
-            f"--onnx {path}: input {source_input.name!r} is {_type_name(element)} of rank "
+            f"{path}: input {source_input.name!r} is {_type_name(element)} of rank "
             f"{len(dimensions)}; expected {'(batch, time, classes) one-hot' if one_hot else '(batch, time) class indices'}"
         )
     x_classes = len(config.x_values)
     if one_hot and dimensions[2].HasField("dim_value") and dimensions[2].dim_value != x_classes:
         raise ModelError(
-            f"--onnx {path}: input {source_input.name!r} is one-hot over {dimensions[2].dim_value} "
+            f"{path}: input {source_input.name!r} is one-hot over {dimensions[2].dim_value} "
             f"classes but --x-values lists {x_classes} values"
         )
     time_axis = config.time_axis if config.time_axis is not None else _named_time_axis(dimensions)
     batch = dimensions[1 - time_axis]
     if batch.HasField("dim_value"):
         raise ModelError(
-            f"--onnx {path}: the batch axis (axis {1 - time_axis}) of input {source_input.name!r} is "
+            f"{path}: the batch axis (axis {1 - time_axis}) of input {source_input.name!r} is "
             f"fixed at {batch.dim_value}; export it with a dynamic batch axis (torch.onnx.export "
             f"dynamic_axes), or pass --time-axis if axis {time_axis} is not the time axis"
         )
     time = dimensions[time_axis]
     if not graph.output:
-        raise ModelError(f"--onnx {path}: the model has no output")
+        raise ModelError(f"{path}: the model has no output")
     output = graph.output[0]
     return SourceLayout(
         input_name=source_input.name,
@@ -342,7 +387,7 @@ def _source_session(path: str, source_bytes: bytes):
     try:
         return _session(source_bytes)
     except Exception as error:  # noqa: BLE001  onnxruntime's Fail / InvalidGraph / NotImplemented ...
-        raise ModelError(f"--onnx {path}: onnxruntime cannot load it ({_first_line(error)})") from None
+        raise ModelError(f"{path}: onnxruntime cannot load it ({_first_line(error)})") from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -355,7 +400,7 @@ def probe(session, layout: SourceLayout, config: ImportConfig,
           generator: np.random.Generator) -> SourceLayout:
     """Run the source once to learn what the graph does not say: which output axis is time
     (batch and time get different sizes), how many classes, and logits or probabilities."""
-    path = config.source
+    path = config.label
     steps = layout.time_steps or min(config.max_length, 8)
     batch = steps + 2  # never the time axis's size, so the output's axes tell which is which
     indices = generator.integers(0, len(config.x_values), size=(batch, steps), dtype=np.int32)
@@ -363,26 +408,48 @@ def probe(session, layout: SourceLayout, config: ImportConfig,
         output = session.run([layout.output_name], {layout.input_name: layout.feed(indices)})[0]
     except Exception as error:  # noqa: BLE001  (onnxruntime raises its own exception types)
         raise ModelError(
-            f"--onnx {path}: the model fails on {batch} valid sequences of {steps} steps "
+            f"{path}: the model fails on {batch} valid sequences of {steps} steps "
             f"({_first_line(error)}); check --time-axis and --x-values"
         ) from None
     if output.ndim != 3 or output.shape[:2] not in ((batch, steps), (steps, batch)):
         raise ModelError(
-            f"--onnx {path}: output {layout.output_name!r} is {output.shape} for {batch} sequences "
+            f"{path}: output {layout.output_name!r} is {output.shape} for {batch} sequences "
             f"of {steps} steps; expected one score per class at each step, (batch, time, classes) "
             f"or (time, batch, classes)"
         )
     classes = output.shape[-1]
     if classes != len(config.y_values):
         raise ModelError(
-            f"--onnx {path}: output {layout.output_name!r} has {classes} classes but --y-values "
+            f"{path}: output {layout.output_name!r} has {classes} classes but --y-values "
             f"lists {len(config.y_values)} values"
         )
     layout = replace(layout, output_time_major=output.shape[:2] == (steps, batch))
     scores = layout.probabilities(output)
     if not np.isfinite(scores).all():
-        raise ModelError(f"--onnx {path}: the model gives NaN or infinity on valid sequences")
+        raise ModelError(f"{path}: the model gives NaN or infinity on valid sequences")
+    if _needs_renormalizing(path, scores, config):
+        return replace(layout, renormalized=True)
     return replace(layout, logits=_is_logits(path, scores, config.outputs))
+
+
+def _needs_renormalizing(path: str, scores: np.ndarray, config: ImportConfig) -> bool:
+    """With --renormalize: whether the probe's scores lie in [0, 1] without summing to 1.
+
+    A step whose scores all sum to 0 would divide by zero: such a model is refused rather than
+    given an epsilon, so that every published step is exactly its scores over their sum.
+    """
+    if not config.renormalize or config.outputs == "logits":
+        return False
+    sums = scores.sum(axis=-1)
+    if not (scores.min() >= 0.0 and scores.max() <= 1.0) or np.abs(sums - 1.0).max() <= SUM_TOLERANCE:
+        return False  # logits or probabilities already: --renormalize has nothing to do
+    if not sums.min() > 0.0:
+        raise ModelError(
+            f"{path}: --renormalize, but at {int((sums <= 0.0).sum())} of {sums.size} probed steps "
+            f"every output is 0, so their sum is 0 and dividing by it is undefined; export the "
+            f"model's logits instead (then pass --outputs logits)"
+        )
+    return True
 
 
 def _is_logits(path: str, scores: np.ndarray, declared: str | None) -> bool:
@@ -395,15 +462,16 @@ def _is_logits(path: str, scores: np.ndarray, declared: str | None) -> bool:
         return False
     if in_unit:
         raise ModelError(
-            f"--onnx {path}: the outputs lie in [0, 1] but a step's outputs sum to between "
+            f"{path}: the outputs lie in [0, 1] but a step's outputs sum to between "
             f"{sums.min():.3g} and {sums.max():.3g}, not 1: they are independent per-class scores "
             f"(a sigmoid), not a distribution over classes, so argmax would still name the top class "
-            f"but the probabilities would not be comparable across steps; export logits or a softmax "
-            f"(if these are logits, pass --outputs logits)"
+            f"but the probabilities would not be comparable across steps; export logits or a softmax, "
+            f"pass --renormalize to divide them by their sum per step (scores, not calibrated "
+            f"probabilities), or, if these are logits, pass --outputs logits"
         )
     if declared == "probabilities":
         raise ModelError(
-            f"--onnx {path}: --outputs probabilities, but the outputs range over "
+            f"{path}: --outputs probabilities, but the outputs range over "
             f"[{scores.min():.3g}, {scores.max():.3g}]; pass --outputs logits if they are logits"
         )
     return True
@@ -451,7 +519,7 @@ def check_rows_independent(path: str, predict, layout: SourceLayout, steps: int,
     if not difference <= CAUSALITY_TOLERANCE:
         axis = 0 if layout.time_major else 1
         raise ModelError(
-            f"--onnx {path}: changing one row of a batch changes the other rows' outputs by up to "
+            f"{path}: changing one row of a batch changes the other rows' outputs by up to "
             f"{difference:.3g}: axis {axis} of input {layout.input_name!r} is not its time axis (pass "
             f"--time-axis {1 - axis}), or the model mixes the rows of a batch, which scoring cannot take"
         )
@@ -532,7 +600,7 @@ def wrap(source_proto: onnx.ModelProto, layout: SourceLayout, y_classes: int) ->
         _rename_tensor(graph, name, f"{_PREFIX}{name}")
     # 2. The nodes before and after the source's own, already in dependency order.
     before = _input_nodes(graph, layout)
-    after = _output_nodes(layout)
+    after = _output_nodes(graph, layout, _default_opset(model_proto))
     nodes = before + list(graph.node) + after
     graph.ClearField("node")
     graph.node.extend(nodes)
@@ -582,8 +650,13 @@ def _input_nodes(graph: onnx.GraphProto, layout: SourceLayout) -> list[onnx.Node
     return nodes
 
 
-def _output_nodes(layout: SourceLayout) -> list[onnx.NodeProto]:
-    """The source's output -> probabilities: Transpose (time-major), Cast, Softmax (logits)."""
+def _default_opset(model_proto: onnx.ModelProto) -> int:
+    return next(entry.version for entry in model_proto.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def _output_nodes(graph: onnx.GraphProto, layout: SourceLayout, opset: int) -> list[onnx.NodeProto]:
+    """The source's output -> probabilities: Transpose (time-major), Cast, Softmax (logits) or
+    ReduceSum and Div (--renormalize)."""
     nodes, current = [], _SOURCE_OUTPUT
     if layout.output_time_major:
         nodes.append(helper.make_node("Transpose", [current], [f"{_PREFIX}batch_major"],
@@ -598,6 +671,17 @@ def _output_nodes(layout: SourceLayout) -> list[onnx.NodeProto]:
         # where the input is flattened to 2-D at that axis (axis 2, not -1: opsets before 11
         # take no negative axis).
         nodes.append(helper.make_node("Softmax", [current], [OUTPUT_NAME], name=OUTPUT_NAME, axis=2))
+    elif layout.renormalized:
+        # The sum over the last axis, kept as (batch, time, 1) so that Div broadcasts it. ReduceSum
+        # takes its axes as an input from opset 13, as an attribute before.
+        total = f"{_PREFIX}sum"
+        if opset >= 13:
+            graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), f"{_PREFIX}sum_axes"))
+            nodes.append(helper.make_node("ReduceSum", [current, f"{_PREFIX}sum_axes"], [total], name=total,
+                                          keepdims=1))
+        else:
+            nodes.append(helper.make_node("ReduceSum", [current], [total], name=total, axes=[2], keepdims=1))
+        nodes.append(helper.make_node("Div", [current, total], [OUTPUT_NAME], name=OUTPUT_NAME))
     else:
         nodes.append(helper.make_node("Identity", [current], [OUTPUT_NAME], name=OUTPUT_NAME))
     return nodes
@@ -639,7 +723,8 @@ def source_provenance(path: str, source_bytes: bytes, model_proto: onnx.ModelPro
 
 
 def embed_metadata(model_proto: onnx.ModelProto, spec: Spec, baseline: dict | None,
-                   provenance: dict, created: dt.datetime, interface_description: str) -> None:
+                   provenance: dict, created: dt.datetime, interface_description: str,
+                   renormalized: bool = False) -> None:
     import onnxruntime as ort
 
     entries = {
@@ -652,15 +737,18 @@ def embed_metadata(model_proto: onnx.ModelProto, spec: Spec, baseline: dict | No
     }
     if baseline is not None:
         entries["baseline"] = json.dumps(baseline)
+    if renormalized:
+        entries["probabilities"] = RENORMALIZED
     del model_proto.metadata_props[:]
     for key, value in entries.items():
         entry = model_proto.metadata_props.add()
         entry.key, entry.value = key, value
     model_proto.producer_name = "seqscore"
     model_proto.producer_version = ""
+    meaning = RENORMALIZED if renormalized else "softmax"
     model_proto.doc_string = (
         "Input 'x': int32 class indices (batch, time). Output 'probabilities': float32 "
-        "(batch, time, classes), softmax. The 'spec' metadata maps indices to raw values; "
+        f"(batch, time, classes), {meaning}. The 'spec' metadata maps indices to raw values; "
         "'source' describes the imported model." + (f" {interface_description}" if interface_description else "")
     )
 
@@ -713,3 +801,108 @@ def _check_scorer_loads(model_bytes: bytes) -> None:
         except ModelError as error:
             message = str(error).replace(path, "the wrapped model")
             raise InterfaceError(f"the scoring job refuses the wrapped model: {message}") from None
+
+
+# 6. Keras files --------------------------------------------------------------------------------
+def import_keras(config: ImportConfig) -> dict:
+    """Load a .keras / .h5 file on the CPU, convert it with tf2onnx at its own input signature,
+    and import the result as an ONNX source, checked against Keras `predict` besides."""
+    from export.core import _force_cpu
+
+    _force_cpu()
+    keras_bytes = _read_source(config.source, config.label)
+    model = load_keras_file(config.source, config.label)
+    source_proto = convert_keras(model, config.label)
+    provenance = keras_provenance(config.source, keras_bytes)
+    return import_onnx_model(config, source_proto.SerializeToString(), source_proto, provenance,
+                             keras_model=model)
+
+
+def load_keras_file(path: str, label: str):
+    """The Keras model, uncompiled (only `predict` is needed), with the project's layers known."""
+    import keras
+
+    import train  # noqa: F401  (registers OneHot, so models trained here load too)
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as error:  # noqa: BLE001  (Keras raises many types for a bad file)
+        # Keras wraps the reason in a long message; the custom class's name is the useful part.
+        custom = re.search(r"Could not locate (?:class|function) '[^']*'|Unknown (?:layer|object): '[^']*'",
+                           str(error))
+        if custom:
+            raise ModelError(
+                f"{label}: Keras cannot deserialize a custom layer or object without its code "
+                f"({custom.group(0)}); export the model to ONNX where its code is importable, and "
+                f"pass --onnx"
+            ) from None
+        raise ModelError(f"{label}: Keras cannot load it ({_first_line(error)})") from None
+
+
+def convert_keras(model, label: str) -> onnx.ModelProto:
+    """tf2onnx conversion at the model's own input signature (dtype and shape, with its dynamic
+    axes left dynamic), refused where the recurrence became a Loop or Scan."""
+    import tensorflow as tf
+    import tf2onnx
+
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError(f"{label}: the model has {len(model.inputs)} input(s) and {len(model.outputs)} "
+                         f"output(s); expected one sequence input and one sequence output")
+    source_input = model.inputs[0]
+    signature = (tf.TensorSpec(tuple(source_input.shape), tf.as_dtype(source_input.dtype), name="input"),)
+    try:
+        model_proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=KERAS_OPSET)
+    except Exception as error:  # noqa: BLE001  (tf2onnx raises many types)
+        raise ModelError(f"{label}: tf2onnx cannot convert it at opset {KERAS_OPSET} "
+                         f"({_first_line(error)})") from None
+    fallback = sorted({node.op_type for node in model_proto.graph.node} & set(FORBIDDEN_OPS))
+    if fallback:
+        raise ModelError(
+            f"{label}: tf2onnx turned the recurrence into {', '.join(fallback)} instead of the fused "
+            f"LSTM/GRU op, as it does for a mask (a Masking layer or Embedding(mask_zero=True)) or "
+            f"recurrent dropout; onnxruntime would run it step by step. Remove the mask (scoring never "
+            f"pads a row's real steps) and save the model again"
+        )
+    return model_proto
+
+
+def keras_provenance(path: str, keras_bytes: bytes) -> dict:
+    """Where the model came from and what converted it, for the report and the metadata."""
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    return {
+        "path": os.path.abspath(path),
+        "sha256": hashlib.sha256(keras_bytes).hexdigest(),
+        "framework": "keras",
+        "keras_version": keras.__version__,
+        "tensorflow_version": tf.__version__,
+        "tf2onnx_version": tf2onnx.__version__,
+        "opset": KERAS_OPSET,
+    }
+
+
+def verify_keras(model, layout: SourceLayout, inputs: dict[str, ParityRows],
+                 expected: dict[str, np.ndarray]) -> dict:
+    """The converted model against Keras `predict`, both after the declared wrapping, on each
+    set of rows (ragged rows one length at a time), within export.core.allowed_difference."""
+
+    def predict(indices: np.ndarray) -> np.ndarray:
+        return layout.probabilities(model.predict(layout.feed(indices), batch_size=4096, verbose=0))
+
+    report: dict = {"tolerance": KERAS_TOLERANCE, "tolerance_steps": TOLERANCE_STEPS}
+    failures = []
+    for name, rows in inputs.items():
+        by_step = np.abs(_run_by_length(predict, rows) - expected[name]).max(axis=-1)  # (rows, T)
+        if rows.mask is not None:
+            by_step = np.where(rows.mask, by_step, 0.0)
+        allowed = allowed_difference(KERAS_TOLERANCE, by_step.shape[1])
+        difference = float(by_step.max()) if by_step.size else 0.0
+        report[name] = {"rows": int(len(rows.indices)), "max_abs_difference": difference}
+        if not (by_step <= allowed).all():  # NaN fails too
+            failures.append(f"keras {name}: max |p_onnx - p_keras| = {difference:.3g}, above "
+                            f"{KERAS_TOLERANCE:g} (growing after step {TOLERANCE_STEPS}) at some step")
+    report["passed"] = not failures
+    report["failures"] = failures
+    return report

@@ -178,6 +178,8 @@ def source_by_hand(model: onnx.ModelProto, source: Source, row: list[int]) -> np
     if source.head == "logits":
         exponentials = np.exp(output - output.max(axis=-1, keepdims=True))
         output = exponentials / exponentials.sum(axis=-1, keepdims=True)
+    if source.head == "sigmoid":  # imported with --renormalize
+        output = output / output.sum(axis=-1, keepdims=True)
     return output
 
 
@@ -244,7 +246,7 @@ def test_a_causal_model_is_imported_variable_length_and_scores_like_the_source(t
     # Rows of every length, with repeated prefixes (shared in scoring where states are exposed).
     rows = ragged_rows(24, seed=1, lengths=(1, MAX_LENGTH)) + [[10, 11, 12], [10, 11, 12, 13], [10, 11]]
     scored = assert_scores_like_the_source(tmp_path, model_path, source, rows)
-    assert scored.stderr == ""
+    assert scored.stderr == no_baseline_line(model_path)  # imported without --reference
 
 
 def test_a_bidirectional_model_is_found_non_causal_and_scored_at_one_fixed_length(tmp_path):
@@ -368,8 +370,17 @@ def test_a_model_without_a_baseline_scores_and_its_summary_says_so(tmp_path):
     data = write_rows(tmp_path / "rows.parquet", ragged_rows(5, seed=6, lengths=(1, MAX_LENGTH)))
     summary = tmp_path / "summary.json"
     scored = run_score(data, tmp_path / "scored.parquet", "--model", model_path, "--quiet", "--summary", summary)
-    assert (scored.code, scored.stderr) == (0, "")
-    assert json.loads(summary.read_text())["drift"]["has_baseline"] is False
+    # Said once, also under --quiet: nobody should believe a drift check ran.
+    assert (scored.code, scored.stderr) == (0, no_baseline_line(model_path))
+    written = json.loads(summary.read_text())
+    assert written["drift"]["has_baseline"] is False
+    assert written["warnings"] == [no_baseline_line(model_path)[len("warning: "):-1]]
+
+
+def no_baseline_line(model_path) -> str:
+    """The one line python -m score writes after scoring with a model that has no baseline."""
+    return (f"warning: the model {model_path} carries no training baseline: drift is not "
+            f"monitored (export or import it with --reference to add one)\n")
 
 
 # Refusals: one line, the documented exit code, nothing published -------------------------------
@@ -387,6 +398,49 @@ def test_a_parity_failure_is_exit_70_with_the_figures_in_the_failed_report(tmp_p
     failed = json.loads((published / "export_report.failed.json").read_text())
     assert (failed["published"], failed["checks"]["passed"]) == (False, False)
 
+
+
+# --renormalize ---------------------------------------------------------------------------------
+RENORMALIZED = ("renormalised scores: sigmoid outputs divided by their sum per step; "
+                "not calibrated probabilities")
+
+
+@pytest.mark.parametrize("source", [
+    pytest.param(Source(head="sigmoid"), id="reduce_sum_axes_input"),
+    pytest.param(Source(head="sigmoid", opset=11), id="reduce_sum_axes_attribute_opset_11"),
+])
+def test_sigmoid_outputs_with_renormalize_are_divided_by_their_sum(tmp_path, source):
+    result, model_path = import_source(tmp_path, source, "--renormalize")
+    assert (result.code, result.stderr) == (0, "")
+    report = json.loads((tmp_path / "published" / "export_report.json").read_text())
+    assert report["wrapping"]["renormalized"] is True
+    assert report["wrapping"]["output"] == "scores in [0, 1], divided by their sum per step (--renormalize)"
+    assert metadata(model_path)["probabilities"] == RENORMALIZED
+    assert RENORMALIZED in onnx.load(model_path).doc_string
+    ops = [node.op_type for node in onnx.load(model_path).graph.node]
+    assert "ReduceSum" in ops and "Div" in ops
+    assert_scores_like_the_source(tmp_path, model_path, source, ragged_rows(12, seed=7, lengths=(1, MAX_LENGTH)))
+
+
+def test_renormalize_leaves_outputs_that_already_sum_to_one_alone(tmp_path):
+    result, model_path = import_source(tmp_path, Source(head="softmax"), "--renormalize")
+    assert result.code == 0, result.stderr
+    report = json.loads((tmp_path / "published" / "export_report.json").read_text())
+    assert (report["wrapping"]["renormalized"], report["wrapping"]["output"]) == (False, "probabilities, kept")
+    assert "probabilities" not in metadata(model_path)
+
+
+def test_renormalize_refuses_steps_whose_scores_sum_to_zero(tmp_path):
+    model = build(Source(head="sigmoid"))
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "zeros"))
+    model.graph.node[-1].CopyFrom(helper.make_node("Mul", ["head_bt", "zeros"], ["output"]))
+    onnx.save_model(model, str(tmp_path / "source.onnx"))
+    result = run_export("--onnx", tmp_path / "source.onnx", "--x-values", "10..14", "--y-values", "0,2,4",
+                        "--output", tmp_path / "published" / "model.onnx", "--renormalize")
+    assert_refused(tmp_path, result, 78,
+                   f"error: --onnx {tmp_path / 'source.onnx'}: --renormalize, but at 80 of 80 probed steps "
+                   f"every output is 0, so their sum is 0 and dividing by it is undefined; export the "
+                   f"model's logits instead (then pass --outputs logits)")
 
 
 def assert_refused(tmp_path, result: CliResult, code: int, line: str) -> None:
@@ -413,7 +467,8 @@ def test_sigmoid_outputs_are_refused_as_not_a_distribution(tmp_path):
     assert line.endswith(
         "not 1: they are independent per-class scores (a sigmoid), not a distribution over classes, "
         "so argmax would still name the top class but the probabilities would not be comparable "
-        "across steps; export logits or a softmax (if these are logits, pass --outputs logits)")
+        "across steps; export logits or a softmax, pass --renormalize to divide them by their sum per "
+        "step (scores, not calibrated probabilities), or, if these are logits, pass --outputs logits")
     assert_refused(tmp_path, result, 78, line)
 
 
@@ -482,6 +537,10 @@ def test_a_missing_source_is_exit_66(tmp_path):
                  "--quantize: only with --artifacts (an imported model keeps its own opset)", id="quantize"),
     pytest.param(("--x-values", "10..14", "--y-values", "0,2,4", "--artifacts", "artifacts"),
                  "argument --artifacts: not allowed with argument --onnx", id="both_modes"),
+    pytest.param(("--x-values", "10..14", "--y-values", "0,2,4", "--keras", "model.keras"),
+                 "argument --keras: not allowed with argument --onnx", id="onnx_and_keras"),
+    pytest.param(("--x-values", "10..14", "--y-values", "0,2,4", "--outputs", "logits", "--renormalize"),
+                 "--renormalize: not with --outputs logits (logits get a softmax)", id="renormalize_logits"),
 ])
 def test_import_usage_errors_are_exit_2(tmp_path, flags, message):
     result = run_export("--onnx", write_source(tmp_path / "source.onnx", Source()),
@@ -494,4 +553,185 @@ def test_import_usage_errors_are_exit_2(tmp_path, flags, message):
 def test_import_flags_without_onnx_are_exit_2():
     result = run_export("--x-values", "0..3")
     assert result.code == 2
-    assert result.lines[-1] == "python -m export: error: --x-values: only with --onnx"
+    assert result.lines[-1] == "python -m export: error: --x-values: only with --onnx or --keras"
+
+
+# --keras: a Keras file made elsewhere, converted with tf2onnx ---------------------------------
+KERAS_X = "0..10"  # the question's model: 11 input classes, one-hot
+KERAS_Y = "0..24"  # 25 output classes
+
+
+def question_model(activation: str = "softmax"):
+    """The question's model, untrained and seeded: one-hot (batch, 4, 11) -> 4 stacked LSTM(24)
+    -> a Dense(25) per step."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 11))
+    hidden = inputs
+    for _ in range(4):
+        hidden = keras.layers.LSTM(24, return_sequences=True, use_cudnn=False)(hidden)
+    # Wide initial weights: an untrained head's classes are then far from tied.
+    head = keras.layers.Dense(25, activation=activation,
+                              kernel_initializer=keras.initializers.RandomNormal(stddev=50.0, seed=1))
+    return keras.Model(inputs, head(hidden))
+
+
+def ids_model(mask: str | None = None):
+    """Integer ids (batch, time) with a dynamic time axis -> Embedding -> LSTM -> softmax."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None,), dtype="int32")
+    hidden = keras.layers.Embedding(len(X_VALUES), 3, mask_zero=mask == "mask_zero")(inputs)
+    if mask == "masking":
+        hidden = keras.layers.Masking()(hidden)
+    hidden = keras.layers.LSTM(4, return_sequences=True, use_cudnn=False)(hidden)
+    return keras.Model(inputs, keras.layers.Dense(len(Y_VALUES), activation="softmax")(hidden))
+
+
+def import_keras(tmp_path, model, suffix: str, x_values: str, y_values: str, *extra: str) -> tuple[CliResult, str]:
+    path = tmp_path / f"source.{suffix}"
+    model.save(str(path))
+    output = tmp_path / "published" / "model.onnx"
+    result = run_export("--keras", path, "--x-values", x_values, "--y-values", y_values, "--output", output,
+                        *extra)
+    return result, str(output)
+
+
+def assert_scores_like_keras(tmp_path, model_path: str, model, renormalized: bool = False) -> None:
+    """`python -m score` on 40 random rows gives Keras predict's argmax and top-k (a stable
+    descending sort) mapped to the y values, probabilities within 1e-5 (another runtime)."""
+    from conftest import write_x
+
+    x = np.random.default_rng(8).integers(0, 11, size=(40, 4))
+    data = write_x(tmp_path / "rows.parquet", x)
+    result = run_score(data, tmp_path / "scored.parquet", "--model", model_path, "--top-k", TOP_K, "--quiet")
+    assert result.code == 0, result.stderr
+    out = pq.read_table(tmp_path / "scored.parquet")
+    probabilities = model.predict(np.eye(11, dtype=np.float32)[x], verbose=0)
+    if renormalized:
+        probabilities = probabilities / probabilities.sum(axis=-1, keepdims=True)
+    order = np.argsort(-probabilities, axis=-1, kind="stable")[..., :TOP_K]
+    assert out.column("y_pred").to_pylist() == probabilities.argmax(-1).tolist()  # y values 0..24
+    assert out.column("top_k_values").to_pylist() == order.tolist()
+    np.testing.assert_allclose(np.asarray(out.column("top_k_probs").to_pylist(), np.float32),
+                               np.take_along_axis(probabilities, order, -1), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", ["keras", "h5"])
+def test_the_questions_keras_model_is_imported_and_scores_like_keras_predict(tmp_path, suffix):
+    import hashlib
+
+    model = question_model()
+    result, model_path = import_keras(tmp_path, model, suffix, KERAS_X, KERAS_Y)
+    assert result.code == 0, result.stderr
+    spec = published_spec(model_path)
+    assert (spec.x_values, spec.y_values, spec.seq_len, spec.variable_length) == (
+        tuple(range(11)), tuple(range(25)), 4, False)
+    report = json.loads((tmp_path / "published" / "export_report.json").read_text())
+    source = report["source"]
+    assert source["framework"] == "keras"
+    assert source["sha256"] == hashlib.sha256((tmp_path / f"source.{suffix}").read_bytes()).hexdigest()
+    assert {"keras_version", "tensorflow_version", "tf2onnx_version"} <= set(source)
+    assert json.loads(metadata(model_path)["source"]) == source
+    assert report["wrapping"]["input"] == "one-hot (depth 11) from x"
+    keras_check = report["checks"]["keras"]
+    assert keras_check["passed"] is True and keras_check["random"]["max_abs_difference"] <= 1e-5
+    assert result.stdout.splitlines()[0].startswith(f"imported {tmp_path / f'source.{suffix}'} (keras ")
+    assert result.stdout.splitlines()[2].startswith("verified the conversion against Keras predict (random: ")
+    assert_scores_like_keras(tmp_path, model_path, model)
+
+
+@pytest.mark.slow
+def test_keras_sigmoid_outputs_are_refused_and_accepted_with_renormalize(tmp_path):
+    model = question_model("sigmoid")
+    result, _ = import_keras(tmp_path, model, "keras", KERAS_X, KERAS_Y)
+    assert result.code == 78
+    [line] = result.lines
+    assert line.startswith(f"error: --keras {tmp_path / 'source.keras'}: the outputs lie in [0, 1] but ")
+    assert "pass --renormalize to divide them by their sum per step" in line
+    assert not (tmp_path / "published").exists()
+    result, model_path = import_keras(tmp_path, model, "keras", KERAS_X, KERAS_Y, "--renormalize")
+    assert result.code == 0, result.stderr
+    report = json.loads((tmp_path / "published" / "export_report.json").read_text())
+    assert report["wrapping"]["renormalized"] is True
+    assert report["checks"]["keras"]["passed"] is True
+    assert metadata(model_path)["probabilities"] == RENORMALIZED
+    assert_scores_like_keras(tmp_path, model_path, model, renormalized=True)
+
+
+@pytest.mark.slow
+def test_a_keras_model_with_a_dynamic_time_axis_is_variable_length_and_checked_on_reference_rows(tmp_path):
+    reference = write_rows(tmp_path / "reference.parquet", ragged_rows(30, seed=9, lengths=(1, MAX_LENGTH)))
+    result, model_path = import_keras(tmp_path, ids_model(), "keras", "10..14", "0,2,4",
+                                      "--max-length", MAX_LENGTH, "--reference", reference)
+    assert result.code == 0, result.stderr
+    spec = published_spec(model_path)
+    assert (spec.min_len, spec.max_len, len(spec.states)) == (1, MAX_LENGTH, 1)
+    checks = json.loads((tmp_path / "published" / "export_report.json").read_text())["checks"]
+    assert checks["keras"]["reference"]["rows"] == 30
+    assert checks["keras"]["reference"]["max_abs_difference"] <= 1e-5
+    assert checks["state_carry"]["passed"] is True
+
+
+@pytest.mark.slow
+def test_a_keras_conversion_that_differs_from_keras_is_exit_70(tmp_path, monkeypatch):
+    import export.imported
+
+    monkeypatch.setattr(export.imported, "KERAS_TOLERANCE", -1.0)  # no difference passes
+    result, _ = import_keras(tmp_path, ids_model(), "keras", "10..14", "0,2,4", "--max-length", MAX_LENGTH)
+    assert result.code == 70
+    [line] = result.lines
+    assert line.startswith("error: the wrapped model does not match the source, nothing published: "
+                           "keras random: max |p_onnx - p_keras| = ")
+    published = tmp_path / "published"
+    assert sorted(path.name for path in published.iterdir()) == ["export_report.failed.json"]
+    failed = json.loads((published / "export_report.failed.json").read_text())
+    assert failed["checks"]["keras"]["passed"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mask", ["mask_zero", "masking"])
+def test_a_masked_keras_model_is_refused_as_a_loop(tmp_path, mask):
+    result, _ = import_keras(tmp_path, ids_model(mask), "keras", "10..14", "0,2,4")
+    assert_refused(tmp_path, result, 78,
+                   f"error: --keras {tmp_path / 'source.keras'}: tf2onnx turned the recurrence into Loop "
+                   f"instead of the fused LSTM/GRU op, as it does for a mask (a Masking layer or "
+                   f"Embedding(mask_zero=True)) or recurrent dropout; onnxruntime would run it step by "
+                   f"step. Remove the mask (scoring never pads a row's real steps) and save the model again")
+
+
+@pytest.mark.slow
+def test_a_keras_model_with_an_unknown_custom_layer_is_refused(tmp_path):
+    import keras
+
+    class Doubled(keras.layers.Layer):  # local: Keras cannot find it again by name
+        def call(self, inputs):
+            return inputs * 2.0
+
+    inputs = keras.Input((None,), dtype="int32")
+    hidden = Doubled()(keras.layers.Embedding(len(X_VALUES), 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(len(Y_VALUES), activation="softmax")(hidden))
+    result, _ = import_keras(tmp_path, model, "keras", "10..14", "0,2,4")
+    assert_refused(tmp_path, result, 78,
+                   f"error: --keras {tmp_path / 'source.keras'}: Keras cannot deserialize a custom layer or "
+                   f"object without its code (Could not locate class 'Doubled'); export the model to ONNX "
+                   f"where its code is importable, and pass --onnx")
+
+
+def test_keras_usage_errors_are_exit_2(tmp_path):
+    result = run_export("--keras", tmp_path / "model.keras", "--x-values", "0..3", "--y-values", "0..2",
+                        "--time-axis", "0")
+    assert result.code == 2
+    assert result.lines[-1] == ("python -m export: error: --time-axis: only with --onnx (a Keras model is "
+                                "batch-major: its time axis is 1)")
+    result = run_export("--keras", tmp_path / "model.keras", "--y-values", "0..2")
+    assert result.lines[-1] == "python -m export: error: --keras needs --x-values"
+
+
+def test_a_missing_keras_file_is_exit_66(tmp_path):
+    result = run_export("--keras", tmp_path / "absent.keras", "--x-values", "0..3", "--y-values", "0..2",
+                        "--output", tmp_path / "published" / "model.onnx")
+    assert_refused(tmp_path, result, 66, f"error: --keras {tmp_path / 'absent.keras'}: not found")
