@@ -462,7 +462,15 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
         }
         write_small_file(storage.join(config.output, SUCCESS_FILE),
                          (json.dumps(manifest, indent=2) + "\n").encode())
+    if models.baseline(scorer) is None:  # said once, after a run that succeeded
+        state.warnings.append(no_baseline_warning(scorer))
     return state
+
+
+def no_baseline_warning(scorer: models.Scorer) -> str:
+    """What a run says of a model without a training baseline (an import without --reference)."""
+    return (f"the model {scorer.location} carries no training baseline: drift is not monitored "
+            f"(export or import it with --reference to add one)")
 
 
 # Summary ------------------------------------------------------------------------------------------
