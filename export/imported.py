@@ -562,7 +562,8 @@ def _spec(config: ImportConfig, layout: SourceLayout, causality: dict) -> Spec:
     """A fixed time axis stays fixed; a dynamic one takes every length 1..--max-length when the
     model is causal, and only --max-length when it reads later steps."""
     if layout.time_steps is not None or not causality["causal"]:
-        return Spec(config.x_values, config.y_values, seq_len=layout.time_steps or config.max_length)
+        return Spec(config.x_values, config.y_values, seq_len=layout.time_steps or config.max_length,
+                    causal=bool(causality["causal"]))
     return Spec(config.x_values, config.y_values, seq_len=config.max_length, min_len=1)
 
 

@@ -95,7 +95,7 @@ class Scorer:
     @property
     def shares_prefixes(self) -> bool:
         """Whether a run can resume from the LSTM state a prefix left (score.prefix)."""
-        return self.graph_top_k and self.exact_states and bool(self.spec.states)
+        return self.graph_top_k and self.exact_states and self.spec.causal and bool(self.spec.states)
 
     def state_units(self) -> list[int]:
         """The width of each state tensor, in the order resume_top_k takes and returns them."""

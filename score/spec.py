@@ -56,6 +56,9 @@ class Spec:
     # The recurrent state each layer exposes, in layer order (the export adds them); empty for
     # a model that exposes none (older files), which is then scored without prefix sharing.
     states: tuple[StateTensors, ...] = ()
+    # Whether step t's output reads only steps 0..t. A model that reads later steps (a
+    # bidirectional LSTM, imported) is scored at its one length, whole, never from a prefix.
+    causal: bool = True
     format: int = field(default=0)  # version of this description (0: the one its fields need)
 
     def __post_init__(self) -> None:
@@ -74,6 +77,11 @@ class Spec:
         if self.min_len is not None and not 1 <= int(self.min_len) <= int(self.seq_len):
             raise ModelError(
                 f"spec: min_len is {self.min_len}; expected 1 <= min_len <= max_len ({self.seq_len})"
+            )
+        if not self.causal and (self.min_len is not None or self.states):
+            raise ModelError(
+                "spec: a model that is not causal (it reads later steps) cannot take rows of any "
+                "length or resume from a prefix's state; expected no min_len and no states"
             )
         if not self.format:
             needed = SPEC_FORMAT if self.variable_length else FIXED_LENGTH_FORMAT
@@ -116,6 +124,8 @@ class Spec:
             payload["states"] = [asdict(state) for state in self.states]
         else:
             del payload["states"]
+        if self.causal:
+            del payload["causal"]  # the default, as every spec before the field was
         if self.variable_length:
             payload["max_len"] = self.seq_len
         else:
@@ -152,6 +162,7 @@ class Spec:
                 target_column=str(payload.get("target_column", "y")),
                 min_len=None if payload.get("min_len") is None else _as_int(payload["min_len"]),
                 states=_states(payload.get("states", [])),
+                causal=_as_bool(payload.get("causal", True)),
                 format=spec_format,
             )
         except (TypeError, ValueError) as error:
@@ -162,6 +173,12 @@ def _states(payload: object) -> tuple[StateTensors, ...]:
     if not isinstance(payload, list):
         raise ValueError(f"states: expected a list, found {payload!r}")
     return tuple(StateTensors.from_dict(item) for item in payload)
+
+
+def _as_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, found {value!r}")
+    return value
 
 
 def _as_int(value: object) -> int:

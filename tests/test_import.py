@@ -22,6 +22,8 @@ import pytest
 from conftest import CliResult, run_score
 from onnx import TensorProto, helper, numpy_helper
 
+from score.errors import ModelError
+from score.model import load
 from score.monitor import Profile
 from score.spec import Spec
 
@@ -254,7 +256,8 @@ def test_a_bidirectional_model_is_found_non_causal_and_scored_at_one_fixed_lengt
     result, model_path = import_source(tmp_path, source)
     assert result.code == 0, result.stderr
     spec = published_spec(model_path)
-    assert (spec.variable_length, spec.seq_len, spec.states) == (False, MAX_LENGTH, ())
+    assert (spec.variable_length, spec.seq_len, spec.states, spec.causal) == (False, MAX_LENGTH, (), False)
+    assert load(model_path).shares_prefixes is False
     report = json.loads((tmp_path / "published" / "export_report.json").read_text())
     causality = report["checks"]["causality"]
     assert causality["causal"] is False
@@ -735,3 +738,12 @@ def test_a_missing_keras_file_is_exit_66(tmp_path):
     result = run_export("--keras", tmp_path / "absent.keras", "--x-values", "0..3", "--y-values", "0..2",
                         "--output", tmp_path / "published" / "model.onnx")
     assert_refused(tmp_path, result, 66, f"error: --keras {tmp_path / 'absent.keras'}: not found")
+
+
+def test_a_spec_that_is_not_causal_takes_one_length_and_no_state():
+    assert Spec.from_json(Spec((0, 1), (0, 1), 4, causal=False).to_json()).causal is False
+    assert "causal" not in Spec((0, 1), (0, 1), 4).to_json()  # older scorers read it unchanged
+    with pytest.raises(ModelError, match="not causal"):
+        Spec((0, 1), (0, 1), 4, min_len=1, causal=False)
+    with pytest.raises(ModelError, match="expected true or false"):
+        Spec.from_json('{"x_values": [0], "y_values": [0], "seq_len": 2, "causal": "no"}')
