@@ -109,10 +109,8 @@ class CliResult:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
 
-def run_score(*args: str) -> CliResult:
-    """Call `python -m score` in-process through main(argv) and capture its output."""
-    from score.__main__ import main
-
+def run_main(main, *args) -> CliResult:
+    """Call a stage's main(argv) in-process and capture its output (argparse exits too)."""
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
         try:
@@ -120,6 +118,20 @@ def run_score(*args: str) -> CliResult:
         except SystemExit as exit_:  # argparse
             code = exit_.code if isinstance(exit_.code, int) else 1
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def run_score(*args) -> CliResult:
+    """`python -m score ARGS` in-process."""
+    from score.__main__ import main
+
+    return run_main(main, *args)
+
+
+def run_export(*args) -> CliResult:
+    """`python -m export ARGS` in-process."""
+    from export.__main__ import main
+
+    return run_main(main, *args)
 
 
 def run_module(module: str, *args: str, timeout: float = 300, env: dict | None = None,

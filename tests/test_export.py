@@ -15,30 +15,17 @@ import re
 import shutil
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import FIXTURES, ROOT, CliResult, run_module
+from conftest import FIXTURES, ROOT, CliResult, run_export, run_module
 
 from score.spec import Spec, StateTensors
 
 HEAVY = ("tensorflow", "keras", "tf2onnx", "onnx")
-
-
-def run_export(*args) -> CliResult:
-    """`python -m export ARGS` in-process through main(argv), output captured."""
-    from export.__main__ import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exit_:  # argparse
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def fit(artifacts: Path, dataset_path: Path, *flags: str) -> None:

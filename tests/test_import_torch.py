@@ -9,9 +9,7 @@ its zeros initial states built from the input's shape, a Squeeze after each recu
 
 from __future__ import annotations
 
-import io
 import json
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import FIXTURES, CliResult, run_score
+from conftest import FIXTURES, run_export, run_score
 
 from score.spec import Spec
 
@@ -56,16 +54,6 @@ FIXTURE_MODELS = [
                                               "state is not exposed"),
                  id="gru_batch_first"),
 ]
-
-
-def run_export(*args: str) -> CliResult:
-    """Call `python -m export` in-process through main(argv) and capture its output."""
-    from export.__main__ import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def random_rows(rows: int, seed: int) -> list[list[int]]:
