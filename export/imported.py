@@ -46,10 +46,10 @@ from export.core import (
     split_points,
     verify_state_carry,
 )
+from score import model as models
 from score.errors import InputMissing, InputPermission, InvalidInput, ModelError, OutputError
-from score.model import INPUT_NAME, OUTPUT_NAME, STANDARD_DOMAINS
+from score.model import INPUT_NAME, OUTPUT_NAME
 from score.monitor import Profile
-from score.onnx_wire import audit_model
 from score.spec import Spec
 
 # Source input types the wrapping accepts: integer ids are cast from x, one-hot floats built
@@ -282,24 +282,13 @@ def _read_source(path: str, label: str) -> bytes:
 
 
 def _parse(path: str, source_bytes: bytes) -> onnx.ModelProto:
-    """The source as a ModelProto, refused when onnxruntime could not run it as one file."""
+    """The source as a ModelProto, refused as the scorer refuses a model it cannot load."""
+    models.audit(path, source_bytes, self_contained_hint=(
+        " (torch.onnx.export: external_data=False, or the TorchScript exporter, dynamo=False)"))
     try:
-        audit = audit_model(source_bytes)
-        model_proto = onnx.load_model_from_string(source_bytes)
-    except Exception as error:  # noqa: BLE001  (the wire reader's WireError, protobuf's DecodeError)
+        return onnx.load_model_from_string(source_bytes)
+    except Exception as error:  # noqa: BLE001  (protobuf's DecodeError and friends)
         raise ModelError(f"{path}: not an ONNX model ({_first_line(error)})") from None
-    if audit.external_tensors:
-        raise ModelError(
-            f"{path}: the model keeps {audit.external_tensors} tensor(s) in external data "
-            f"files; export it as one self-contained file (torch.onnx.export without external data)"
-        )
-    foreign = sorted((audit.opset_domains | audit.node_domains) - STANDARD_DOMAINS)
-    if foreign:
-        raise ModelError(
-            f"{path}: the model uses operator domain(s) {', '.join(foreign)}, which "
-            f"onnxruntime does not ship; export it with standard ONNX ops only"
-        )
-    return model_proto
 
 
 def inspect_layout(model_proto: onnx.ModelProto, config: ImportConfig) -> SourceLayout:

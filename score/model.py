@@ -174,7 +174,10 @@ def _check_checksum(location: str, model_bytes: bytes) -> str:
     return digest
 
 
-def _audit(location: str, model_bytes: bytes) -> ModelAudit:
+def audit(location: str, model_bytes: bytes, self_contained_hint: str = "") -> ModelAudit:
+    """Refuse (ModelError) a model that is not ONNX, keeps tensors in external data files or
+    uses an operator domain onnxruntime does not ship; else what the audit found.
+    ``self_contained_hint`` says how to export one file, where the caller knows the exporter."""
     try:
         audit = audit_model(model_bytes)
     except WireError as error:
@@ -182,7 +185,7 @@ def _audit(location: str, model_bytes: bytes) -> ModelAudit:
     if audit.external_tensors:
         raise ModelError(
             f"{location}: the model keeps {audit.external_tensors} tensor(s) in external data "
-            f"files; export it as one self-contained file"
+            f"files; export it as one self-contained file{self_contained_hint}"
         )
     foreign = sorted((audit.opset_domains | audit.node_domains) - STANDARD_DOMAINS)
     if foreign:
@@ -302,8 +305,8 @@ def load(location: str, config: SessionConfig = SessionConfig()) -> Scorer:
     """
     model_bytes = _read_model_bytes(location)
     digest = _check_checksum(location, model_bytes)
-    audit = _audit(location, model_bytes)
-    session, graph_top_k = _open_session(location, model_bytes, audit, config)
+    found = audit(location, model_bytes)
+    session, graph_top_k = _open_session(location, model_bytes, found, config)
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     if "spec" not in metadata:
         raise ModelError(
@@ -323,7 +326,7 @@ def load(location: str, config: SessionConfig = SessionConfig()) -> Scorer:
         location=location,
         metadata=metadata,
         graph_top_k=graph_top_k,
-        exact_states=not any(_QUANTIZED.search(op) for op in audit.op_types),
+        exact_states=not any(_QUANTIZED.search(op) for op in found.op_types),
     )
     _probe(location, scorer)
     return scorer
