@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # results stay within the export's parity tolerance either way.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+from score.__main__ import positive_int, value_set
 from score.errors import EXIT_SIGINT, SeqscoreError
 
 DESCRIPTION = """\
@@ -58,10 +59,10 @@ def parser() -> argparse.ArgumentParser:
                    help=f"minimum argmax agreement of int8 with float on the test split "
                         f"(default {defaults.quantize_agreement})")
     imported = p.add_argument_group("--onnx and --keras only")
-    imported.add_argument("--x-values", type=_values, metavar="SET",
+    imported.add_argument("--x-values", type=value_set, metavar="SET",
                           help="the raw input value of each input class index: a range like 0..10 "
                                "or a list like 1,2,5")
-    imported.add_argument("--y-values", type=_values, metavar="SET",
+    imported.add_argument("--y-values", type=value_set, metavar="SET",
                           help="the raw output value of each output class, in the model's order")
     imported.add_argument("--outputs", choices=["probabilities", "logits"],
                           help="what the model's output is (default: detected; a softmax is added "
@@ -72,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
     imported.add_argument("--reference", metavar="DATA.parquet",
                           help="rows (list column x of raw values) to check on and to take the "
                                "drift baseline from (default: none, no drift monitoring)")
-    imported.add_argument("--max-length", type=_positive, metavar="N",
+    imported.add_argument("--max-length", type=positive_int, metavar="N",
                           help=f"the longest sequence accepted when the time axis is dynamic; a "
                                f"model that reads later steps is scored at exactly N "
                                f"(default {ImportConfig.max_length})")
@@ -81,25 +82,6 @@ def parser() -> argparse.ArgumentParser:
                                "by their sum per step instead of refusing them: scores, not "
                                "calibrated probabilities")
     return p
-
-
-def _values(text: str) -> tuple[int, ...]:
-    from score.spec import parse_values
-
-    try:
-        return parse_values(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
 
 
 IMPORT_ONLY = ("x_values", "y_values", "outputs", "time_axis", "reference", "max_length", "renormalize")

@@ -46,7 +46,17 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _probability(text: str) -> float:
+def value_set(text: str) -> tuple[int, ...]:
+    """A value set as training, the export and the import take it: '0..10' or '1,2,5'."""
+    from score.spec import parse_values
+
+    try:
+        return parse_values(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def probability(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -56,7 +66,7 @@ def _probability(text: str) -> float:
     return value
 
 
-def _non_negative(text: str) -> float:
+def non_negative(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -92,9 +102,9 @@ def parser() -> argparse.ArgumentParser:
                    help="onnxruntime intra-op threads (default: one per core)")
     p.add_argument("--summary", metavar="PATH",
                    help="write a JSON summary (status, counts, speed, distributions, drift)")
-    p.add_argument("--low-confidence", type=_probability, default=0.5, metavar="P",
+    p.add_argument("--low-confidence", type=probability, default=0.5, metavar="P",
                    help="a step whose top-1 probability is below P counts as low-confidence (default 0.5)")
-    p.add_argument("--max-psi", type=_non_negative, default=None, metavar="X",
+    p.add_argument("--max-psi", type=non_negative, default=None, metavar="X",
                    help="fail (exit 65, nothing published) if any step's input or prediction PSI "
                         "exceeds X (default: off)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-file log line")

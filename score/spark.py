@@ -746,9 +746,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", metavar="PATH",
                    help="write a JSON summary (status, counts, speed, distributions, drift, and "
                         "Spark's master, application id and partitions), also when the run fails")
-    p.add_argument("--low-confidence", type=cli._probability, default=0.5, metavar="P",
+    p.add_argument("--low-confidence", type=cli.probability, default=0.5, metavar="P",
                    help="a step whose top-1 probability is below P counts as low-confidence (default 0.5)")
-    p.add_argument("--max-psi", type=cli._non_negative, default=None, metavar="X",
+    p.add_argument("--max-psi", type=cli.non_negative, default=None, metavar="X",
                    help="fail (exit 65, nothing published) if any step's input or prediction PSI "
                         "exceeds X; the dataset is written beside OUTPUT, hidden, and moved to "
                         "OUTPUT only within the limit (default: off)")

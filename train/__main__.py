@@ -7,8 +7,8 @@ import sys
 from dataclasses import asdict
 
 # TensorFlow's log level is set in train/__init__.py, which Python imports before this module.
+from score.__main__ import positive_int, value_set
 from score.errors import EXIT_SIGINT, SeqscoreError, UsageError
-from score.spec import parse_values
 
 DESCRIPTION = """\
 Fit a Keras LSTM that maps integer sequences to integer sequences and write artifacts/.
@@ -20,23 +20,6 @@ of lengths 1..32 instead."""
 # The ragged example's fitting defaults: its long rows learn more slowly and less smoothly than
 # the 4-step default (measured: >= 0.99 test token accuracy in under 240 s on 2 cores).
 RAGGED_EXAMPLE_FIT = {"epochs": 85, "batch_size": 64, "learning_rate": 0.003, "patience": 10}
-
-
-def _values(text: str) -> tuple[int, ...]:
-    try:
-        return parse_values(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,9 +35,9 @@ def parser() -> argparse.ArgumentParser:
                         help="text file of input sequences, whitespace-separated, one per line")
     source.add_argument("--y", metavar="Y.txt", dest="y_text",
                         help="text file of target sequences, one per line, aligned with --x")
-    source.add_argument("--x-values", type=_values, metavar="SET",
+    source.add_argument("--x-values", type=value_set, metavar="SET",
                         help="input value set, e.g. 0..10 or 1,3,5 (default: min..max of the data)")
-    source.add_argument("--y-values", type=_values, metavar="SET",
+    source.add_argument("--y-values", type=value_set, metavar="SET",
                         help="output value set, e.g. 0..24 (default: min..max of the data)")
     source.add_argument("--example", choices=EXAMPLES, default="default",
                         help="the embedded dataset used without --data or --x/--y: default (4 "
@@ -64,22 +47,22 @@ def parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model")
     model.add_argument("--preset", choices=sorted(PRESETS),
                        help="default: 2 LSTM layers of 64 units; question: 4 layers of 24")
-    model.add_argument("--layers", type=_positive, metavar="N",
+    model.add_argument("--layers", type=positive_int, metavar="N",
                        help=f"stacked LSTM layers (default {defaults.lstm_layers})")
-    model.add_argument("--units", type=_positive, metavar="N",
+    model.add_argument("--units", type=positive_int, metavar="N",
                        help=f"units per LSTM layer (default {defaults.units})")
     fit = p.add_argument_group("fitting")
     ragged = RAGGED_EXAMPLE_FIT
-    fit.add_argument("--epochs", type=_positive, metavar="N",
+    fit.add_argument("--epochs", type=positive_int, metavar="N",
                      help=f"maximum epochs; early stopping may end sooner (default {defaults.epochs}; "
                           f"ragged example {ragged['epochs']})")
-    fit.add_argument("--batch-size", type=_positive, metavar="N",
+    fit.add_argument("--batch-size", type=positive_int, metavar="N",
                      help=f"rows per gradient step (default {defaults.batch_size}; ragged example "
                           f"{ragged['batch_size']})")
     fit.add_argument("--learning-rate", type=float, metavar="LR",
                      help=f"Adam learning rate (default {defaults.learning_rate}; ragged example "
                           f"{ragged['learning_rate']})")
-    fit.add_argument("--patience", type=_positive, metavar="N",
+    fit.add_argument("--patience", type=positive_int, metavar="N",
                      help=f"epochs without a better validation loss before stopping (default "
                           f"{defaults.patience}; ragged example {ragged['patience']})")
     fit.add_argument("--seed", type=int, default=defaults.seed, metavar="N",
