@@ -634,7 +634,12 @@ def quantize_int8(model_bytes: bytes, test: ParityRows, config: ExportConfig,
 
 
 def int8_path(config: ExportConfig) -> str:
-    return os.path.splitext(config.output_path)[0] + ".int8.onnx"
+    return int8_path_for(config.output_path)
+
+
+def int8_path_for(output: str) -> str:
+    """Where the int8 model of the model at ``output`` goes."""
+    return os.path.splitext(output)[0] + ".int8.onnx"
 
 
 def export(config: ExportConfig) -> dict:
@@ -684,26 +689,39 @@ def export(config: ExportConfig) -> dict:
         "versions": package_versions(),
     }
 
-    # 5-6. export_report.json always describes the published model.onnx; a refused conversion
-    # leaves its figures in export_report.failed.json instead.
-    directory = os.path.dirname(os.path.abspath(config.output_path))
+    # 5-6.
+    def quantize(published: dict) -> None:
+        if config.quantize == "int8":
+            published["int8"] = quantize_int8(model_bytes, inputs["test_split"], config, spec.states)
+
+    refusal = None if parity["passed"] else f"{_refusal(parity)}, nothing published: " + "; ".join(parity["failures"])
+    return publish_with_report(model_bytes, config.output_path, report, refusal, quantize)
+
+
+def publish_with_report(model_bytes: bytes, output: str, report: dict, refusal: str | None,
+                        after_publishing=None) -> dict:
+    """Publish ``model_bytes`` at ``output`` with export_report.json beside it, or, with a
+    ``refusal``, publish nothing, leave the figures in export_report.failed.json and raise
+    ParityError(refusal). ``after_publishing(report)`` may add an int8 model; an int8 file
+    left beside the new model from an older one is removed."""
+    directory = os.path.dirname(os.path.abspath(output))
     try:
         os.makedirs(directory, exist_ok=True)
-        if not parity["passed"]:
+        if refusal is not None:
             report["published"] = False
             _atomic_write(os.path.join(directory, FAILED_REPORT_NAME), _json_bytes(report))
-            raise ParityError(f"{_refusal(parity)}, nothing published: " + "; ".join(parity["failures"]))
-        report["sha256"] = publish_file(model_bytes, config.output_path)
+            raise ParityError(refusal)
+        report["sha256"] = publish_file(model_bytes, output)
         report["published"] = True
-        if config.quantize == "int8":
-            report["int8"] = quantize_int8(model_bytes, inputs["test_split"], config, spec.states)
+        if after_publishing is not None:
+            after_publishing(report)
         if not report.get("int8", {}).get("published"):
-            # An int8 file beside the new model was quantised from an older one.
-            _remove([int8_path(config), int8_path(config) + ".sha256"])
+            int8 = int8_path_for(output)  # quantised from an older model
+            _remove([int8, int8 + ".sha256"])
         _atomic_write(os.path.join(directory, REPORT_NAME), _json_bytes(report))
         _remove([os.path.join(directory, FAILED_REPORT_NAME)])
     except OSError as error:
-        raise OutputError(f"{config.output_path}: cannot write the model ({error})") from None
+        raise OutputError(f"{output}: cannot write the model ({error})") from None
     return report
 
 

@@ -27,27 +27,21 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.core import (
-    FAILED_REPORT_NAME,
     FORBIDDEN_OPS,
-    REPORT_NAME,
     STATE_CARRY_TOLERANCE,
     TOLERANCE_STEPS,
-    ParityError,
     ParityRows,
-    _atomic_write,
     _interface_report,
-    _json_bytes,
-    _remove,
     _session,
     allowed_difference,
-    publish_file,
+    publish_with_report,
     random_rows,
     read_rows,
     split_points,
     verify_state_carry,
 )
 from score import model as models
-from score.errors import InputMissing, InputPermission, InvalidInput, ModelError, OutputError
+from score.errors import InputMissing, InputPermission, InvalidInput, ModelError
 from score.model import INPUT_NAME, OUTPUT_NAME
 from score.monitor import Profile
 from score.spec import Spec
@@ -249,23 +243,9 @@ def import_onnx_model(config: ImportConfig, source_bytes: bytes, source_proto: o
     }
 
     # 6. export_report.json always describes the published model, as for `--artifacts`.
-    directory = os.path.dirname(os.path.abspath(config.output))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        if not checks["passed"]:
-            report["published"] = False
-            _atomic_write(os.path.join(directory, FAILED_REPORT_NAME), _json_bytes(report))
-            raise ParityError("the wrapped model does not match the source, nothing published: "
-                              + "; ".join(checks["failures"]))
-        report["sha256"] = publish_file(model_bytes, config.output)
-        report["published"] = True
-        int8 = os.path.splitext(config.output)[0] + ".int8.onnx"
-        _remove([int8, int8 + ".sha256"])  # quantised from an older model
-        _atomic_write(os.path.join(directory, REPORT_NAME), _json_bytes(report))
-        _remove([os.path.join(directory, FAILED_REPORT_NAME)])
-    except OSError as error:
-        raise OutputError(f"{config.output}: cannot write the model ({error})") from None
-    return report
+    refusal = None if checks["passed"] else (
+        "the wrapped model does not match the source, nothing published: " + "; ".join(checks["failures"]))
+    return publish_with_report(model_bytes, config.output, report, refusal)
 
 
 # 1. Reading and inspecting ---------------------------------------------------------------------
