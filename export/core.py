@@ -173,8 +173,10 @@ def convert(model, opset: int):
     outputs = len(model_proto.graph.output)
     if outputs != 1:
         raise ModelError(f"the converted model has {outputs} outputs; expected 1")
-    _rename(model_proto.graph, model_proto.graph.input[0].name, INPUT_NAME)
-    _rename(model_proto.graph, model_proto.graph.output[0].name, OUTPUT_NAME)
+    from export.graph import rename_tensor
+
+    rename_tensor(model_proto.graph, model_proto.graph.input[0].name, INPUT_NAME)
+    rename_tensor(model_proto.graph, model_proto.graph.output[0].name, OUTPUT_NAME)
     _name_dynamic_axes(model_proto.graph)
     op_types = {node.op_type for node in model_proto.graph.node}
     fallback = sorted(op_types & set(FORBIDDEN_OPS))
@@ -198,17 +200,6 @@ def _name_dynamic_axes(graph) -> None:
         for dimension, name in zip(value.type.tensor_type.shape.dim, ("batch", "time")):
             if not dimension.HasField("dim_value"):
                 dimension.dim_param = name
-
-
-def _rename(graph, old: str, new: str) -> None:
-    if old == new:
-        return
-    for node in graph.node:
-        node.input[:] = [new if name == old else name for name in node.input]
-        node.output[:] = [new if name == old else name for name in node.output]
-    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
-        if value.name == old:
-            value.name = new
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,7 @@ def _expose_states(graph: onnx.GraphProto) -> tuple[StateTensors, ...]:
         outputs = list(node.output) + [""] * (3 - len(node.output))
         for index, name in ((1, state.final_h), (2, state.final_c)):
             if outputs[index]:
-                _rename(graph, outputs[index], name)
+                rename_tensor(graph, outputs[index], name)
             outputs[index] = name
             graph.output.append(
                 helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, batch, state.units])
@@ -284,14 +284,20 @@ def _inputs(node: onnx.NodeProto) -> Iterator[str]:
                 yield from _inputs(inner)
 
 
-def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Give tensor ``old`` the name ``new`` wherever the graph mentions it."""
+def rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Give tensor ``old`` the name ``new`` wherever the main graph mentions it: node inputs and
+    outputs, graph inputs and outputs, shape annotations and initializers."""
+    if old == new:
+        return
     for node in graph.node:
         node.input[:] = [new if name == old else name for name in node.input]
         node.output[:] = [new if name == old else name for name in node.output]
-    for value in list(graph.output) + list(graph.value_info):
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
         if value.name == old:
             value.name = new
+    for tensor in graph.initializer:
+        if tensor.name == old:
+            tensor.name = new
 
 
 def _check_names_are_free(graph: onnx.GraphProto) -> None:

@@ -40,6 +40,7 @@ from export.core import (
     split_points,
     verify_state_carry,
 )
+from export.graph import rename_tensor
 from score import model as models
 from score.errors import InputMissing, InputPermission, InvalidInput, ModelError
 from score.model import INPUT_NAME, OUTPUT_NAME
@@ -564,10 +565,10 @@ def wrap(source_proto: onnx.ModelProto, layout: SourceLayout, y_classes: int) ->
     model_proto.CopyFrom(source_proto)
     graph = model_proto.graph
     # 1. Free the contract's names, whatever the exporter called its tensors.
-    _rename_tensor(graph, layout.input_name, _SOURCE_INPUT)
-    _rename_tensor(graph, layout.output_name, _SOURCE_OUTPUT)
+    rename_tensor(graph, layout.input_name, _SOURCE_INPUT)
+    rename_tensor(graph, layout.output_name, _SOURCE_OUTPUT)
     for name in (INPUT_NAME, OUTPUT_NAME):
-        _rename_tensor(graph, name, f"{_PREFIX}{name}")
+        rename_tensor(graph, name, f"{_PREFIX}{name}")
     # 2. The nodes before and after the source's own, already in dependency order.
     before = _input_nodes(graph, layout)
     after = _output_nodes(graph, layout, _default_opset(model_proto))
@@ -655,19 +656,6 @@ def _output_nodes(graph: onnx.GraphProto, layout: SourceLayout, opset: int) -> l
     else:
         nodes.append(helper.make_node("Identity", [current], [OUTPUT_NAME], name=OUTPUT_NAME))
     return nodes
-
-
-def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Give tensor ``old`` the name ``new`` wherever the main graph mentions it."""
-    for node in graph.node:
-        node.input[:] = [new if name == old else name for name in node.input]
-        node.output[:] = [new if name == old else name for name in node.output]
-    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
-        if value.name == old:
-            value.name = new
-    for tensor in graph.initializer:
-        if tensor.name == old:
-            tensor.name = new
 
 
 def baseline_profile(spec: Spec, rows: ParityRows, probabilities: np.ndarray) -> Profile:
