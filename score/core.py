@@ -26,6 +26,7 @@ from score.encoding import (
     segment_gather,
     sequences_from_columns,
     sequences_from_list,
+    take_items,
     to_padded,
 )
 from score.errors import InvalidInput, InvalidRow, UsageError
@@ -459,9 +460,13 @@ def _score_ragged(
     else:
         flat = encoded.indices[segment_gather(raw.offsets[valid_rows], lengths)]
 
-    # 3. Inference on distinct sequences only (the length is part of a sequence's key).
+    # 3. Inference on distinct sequences only (the length is part of a sequence's key). Where
+    # the prefix tree runs every row and no cache needs keys, equal rows share one path of the
+    # tree and the keys are not made.
+    merge_in_tree = (options.share_prefixes and scorer.shares_prefixes
+                     and not (cache is not None and cache.enabled))
     keys = (ragged.row_keys(flat, offsets, spec.x_classes, ragged_key_length(scorer, options))
-            if options.dedup else None)
+            if options.dedup and not merge_in_tree else None)
     first, inverse = ragged.distinct(keys) if keys is not None else (None, None)
     if first is not None and first.size < lengths.size:
         distinct_lengths = lengths[first]
@@ -471,13 +476,14 @@ def _score_ragged(
     else:  # no two rows alike (or no de-duplication): the rows as they are, nothing to scatter
         inverse, distinct_offsets, distinct_flat, distinct_keys = None, offsets, flat, keys
     best, best_probabilities, finite, model_rows, computed = _infer_ragged(
-        scorer, distinct_flat, distinct_offsets, distinct_keys, k, cache, options.share_prefixes)
+        scorer, distinct_flat, distinct_offsets, distinct_keys, k, cache, options.share_prefixes,
+        merge_in_tree)
 
     # 4-5. Scatter each distinct row's top-k to every row equal to it; NaN or infinity fails the row.
     row_finite = finite[inverse] if inverse is not None else finite
     if inverse is not None:
         gather = segment_gather(distinct_offsets[inverse], lengths)
-        best, best_probabilities = best[gather], best_probabilities[gather]
+        best, best_probabilities = take_items(best, gather), take_items(best_probabilities, gather)
     if not row_finite.all():
         broken = valid_rows[~row_finite]
         if options.on_invalid == "error":
@@ -535,12 +541,13 @@ def new_cache(scorer: Scorer, options: ScoreOptions) -> ResultCache | None:
 
 def _infer_ragged(
     scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, keys: np.ndarray | None, k: int,
-    cache: ResultCache | None, share_prefixes: bool = True,
+    cache: ResultCache | None, share_prefixes: bool = True, merge_in_tree: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """Top-k classes and probabilities of each step of flat rows, whether each row is finite,
-    how many rows ran and how many steps the model computed.
+    how many distinct rows ran and how many steps the model computed.
 
     Rows found in ``cache`` (by key) skip the model; the finite results of the others join it.
+    ``merge_in_tree``: the rows were not de-duplicated; the prefix tree merges equal ones.
     """
     rows = offsets.size - 1
     lengths = np.diff(offsets)
@@ -560,8 +567,12 @@ def _infer_ragged(
             probabilities[destination] = cached_probabilities[mask]
         cache.settle(float(hit.mean()) if rows else 1.0)
     run = np.flatnonzero(~hit)
-    computed = (prefix.infer_shared(scorer, flat, offsets, run, k, best, probabilities, finite)
-                if share_prefixes else None)
+    model_rows = int(run.size)
+    if merge_in_tree:
+        computed, model_rows = prefix.infer_merged(scorer, flat, offsets, run, k, best, probabilities, finite)
+    else:
+        computed = (prefix.infer_shared(scorer, flat, offsets, run, k, best, probabilities, finite)
+                    if share_prefixes else None)
     if computed is None:  # nothing shared (or worth sharing): runs of similar length
         computed = ragged.infer(scorer, flat, offsets, run, k, best, probabilities, finite)
     if use_cache and cache.enabled:
@@ -571,7 +582,7 @@ def _infer_ragged(
             padded_best, _ = to_padded(best, offsets, new, width)
             padded_probabilities, _ = to_padded(probabilities, offsets, new, width)
             cache.add(keys[new], padded_best, padded_probabilities)
-    return best, probabilities, finite, int(run.size), computed
+    return best, probabilities, finite, model_rows, computed
 
 
 def score_batch(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions) -> pa.RecordBatch:

@@ -261,6 +261,23 @@ def segment_gather(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + shift
 
 
+def as_items(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous (n, ...) array as n opaque items of one row's bytes each (a view).
+
+    Fancy indexing moves such an item with one copy instead of an index loop over its
+    values: gathering and scattering the (steps, k) top-k rows this way is 2-3x faster.
+    """
+    if not array.flags.c_contiguous:
+        raise ValueError("as_items needs a C-contiguous array")
+    row_bytes = array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+    return array.reshape(array.shape[0], -1).view(np.dtype((np.void, row_bytes))).reshape(-1)
+
+
+def take_items(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """array[rows] for a C-contiguous array, each row moved as one item (as_items)."""
+    return as_items(array)[rows].view(array.dtype).reshape((rows.size, *array.shape[1:]))
+
+
 def ragged_from_list(array: pa.Array | pa.ChunkedArray, column: str, limit: int) -> RaggedSequences:
     """Read a list column of integers of any length; rows longer than ``limit`` are not read."""
     array = _plain_list(array)

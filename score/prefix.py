@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from score.encoding import segment_gather
+from score.encoding import as_items, segment_gather
 from score.model import Scorer
 from score.ragged import MAX_PADDING, MIN_RUN_ROWS, key_length, length_chunks
 
@@ -207,48 +207,47 @@ def _run_segment(scorer: Scorer, flat: np.ndarray, tree: Tree, start: int, stop:
     path_starts = tree.starts[alive[leaders]] + start
     parents = previous_paths(previous, alive[leaders]) if start > 0 else None
     # 2. Run them in groups of similar width, each from its parent's state. States are kept
-    # as (paths, units) so that a group's rows are contiguous to gather and to store.
+    # as (paths, units) so that a group's rows are contiguous to gather and to store. A run's
+    # outputs stay as onnxruntime gave them; ``base`` says where each path's first step lies in
+    # their concatenation, so that step 3 moves every result once.
     paths = leaders.size
-    path_offsets = np.zeros(paths + 1, dtype=np.int64)
-    np.cumsum(widths, out=path_offsets[1:])
-    path_best = np.empty((int(path_offsets[-1]), k), dtype=np.int32)
-    path_probabilities = np.empty((int(path_offsets[-1]), k), dtype=np.float32)
     path_finite = np.ones(paths, dtype=bool)
     states = ([np.empty((paths, units), dtype=np.float32) for units in scorer.state_units()]
               if keep_states else None)
     one_width = bool(widths.size) and widths.min() == widths.max()
     by_width = np.arange(paths) if one_width else np.argsort(widths, kind="stable")
-    computed = 0
+    base = np.empty(paths, dtype=np.int64)
+    run_classes, run_probabilities = [], []
+    filled = computed = 0
     for first, last in length_chunks(widths[by_width], RUN_ROWS, MAX_PADDING, RUN_STEPS, MIN_RUN_ROWS):
         chunk = slice(first, last) if one_width else by_width[first:last]
         chunk_widths = widths[chunk]
         width = int(chunk_widths.max())
-        if one_width:  # every path fills the run: no padding, no mask
-            matrix = flat[path_starts[chunk, None] + np.arange(width)].astype(scorer.encoder.index_dtype, copy=False)
-            mask = None
-        else:
-            mask = np.arange(width) < chunk_widths[:, None]
-            matrix = np.zeros((last - first, width), dtype=scorer.encoder.index_dtype)
-            matrix[mask] = flat[segment_gather(path_starts[chunk], chunk_widths)]
+        steps = np.arange(width)
+        if one_width:  # every path fills the run: no padding
+            positions = path_starts[chunk, None] + steps
+        else:  # a shorter path repeats its last step: its real steps cannot see what follows
+            positions = path_starts[chunk, None] + np.minimum(steps, chunk_widths[:, None] - 1)
+        matrix = flat[positions].astype(scorer.encoder.index_dtype, copy=False)
         initial = None
         if parents is not None:
-            initial = [state[parents[chunk]][None] for state in previous.states]
+            initial = [np.take(state, parents[chunk], axis=0)[None] for state in previous.states]
         step_finite, top_probabilities, top_classes, final = scorer.resume_top_k(matrix, k, initial)
-        if mask is None:
-            path_best[first * width : last * width] = top_classes.reshape(-1, k)
-            path_probabilities[first * width : last * width] = top_probabilities.reshape(-1, k)
-            path_finite[chunk] = step_finite.all(axis=1)
-        else:
-            destination = segment_gather(path_offsets[chunk], chunk_widths)
-            path_best[destination] = top_classes[mask]
-            path_probabilities[destination] = top_probabilities[mask]
-            path_finite[chunk] = np.where(mask, step_finite, True).all(axis=1)
+        base[chunk] = filled + np.arange(last - first, dtype=np.int64) * width
+        filled += matrix.size
+        run_classes.append(top_classes.reshape(-1, k))
+        run_probabilities.append(top_probabilities.reshape(-1, k))
+        if not one_width:
+            step_finite = step_finite | (steps >= chunk_widths[:, None])
+        path_finite[chunk] = step_finite.all(axis=1)
         if states is not None:
             for kept, computed_state in zip(states, final):
                 kept[chunk] = computed_state[0]
         computed += matrix.size
+    path_best = _joined(run_classes, k, np.int32)
+    path_probabilities = _joined(run_probabilities, k, np.float32)
     # 3. Every row gets its path's results for its steps in the segment.
-    if in_order is not None:  # every row is alive; a path's rows follow each other
+    if in_order is not None:  # one width, paths in order: path p's steps are rows p*width...
         repeats = np.bincount(path_of, minlength=paths)
         width = stop - start
         in_order[0][:, start:stop] = np.repeat(path_best.reshape(-1, width, k), repeats, axis=0)
@@ -256,10 +255,17 @@ def _run_segment(scorer: Scorer, flat: np.ndarray, tree: Tree, start: int, stop:
         return _Segment(path_of, alive, states), path_finite, computed
     spans = reach - start
     destination = segment_gather(tree.starts[alive] + start, spans)
-    source = segment_gather(path_offsets[path_of], spans)
-    best[destination] = path_best[source]
-    probabilities[destination] = path_probabilities[source]
+    source = segment_gather(base[path_of], spans)
+    as_items(best)[destination] = as_items(path_best.astype(best.dtype, copy=False))[source]
+    as_items(probabilities)[destination] = as_items(path_probabilities)[source]
     return _Segment(path_of, alive, states), path_finite, computed
+
+
+def _joined(outputs: list[np.ndarray], k: int, dtype) -> np.ndarray:
+    """The runs' (steps, k) outputs back to back (no copy for a single run)."""
+    if not outputs:
+        return np.empty((0, k), dtype=dtype)
+    return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
 
 def previous_paths(previous: _Segment, sorted_rows: np.ndarray) -> np.ndarray:
@@ -279,3 +285,19 @@ def infer_shared(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np
     if len(boundaries) <= 2:
         return None
     return infer(scorer, flat, offsets, rows, k, best, probabilities, finite, boundaries, tree)
+
+
+def infer_merged(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, k: int,
+                 best: np.ndarray, probabilities: np.ndarray, finite: np.ndarray) -> tuple[int, int]:
+    """infer() along the cheapest plan, cut or not, for rows that were not de-duplicated first:
+    equal rows are neighbours in the sorted tree and run as one path, so the tree does the
+    de-duplication's work without its keys, its unique and its scatter. Needs a model that
+    exposes its state (scorer.shares_prefixes). Returns the steps computed and the distinct rows
+    the model ran (rows longer than the tree's depth are each their own)."""
+    if rows.size == 0:
+        return 0, 0
+    tree = build_tree(flat, offsets, rows, scorer.spec.x_classes)
+    boundaries = plan(tree, 4 * sum(scorer.state_units()))
+    computed = infer(scorer, flat, offsets, rows, k, best, probabilities, finite, boundaries, tree)
+    repeats = (tree.lengths[1:] == tree.lengths[:-1]) & (tree.common[1:] >= tree.lengths[1:])
+    return computed, int(rows.size - repeats.sum())

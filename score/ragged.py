@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from score import model as models
-from score.encoding import segment_gather, to_padded
+from score.encoding import as_items, segment_gather, to_padded
 from score.model import Scorer
 from score.topk import run_top_k
 
@@ -122,8 +122,10 @@ def infer(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarra
         matrix, mask = to_padded(flat, offsets, chunk, width)
         chunk_finite, chunk_probabilities, chunk_best = run_top_k(scorer, matrix, k)
         destination = segment_gather(offsets[chunk], lengths[chunk])
-        best[destination] = chunk_best[mask]
-        probabilities[destination] = chunk_probabilities[mask]
+        real = np.flatnonzero(mask.reshape(-1))
+        as_items(best)[destination] = as_items(np.ascontiguousarray(chunk_best.reshape(-1, k), dtype=best.dtype))[real]
+        as_items(probabilities)[destination] = as_items(
+            np.ascontiguousarray(chunk_probabilities.reshape(-1, k), dtype=probabilities.dtype))[real]
         finite[chunk] = chunk_finite
         computed += matrix.size
     return computed

@@ -13,6 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from score.encoding import (
+    as_items,
+    take_items,
     EMPTY_SEQUENCE,
     NULL_ELEMENT,
     NULL_ROW,
@@ -354,3 +356,19 @@ def test_ragged_encoder_matches_the_plain_reference(batch):
             assert segment.tolist() == indices
         else:
             assert not segment.any()
+
+
+@pytest.mark.parametrize("shape", [(50, 3), (50, 4, 2), (50, 1)])
+@pytest.mark.parametrize("dtype", [np.int32, np.float32, np.int64])
+def test_rows_moved_as_items_equal_plain_fancy_indexing(shape, dtype):
+    rng = np.random.default_rng(11)
+    source = (rng.standard_normal(shape) * 1000).astype(dtype)
+    rows = rng.integers(0, shape[0], 80)
+    assert np.array_equal(take_items(source, rows), source[rows])
+    target, plain = np.zeros_like(source), np.zeros_like(source)
+    destination = rng.permutation(shape[0])[:30]
+    as_items(target)[destination] = as_items(source)[rows[:30]]
+    plain[destination] = source[rows[:30]]
+    assert np.array_equal(target, plain)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        as_items(source[:, ::-1] if len(shape) > 1 and shape[1] > 1 else source[::2])

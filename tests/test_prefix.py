@@ -16,6 +16,7 @@ from score import prefix
 from score.core import ScoreOptions, score_batch_with_stats
 from score.encoding import offsets_from_lengths
 from score.model import load
+from score.ragged import key_length
 from score.spec import Spec, StateTensors
 
 OLD_MODEL = FIXTURE_MODEL.parent / "model_v1.onnx"  # exported before the model exposed its state
@@ -218,11 +219,20 @@ def test_rows_of_any_length_score_as_each_row_alone(ragged_scorer, draw):
         classes = np.concatenate([classes[: offsets[2000]], classes[: offsets[2000]]])
     x_values = np.asarray(ragged_scorer.spec.x_values)
     column = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(x_values[classes]))
-    shared, stats = scored(ragged_scorer, column)
+    shared, stats = scored(ragged_scorer, column)  # no cache: the tree merges equal rows
     alone, _ = scored(ragged_scorer, column, share_prefixes=False, dedup=False)
     assert_same_output(shared, alone)
     if draw != "uniform":
         assert stats.steps_computed < stats.scored_steps
+    # The model ran each distinct row once, whether the tree or the keys found them; a row
+    # longer than a key holds (17 steps of 11 values in an int64) is never merged.
+    keyable = key_length(ragged_scorer.spec.x_classes)
+    rows = [tuple(classes[start:stop]) for start, stop in zip(offsets[:-1], offsets[1:])]
+    distinct = len({row for row in rows if len(row) <= keyable}) + sum(len(row) > keyable for row in rows)
+    keyed, keyed_stats = scored(ragged_scorer, column, share_prefixes=False)
+    assert_same_output(keyed, alone)
+    assert stats.distinct_rows == keyed_stats.distinct_rows == distinct
+    assert distinct < len(rows)  # short rows repeat in every draw
 
 
 def test_a_model_exported_before_states_scores_as_before():
