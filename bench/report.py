@@ -13,6 +13,7 @@ from bench.run import (
     DEFAULT,
     DISTINCT,
     LARGE,
+    PREFIX_TARGETS,
     SKEWED,
     SWEEP_DISTINCT,
     UNIFORM,
@@ -664,6 +665,53 @@ def prefix_steps_table(prefix: PrefixResults) -> list[str]:
     return lines
 
 
+def prefix_floor_table(prefix: PrefixResults) -> list[str]:
+    lines = [
+        "| workload | raw ORT s | job s | steps the job computed | floor s | floor x raw"
+        " | distinct prefixes of the whole file | floor s | floor x raw | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, target in PREFIX_TARGETS.items():
+        floor = prefix.floors.get(name)
+        if floor is None:
+            continue
+        total = floor.rows * prefix.workloads[name].model.spec.seq_len
+        job_seconds = floor.rows / prefix.job[name].rows_per_second
+        lines.append(
+            f"| {_prefix_label(prefix, name)} | {floor.raw_seconds:.2f} | {job_seconds:.2f}"
+            f" | {floor.batch_steps:,} ({floor.batch_steps / total:.0%})"
+            f" | {floor.seconds(floor.batch_steps):.2f} | {floor.best_ratio(floor.batch_steps):.2f}x"
+            f" | {floor.file_steps:,} ({floor.file_steps / total:.0%})"
+            f" | {floor.seconds(floor.file_steps):.2f} | {floor.best_ratio(floor.file_steps):.2f}x"
+            f" | {target:.1f}x |"
+        )
+    return lines
+
+
+def prefix_floor_lines(prefix: PrefixResults) -> list[str]:
+    floors = list(prefix.floors.values())
+    if not floors:
+        return []
+    floor = floors[0]
+    return [
+        "### The floor under the targets",
+        "",
+        f"The least time any job could take on these rows, from parts measured in this run: the"
+        f" steps it computes at raw onnxruntime's own cost per step (its best batch size, the same"
+        f" {floor.cores} threads: {', '.join(f'{f.step_us:.2f}' for f in floors)} us a step),"
+        f" plus writing the job's output with the job's own Parquet writer on one core"
+        f" ({', '.join(f'{f.write_seconds:.2f}' for f in floors)} s), divided over the"
+        f" {floor.cores} cores. Reading, encoding, the prefix tree, the scatter and start-up are"
+        f" left out, so the job cannot be faster than this. *Steps the job computed* shares"
+        f" prefixes within each record batch (memory bounded by the batch); *distinct prefixes of"
+        f" the whole file* is what sharing across every batch would leave, which would hold a"
+        f" carried state (1 KB) for every prefix of the file. A floor under its target means the"
+        f" target cannot be met on this machine with that much sharing.",
+        "",
+        *prefix_floor_table(prefix),
+    ]
+
+
 def prefix_profile_table(prefix: PrefixResults) -> list[str]:
     total = prefix.profile_total
     lines = ["| where | s | share |", "|---|---:|---:|"]
@@ -732,6 +780,8 @@ def prefix_markdown(results: Results, quick: bool) -> list[str]:
             f"| {target} | {measured} | {_mark(met)} |"
             for target, measured, met in prefix.targets()
         ],
+        "",
+        *prefix_floor_lines(prefix),
         "",
         "### Where the skewed job's time goes",
         "",

@@ -171,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from score import job, monitor
+    from score import job, monitor, pipeline
 
+    pipeline.keep_freed_memory()
     state = job.RunState()
     config = None
     exit_code, message = 0, None

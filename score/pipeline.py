@@ -7,7 +7,9 @@ queues hold at most QUEUE_DEPTH batches, so memory stays bounded by --batch-size
 
 from __future__ import annotations
 
+import ctypes
 import queue
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -15,6 +17,26 @@ import pyarrow.parquet as pq
 
 QUEUE_DEPTH = 1  # batches waiting on each side: bounds memory to a few batches
 _END = object()
+# glibc's mallopt parameters (malloc.h), and what keep_freed_memory sets them to.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_KEPT = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 256 << 20), (_M_TOP_PAD, 64 << 20))
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep the blocks a batch frees for the next batch, instead of unmapping each
+    large array when it is freed and faulting fresh zeroed pages in for the next one: every
+    batch allocates the same arrays again. On the ragged benchmark (1M rows) this took about 2%
+    off the job's time (17.1 s against 17.4 s, peak RSS 367 MB against 360 MB). Arrays over
+    32 MB are still mapped and unmapped. Returns whether it applied (glibc on Linux only).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    return all(mallopt(parameter, value) == 1 for parameter, value in _KEPT)
 
 
 def prefetch(batches: Iterator, depth: int = QUEUE_DEPTH) -> Iterator:

@@ -13,8 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from score.encoding import (
-    as_items,
-    take_items,
     EMPTY_SEQUENCE,
     NULL_ELEMENT,
     NULL_ROW,
@@ -24,9 +22,11 @@ from score.encoding import (
     VALID,
     WRONG_LENGTH,
     Encoder,
+    as_items,
     ragged_from_list,
     sequences_from_columns,
     sequences_from_list,
+    take_items,
 )
 from score.errors import InvalidRow
 from score.spec import Spec
