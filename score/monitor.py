@@ -62,12 +62,19 @@ class Profile:
         self.add_predictions(top1, confidence, mask)
 
     def add_inputs(self, indices: np.ndarray, mask: np.ndarray | None = None) -> None:
+        if mask is None:  # every step real: count column by column
+            _count_columns(self.input_counts, indices)
+            self._add_lengths(np.full(indices.shape[0], indices.shape[1]))
+            return
         positions, values = _steps(indices, mask)
-        lengths = (np.full(indices.shape[0], indices.shape[1]) if mask is None else mask.sum(axis=1))
-        self.add_flat_inputs(positions, values, lengths)
+        self.add_flat_inputs(positions, values, mask.sum(axis=1))
 
     def add_predictions(self, top1: np.ndarray, confidence: np.ndarray,
                         mask: np.ndarray | None = None) -> None:
+        if mask is None:
+            _count_columns(self.prediction_counts, top1)
+            _count_columns(self.confidence_counts, _confidence_bins(confidence))
+            return
         positions, classes = _steps(top1, mask)
         _, probabilities = _steps(confidence, mask)
         self.add_flat_predictions(positions, classes, probabilities)
@@ -75,14 +82,16 @@ class Profile:
     def add_flat_inputs(self, positions: np.ndarray, indices: np.ndarray, lengths: np.ndarray) -> None:
         """Inputs given flat: each step's position in its row and class index; each row's length."""
         _count(self.input_counts, positions, indices)
+        self._add_lengths(lengths)
+
+    def _add_lengths(self, lengths: np.ndarray) -> None:
         if self.length_counts is not None:
             bins = np.minimum(np.asarray(lengths, dtype=np.int64), self.steps + 1) - 1
             self.length_counts += np.bincount(bins, minlength=self.steps + 1)[: self.steps + 1]
 
     def add_flat_predictions(self, positions: np.ndarray, top1: np.ndarray, confidence: np.ndarray) -> None:
         _count(self.prediction_counts, positions, top1)
-        bins = np.clip((confidence * CONFIDENCE_BINS).astype(np.int64), 0, CONFIDENCE_BINS - 1)
-        _count(self.confidence_counts, positions, bins)
+        _count(self.confidence_counts, positions, _confidence_bins(confidence))
 
     def merge(self, other: Profile) -> None:
         self.input_counts += other.input_counts
@@ -119,6 +128,18 @@ def _steps(values: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.
         positions = np.broadcast_to(np.arange(values.shape[1]), values.shape)
         return positions.reshape(-1), values.reshape(-1)
     return np.nonzero(mask)[1], values[mask]
+
+
+def _confidence_bins(confidence: np.ndarray) -> np.ndarray:
+    return np.clip((confidence * CONFIDENCE_BINS).astype(np.int64), 0, CONFIDENCE_BINS - 1)
+
+
+def _count_columns(counts: np.ndarray, values: np.ndarray) -> None:
+    """_count for a (rows, T) array whose column t holds step t of every row: one bincount per
+    profiled step, with no (position, value) keys to build (a third of the time on 12 steps)."""
+    steps, width = counts.shape
+    for step in range(min(values.shape[1], steps)):
+        counts[step] += np.bincount(values[:, step], minlength=width)
 
 
 def _count(counts: np.ndarray, positions: np.ndarray, values: np.ndarray) -> None:

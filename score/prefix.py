@@ -248,10 +248,13 @@ def _run_segment(scorer: Scorer, flat: np.ndarray, tree: Tree, start: int, stop:
     path_probabilities = _joined(run_probabilities, k, np.float32)
     # 3. Every row gets its path's results for its steps in the segment.
     if in_order is not None:  # one width, paths in order: path p's steps are rows p*width...
-        repeats = np.bincount(path_of, minlength=paths)
         width = stop - start
-        in_order[0][:, start:stop] = np.repeat(path_best.reshape(-1, width, k), repeats, axis=0)
-        in_order[1][:, start:stop] = np.repeat(path_probabilities.reshape(-1, width, k), repeats, axis=0)
+        blocks = path_best.reshape(-1, width, k), path_probabilities.reshape(-1, width, k)
+        if paths < path_of.size:  # some paths have several rows (else a repeat is a plain copy)
+            repeats = np.bincount(path_of, minlength=paths)
+            blocks = tuple(np.repeat(block, repeats, axis=0) for block in blocks)
+        in_order[0][:, start:stop] = blocks[0]
+        in_order[1][:, start:stop] = blocks[1]
         return _Segment(path_of, alive, states), path_finite, computed
     spans = reach - start
     destination = segment_gather(tree.starts[alive] + start, spans)

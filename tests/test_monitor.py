@@ -39,6 +39,27 @@ def score_with_summary(tmp_path, model_path, x, *flags):
     return result, output, json.loads((tmp_path / "summary.json").read_text())
 
 
+def test_profile_counts_of_full_rows_equal_plain_counts_per_step():
+    rng = np.random.default_rng(12)
+    steps, rows = 5, 300
+    indices = rng.integers(0, 11, (rows, steps + 2))  # two steps past the profiled ones
+    top1 = rng.integers(0, 25, (rows, steps + 2)).astype(np.int32)
+    confidence = rng.random((rows, steps + 2), dtype=np.float32)
+    profile = monitor.Profile(np.zeros((steps, 11), np.int64), np.zeros((steps, 25), np.int64),
+                              np.zeros((steps, monitor.CONFIDENCE_BINS), np.int64), None)
+    profile.add(indices, top1, confidence)
+    bins = np.minimum((confidence * monitor.CONFIDENCE_BINS).astype(int), monitor.CONFIDENCE_BINS - 1)
+    for step in range(steps):
+        for counts, values in ((profile.input_counts, indices), (profile.prediction_counts, top1),
+                               (profile.confidence_counts, bins)):
+            assert counts[step].tolist() == [int((values[:, step] == value).sum())
+                                             for value in range(counts.shape[1])]
+    masked = monitor.Profile(np.zeros((steps, 11), np.int64), np.zeros((steps, 25), np.int64),
+                             np.zeros((steps, monitor.CONFIDENCE_BINS), np.int64), None)
+    masked.add(indices, top1, confidence, np.ones(indices.shape, dtype=bool))
+    assert masked.to_dict() == profile.to_dict()
+
+
 def test_data_drawn_like_training_has_psi_near_zero_and_no_warning(tmp_path, model_path):
     result, output, summary = score_with_summary(tmp_path, model_path, random_x(5000, seed=31))
     assert result.code == 0
