@@ -244,8 +244,8 @@ def _run_segment(scorer: Scorer, flat: np.ndarray, tree: Tree, start: int, stop:
             for kept, computed_state in zip(states, final):
                 kept[chunk] = computed_state[0]
         computed += matrix.size
-    path_best = _joined(run_classes, k, np.int32)
-    path_probabilities = _joined(run_probabilities, k, np.float32)
+    path_best = _joined(run_classes, k, best.dtype)
+    path_probabilities = _joined(run_probabilities, k, probabilities.dtype)
     # 3. Every row gets its path's results for its steps in the segment.
     if in_order is not None:  # one width, paths in order: path p's steps are rows p*width...
         width = stop - start
@@ -259,16 +259,19 @@ def _run_segment(scorer: Scorer, flat: np.ndarray, tree: Tree, start: int, stop:
     spans = reach - start
     destination = segment_gather(tree.starts[alive] + start, spans)
     source = segment_gather(base[path_of], spans)
-    as_items(best)[destination] = as_items(path_best.astype(best.dtype, copy=False))[source]
+    as_items(best)[destination] = as_items(path_best)[source]
     as_items(probabilities)[destination] = as_items(path_probabilities)[source]
     return _Segment(path_of, alive, states), path_finite, computed
 
 
 def _joined(outputs: list[np.ndarray], k: int, dtype) -> np.ndarray:
-    """The runs' (steps, k) outputs back to back (no copy for a single run)."""
+    """The runs' (steps, k) outputs back to back, as ``dtype``, in one pass (no copy for a
+    single run already of that type)."""
     if not outputs:
         return np.empty((0, k), dtype=dtype)
-    return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+    if len(outputs) == 1:
+        return outputs[0].astype(dtype, copy=False)
+    return np.concatenate(outputs, dtype=dtype)
 
 
 def previous_paths(previous: _Segment, sorted_rows: np.ndarray) -> np.ndarray:
@@ -277,14 +280,20 @@ def previous_paths(previous: _Segment, sorted_rows: np.ndarray) -> np.ndarray:
     return previous.path_of[where]
 
 
+def _tree_and_plan(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray
+                   ) -> tuple[Tree, list[int]]:
+    """The prefix tree of ``rows`` and the cut levels that are cheapest for this model."""
+    tree = build_tree(flat, offsets, rows, scorer.spec.x_classes)
+    return tree, plan(tree, 4 * sum(scorer.state_units()))
+
+
 def infer_shared(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, k: int,
                  best: np.ndarray, probabilities: np.ndarray, finite: np.ndarray) -> int | None:
     """infer() along the cheapest plan, or None (nothing run) when the plan does not cut: the
     model exposes no state, or the rows share too little for a cut to pay."""
     if not scorer.shares_prefixes or rows.size < 2:
         return None
-    tree = build_tree(flat, offsets, rows, scorer.spec.x_classes)
-    boundaries = plan(tree, 4 * sum(scorer.state_units()))
+    tree, boundaries = _tree_and_plan(scorer, flat, offsets, rows)
     if len(boundaries) <= 2:
         return None
     return infer(scorer, flat, offsets, rows, k, best, probabilities, finite, boundaries, tree)
@@ -299,8 +308,7 @@ def infer_merged(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np
     the model ran (rows longer than the tree's depth are each their own)."""
     if rows.size == 0:
         return 0, 0
-    tree = build_tree(flat, offsets, rows, scorer.spec.x_classes)
-    boundaries = plan(tree, 4 * sum(scorer.state_units()))
+    tree, boundaries = _tree_and_plan(scorer, flat, offsets, rows)
     computed = infer(scorer, flat, offsets, rows, k, best, probabilities, finite, boundaries, tree)
     repeats = (tree.lengths[1:] == tree.lengths[:-1]) & (tree.common[1:] >= tree.lengths[1:])
     return computed, int(rows.size - repeats.sum())
