@@ -74,7 +74,7 @@ demo: setup ## set up, train on the embedded default (EXAMPLE=ragged: the ragged
 	@$(PY) -m score.preview $(DEMO_DIR)/scored.parquet 5
 	@echo "scored file: $(DEMO_DIR)/scored.parquet  summary: $(DEMO_DIR)/summary.json"
 
-test: setup ## run the whole test suite (what CI runs)
+test: setup lint ## run the lint checks and the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
 test-quick: $(STAMP) ## the suite without the slow tests (training, Spark)
@@ -89,8 +89,9 @@ fixture: $(STAMP) ## regenerate the small ONNX models the scoring tests use (tes
 	$(PY) -m train --artifacts $(FIXTURE_BUILD) --layers 1 --units 16 --epochs 15 --quiet
 	$(PY) -m export --artifacts $(FIXTURE_BUILD) --output tests/fixtures/model.onnx  # its report stays beside them
 
-lint: $(STAMP) ## check style and common mistakes (changes nothing)
-	$(VENV)/bin/ruff check train export score tests bench
+lint: $(STAMP) ## check style and common mistakes, and that no module imports another's private names (changes nothing)
+	$(VENV)/bin/ruff check train export score tests bench tools
+	$(PY) tools/lint_private_imports.py train export score tests bench tools
 
 fmt: $(STAMP) ## format the code in place
 	$(VENV)/bin/ruff format train export score tests bench

@@ -84,7 +84,8 @@ def onnxruntime_rates(
     """
     import onnxruntime as ort
 
-    from score.model import INPUT_NAME, OUTPUT_NAME, SessionConfig, load, session_options
+    from score.model import SessionConfig, load, session_options
+    from score.spec import INPUT_NAME, OUTPUT_NAME
 
     path = os.path.join(model_dir, "model.onnx")
     scorer = load(path, SessionConfig(threads=threads))  # for the index type the model takes
@@ -153,7 +154,8 @@ def ragged_rates(
     """
     import onnxruntime as ort
 
-    from score.model import INPUT_NAME, OUTPUT_NAME, SessionConfig, load, session_options
+    from score.model import SessionConfig, load, session_options
+    from score.spec import INPUT_NAME, OUTPUT_NAME
 
     path = os.path.join(model_dir, "model.onnx")
     scorer = load(path, SessionConfig(threads=threads))  # for the index type the model takes

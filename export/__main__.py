@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # results stay within the export's parity tolerance either way.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from score.__main__ import positive_int, value_set
+from score.cli import OneLineParser, positive_int, value_set
 from score.errors import EXIT_SIGINT, SeqscoreError
 
 DESCRIPTION = """\
@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     from export.imported import ImportConfig
 
     defaults = ExportConfig()
-    p = argparse.ArgumentParser(prog="python -m export", description=DESCRIPTION)
+    p = OneLineParser(prog="python -m export", description=DESCRIPTION)
     source = p.add_mutually_exclusive_group()
     # No default here: argparse lets a mutually exclusive flag pass when its value is the default.
     source.add_argument("--artifacts", metavar="DIR",

@@ -27,9 +27,9 @@ from score.errors import (
     ModelError,
     OutputError,
     SeqscoreError,
+    first_line,
 )
-from score.model import INPUT_NAME, OUTPUT_NAME
-from score.spec import Spec, StateTensors
+from score.spec import INPUT_NAME, OUTPUT_NAME, Spec, StateTensors
 
 if TYPE_CHECKING:
     from export.graph import ScoringInterface
@@ -123,7 +123,7 @@ def load_keras(artifacts: str):
     try:
         return keras.saving.load_model(path)
     except Exception as error:  # noqa: BLE001  (Keras raises many types for a bad file)
-        raise ModelError(f"{path}: cannot be loaded by Keras ({_first_line(error)})") from None
+        raise ModelError(f"{path}: cannot be loaded by Keras ({first_line(error)})") from None
 
 
 def check_softmax_shape(model, spec: Spec) -> None:
@@ -168,7 +168,7 @@ def convert(model, opset: int):
         model_proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
     except Exception as error:  # noqa: BLE001  (tf2onnx raises many types)
         raise ModelError(
-            f"tf2onnx cannot convert the model at opset {opset} ({_first_line(error)})"
+            f"tf2onnx cannot convert the model at opset {opset} ({first_line(error)})"
         ) from None
     outputs = len(model_proto.graph.output)
     if outputs != 1:
@@ -187,11 +187,6 @@ def convert(model, opset: int):
             f"standard keras.layers.LSTM (use_cudnn=False, no recurrent dropout)"
         )
     return model_proto
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _name_dynamic_axes(graph) -> None:

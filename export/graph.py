@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from score.errors import EXIT_SOFTWARE, SeqscoreError
-from score.model import (
+from score.spec import (
     HEADS,
     INPUT_NAME,
     K_INPUT,
@@ -30,8 +30,8 @@ from score.model import (
     STEP_SUMS,
     TOP_CLASSES,
     TOP_PROBABILITIES,
+    StateTensors,
 )
-from score.spec import StateTensors
 
 # Recurrences whose state the LSTM wiring below does not carry: a graph with any of them is
 # published without states and scored without prefix sharing.

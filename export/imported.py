@@ -42,10 +42,9 @@ from export.core import (
 )
 from export.graph import rename_tensor
 from score import model as models
-from score.errors import InputMissing, InputPermission, InvalidInput, ModelError
-from score.model import INPUT_NAME, OUTPUT_NAME
+from score.errors import InputMissing, InputPermission, InvalidInput, ModelError, first_line
 from score.monitor import Profile
-from score.spec import Spec
+from score.spec import INPUT_NAME, OUTPUT_NAME, Spec
 
 # Source input types the wrapping accepts: integer ids are cast from x, one-hot floats built
 # from it with OneHot (numpy has no bfloat16, so the check could not run on one).
@@ -269,7 +268,7 @@ def _parse(path: str, source_bytes: bytes) -> onnx.ModelProto:
     try:
         return onnx.load_model_from_string(source_bytes)
     except Exception as error:  # noqa: BLE001  (protobuf's DecodeError and friends)
-        raise ModelError(f"{path}: not an ONNX model ({_first_line(error)})") from None
+        raise ModelError(f"{path}: not an ONNX model ({first_line(error)})") from None
 
 
 def inspect_layout(model_proto: onnx.ModelProto, config: ImportConfig) -> SourceLayout:
@@ -357,12 +356,7 @@ def _source_session(path: str, source_bytes: bytes):
     try:
         return _session(source_bytes)
     except Exception as error:  # noqa: BLE001  onnxruntime's Fail / InvalidGraph / NotImplemented ...
-        raise ModelError(f"{path}: onnxruntime cannot load it ({_first_line(error)})") from None
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+        raise ModelError(f"{path}: onnxruntime cannot load it ({first_line(error)})") from None
 
 
 # 2. Probing ------------------------------------------------------------------------------------
@@ -379,7 +373,7 @@ def probe(session, layout: SourceLayout, config: ImportConfig,
     except Exception as error:  # noqa: BLE001  (onnxruntime raises its own exception types)
         raise ModelError(
             f"{path}: the model fails on {batch} valid sequences of {steps} steps "
-            f"({_first_line(error)}); check --time-axis and --x-values"
+            f"({first_line(error)}); check --time-axis and --x-values"
         ) from None
     if output.ndim != 3 or output.shape[:2] not in ((batch, steps), (steps, batch)):
         raise ModelError(
@@ -590,7 +584,7 @@ def wrap(source_proto: onnx.ModelProto, layout: SourceLayout, y_classes: int) ->
     except onnx.checker.ValidationError as error:
         from export.graph import InterfaceError
 
-        raise InterfaceError(f"the wrapped model is not valid ONNX ({_first_line(error)})") from None
+        raise InterfaceError(f"the wrapped model is not valid ONNX ({first_line(error)})") from None
     return model_proto
 
 
@@ -794,7 +788,7 @@ def load_keras_file(path: str, label: str):
                 f"({custom.group(0)}); export the model to ONNX where its code is importable, and "
                 f"pass --onnx"
             ) from None
-        raise ModelError(f"{label}: Keras cannot load it ({_first_line(error)})") from None
+        raise ModelError(f"{label}: Keras cannot load it ({first_line(error)})") from None
 
 
 def convert_keras(model, label: str) -> onnx.ModelProto:
@@ -812,7 +806,7 @@ def convert_keras(model, label: str) -> onnx.ModelProto:
         model_proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=KERAS_OPSET)
     except Exception as error:  # noqa: BLE001  (tf2onnx raises many types)
         raise ModelError(f"{label}: tf2onnx cannot convert it at opset {KERAS_OPSET} "
-                         f"({_first_line(error)})") from None
+                         f"({first_line(error)})") from None
     fallback = sorted({node.op_type for node in model_proto.graph.node} & set(FORBIDDEN_OPS))
     if fallback:
         raise ModelError(

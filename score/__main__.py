@@ -7,11 +7,11 @@ import os
 import signal
 import sys
 
+from score.cli import OneLineParser, non_negative, one_line, positive_int, probability
 from score.errors import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
     EXIT_SOFTWARE,
-    EXIT_USAGE,
     Interrupted,
     SeqscoreError,
 )
@@ -27,53 +27,6 @@ exit codes: 0 ok; 2 usage (OUTPUT is INPUT, bad flag); 65 bad data (invalid row,
 corrupt, wrong column, drift above --max-psi); 66 INPUT missing; 70 internal error; 73 OUTPUT
 cannot be created; 74 I/O error (disk full, network: retry); 77 no permission to read INPUT;
 78 model missing, corrupt or not matching its spec; 130 Ctrl-C; 143 SIGTERM."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (schedulers keep the last line)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return value
-
-
-def value_set(text: str) -> tuple[int, ...]:
-    """A value set as training, the export and the import take it: '0..10' or '1,2,5'."""
-    from score.spec import parse_values
-
-    try:
-        return parse_values(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not a probability in [0, 1]")
-    return value
-
-
-def non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -109,13 +62,6 @@ def parser() -> argparse.ArgumentParser:
                         "exceeds X (default: off)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-file log line")
     return p
-
-
-def one_line(text: str) -> str:
-    """Collapse whitespace and escape unprintable characters (file names and column names in
-    messages come from files nobody checked)."""
-    printable = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in " ".join(text.split()))
-    return printable
 
 
 def _on_sigterm(signum, frame) -> None:

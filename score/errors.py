@@ -77,3 +77,10 @@ class Interrupted(SeqscoreError):
     def __init__(self, signal_name: str, exit_code: int) -> None:
         super().__init__(f"interrupted by {signal_name}; no output was published")
         self.exit_code = exit_code
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (libraries append tracebacks and hints), or its
+    type's name when the message is empty."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -38,6 +38,7 @@ from score.errors import (
     SeqscoreError,
     StorageError,
     UsageError,
+    first_line,
 )
 from score.sink import open_sink, write_error, write_small_file
 
@@ -95,11 +96,6 @@ class RunState:
 def utc_now() -> str:
     """Now, in UTC, to the second: the summary's and the footer's timestamps."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 # Inputs ------------------------------------------------------------------------------------------
@@ -182,7 +178,7 @@ def read_failure(location: str, error: BaseException) -> Exception:
         mapped = storage.read_error(location, error)
         if not isinstance(mapped, StorageError) or "AWS Error" in str(error):
             return mapped
-    detail = _first_line(error)
+    detail = first_line(error)
     if "magic bytes" in detail:
         return InvalidInput(f"{location}: not a Parquet file, or truncated (no Parquet footer: {detail})")
     return InvalidInput(f"{location}: corrupt or truncated Parquet file ({detail})")

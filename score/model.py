@@ -13,21 +13,19 @@ import onnxruntime as ort
 
 from score import storage
 from score.encoding import Encoder
-from score.errors import InputMissing, ModelError, SeqscoreError, StorageError
+from score.errors import InputMissing, ModelError, SeqscoreError, StorageError, first_line
 from score.onnx_wire import ModelAudit, WireError, audit_model, with_top_k
-from score.spec import Spec
+from score.spec import (
+    HEADS,
+    INPUT_NAME,
+    K_INPUT,
+    OUTPUT_NAME,
+    STEP_SUMS,
+    TOP_CLASSES,
+    TOP_PROBABILITIES,
+    Spec,
+)
 
-INPUT_NAME = "x"
-OUTPUT_NAME = "probabilities"
-# The top-k heads: a TopK over the probabilities, with K fed at run time, and one sum of the
-# probabilities per step (NaN or infinity anywhere in a step makes it non-finite). The export
-# writes them into the model file (export.graph); a file exported before that gets them added
-# at load time (score.onnx_wire.with_top_k).
-K_INPUT = "seqscore_top_k"
-TOP_PROBABILITIES = "seqscore_top_probabilities"
-TOP_CLASSES = "seqscore_top_classes"
-STEP_SUMS = "seqscore_step_sums"
-HEADS = (TOP_PROBABILITIES, TOP_CLASSES, STEP_SUMS)
 # Operator domains built into onnxruntime itself; anything else needs a custom-op library.
 # com.microsoft holds onnxruntime's own contrib ops, which int8 quantisation produces.
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
@@ -244,18 +242,13 @@ def _probe(location: str, scorer: Scorer) -> None:
     try:
         probabilities = scorer.predict(probe)
     except Exception as error:  # noqa: BLE001  (onnxruntime raises its own exception types)
-        raise ModelError(f"{location}: the model fails on a valid sequence ({_first_line(error)})") from None
+        raise ModelError(f"{location}: the model fails on a valid sequence ({first_line(error)})") from None
     expected = (1, scorer.spec.seq_len, scorer.spec.y_classes)
     if probabilities.shape != expected or probabilities.dtype != np.float32:
         raise ModelError(
             f"{location}: the model returns {probabilities.dtype} {probabilities.shape} for one "
             f"sequence; expected float32 {expected}"
         )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def _open_session(location: str, model_bytes: bytes, audit: ModelAudit, config: SessionConfig
@@ -277,7 +270,7 @@ def _open_session(location: str, model_bytes: bytes, audit: ModelAudit, config: 
     try:
         session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
     except Exception as error:  # noqa: BLE001  onnxruntime's Fail / InvalidGraph / InvalidProtobuf ...
-        raise ModelError(f"{location}: onnxruntime cannot load it ({_first_line(error)})") from None
+        raise ModelError(f"{location}: onnxruntime cannot load it ({first_line(error)})") from None
     return session, set(HEADS) <= set(audit.outputs)
 
 

@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from score import __main__ as cli
-from score import errors, job, monitor, storage
+from score import cli, errors, job, monitor, storage
 from score import model as models
 from score.core import (
     BatchStats,

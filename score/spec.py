@@ -16,6 +16,20 @@ SPEC_FORMAT = 2  # bumped when a field changes meaning; readers refuse a newer f
 # only a variable-length spec (which an older scorer would misread) needs format 2.
 FIXED_LENGTH_FORMAT = 1
 
+# The ONNX contract: the names of the tensors a scoring model takes and gives. The model takes the
+# encoded sequences as INPUT_NAME and gives OUTPUT_NAME, (batch, steps, y classes) probabilities.
+INPUT_NAME = "x"
+OUTPUT_NAME = "probabilities"
+# The top-k heads: a TopK over the probabilities, with K fed at run time, and one sum of the
+# probabilities per step (NaN or infinity anywhere in a step makes it non-finite). The export
+# writes them into the model file (export.graph); a file exported before that gets them added
+# at load time (score.onnx_wire.with_top_k).
+K_INPUT = "seqscore_top_k"
+TOP_PROBABILITIES = "seqscore_top_probabilities"
+TOP_CLASSES = "seqscore_top_classes"
+STEP_SUMS = "seqscore_step_sums"
+HEADS = (TOP_PROBABILITIES, TOP_CLASSES, STEP_SUMS)
+
 
 @dataclass(frozen=True)
 class StateTensors:

@@ -24,6 +24,7 @@ from score.errors import (
     OutputError,
     SeqscoreError,
     StorageError,
+    first_line,
 )
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
@@ -55,7 +56,7 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
             return filesystem, parts.netloc + urllib.parse.unquote(parts.path)
         return pafs.FileSystem.from_uri(location)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as error:
-        raise InputMissing(f"{location}: cannot resolve this URI ({_first_line(error)})") from None
+        raise InputMissing(f"{location}: cannot resolve this URI ({first_line(error)})") from None
     except OSError as error:
         raise read_error(location, error) from None
 
@@ -77,11 +78,6 @@ def join(location: str, relative: str) -> str:
     return os.path.join(location, relative)
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
 def read_error(location: str, error: BaseException) -> Exception:
     """Map an exception raised while reading ``location`` to a named error."""
     text = str(error)
@@ -93,11 +89,11 @@ def read_error(location: str, error: BaseException) -> Exception:
     if isinstance(error, IsADirectoryError):
         return InvalidInput(f"{location}: is a directory; expected a file")
     if any(marker in text for marker in _MISSING):
-        return InputMissing(f"{location}: no such object or bucket ({_first_line(error)})")
+        return InputMissing(f"{location}: no such object or bucket ({first_line(error)})")
     if any(marker in text for marker in DENIED):
-        return InputPermission(f"{location}: permission denied ({_first_line(error)})")
+        return InputPermission(f"{location}: permission denied ({first_line(error)})")
     what = "storage or network error" if is_uri(location) else "I/O error"
-    return StorageError(f"{location}: {what} while reading ({_first_line(error)})")
+    return StorageError(f"{location}: {what} while reading ({first_line(error)})")
 
 
 # How pyarrow's object-store clients spell "not there" and "not allowed" in their errors.
@@ -133,7 +129,7 @@ def _disk_write_error(location: str, error: BaseException) -> Exception:
         return StorageError(f"{location}: no space left on the device while writing; nothing was published")
     if code in _DISK_CANNOT_CREATE:
         return OutputError(f"{location}: cannot create the output ({os.strerror(code)})")
-    return StorageError(f"{location}: I/O error while writing ({_first_line(error)}); nothing was published")
+    return StorageError(f"{location}: I/O error while writing ({first_line(error)}); nothing was published")
 
 
 # Text of pyarrow's errors (AWS error names, HTTP codes) that mean "cannot create OUTPUT here".
@@ -145,7 +141,7 @@ def _store_write_error(location: str, error: BaseException) -> Exception:
         return error
     text = str(error)
     # Without the request id, which makes every store error unique.
-    line = re.sub(r"\s*\(Request ID: [^)]*\)", "", _first_line(error))
+    line = re.sub(r"\s*\(Request ID: [^)]*\)", "", first_line(error))
     if any(marker in text for marker in ("NO_SUCH_BUCKET", "NoSuchBucket")):
         bucket = urllib.parse.urlsplit(location).netloc
         return OutputError(f"{location}: cannot create the output (no such bucket '{bucket}')")

@@ -536,13 +536,13 @@ def test_import_usage_errors_are_exit_2(tmp_path, flags, message):
                         "--output", tmp_path / "published" / "model.onnx", *flags)
     assert result.code == 2
     assert not (tmp_path / "published").exists()
-    assert result.lines[-1] == f"python -m export: error: {message}"
+    assert result.lines == [f"python -m export: error: {message} (see --help)"]
 
 
 def test_import_flags_without_onnx_are_exit_2():
     result = run_export("--x-values", "0..3")
     assert result.code == 2
-    assert result.lines[-1] == "python -m export: error: --x-values: only with --onnx or --keras"
+    assert result.lines == ["python -m export: error: --x-values: only with --onnx or --keras (see --help)"]
 
 
 # --keras: a Keras file made elsewhere, converted with tf2onnx ---------------------------------
@@ -714,10 +714,10 @@ def test_keras_usage_errors_are_exit_2(tmp_path):
     result = run_export("--keras", tmp_path / "model.keras", "--x-values", "0..3", "--y-values", "0..2",
                         "--time-axis", "0")
     assert result.code == 2
-    assert result.lines[-1] == ("python -m export: error: --time-axis: only with --onnx (a Keras model is "
-                                "batch-major: its time axis is 1)")
+    assert result.lines == ["python -m export: error: --time-axis: only with --onnx (a Keras model is "
+                            "batch-major: its time axis is 1) (see --help)"]
     result = run_export("--keras", tmp_path / "model.keras", "--y-values", "0..2")
-    assert result.lines[-1] == "python -m export: error: --keras needs --x-values"
+    assert result.lines == ["python -m export: error: --keras needs --x-values (see --help)"]
 
 
 def test_a_missing_keras_file_is_exit_66(tmp_path):

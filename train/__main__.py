@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict
 
 # TensorFlow's log level is set in train/__init__.py, which Python imports before this module.
-from score.__main__ import positive_int, value_set
+from score.cli import OneLineParser, positive_int, value_set
 from score.errors import EXIT_SIGINT, SeqscoreError, UsageError
 
 DESCRIPTION = """\
@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
     from train.data import EXAMPLES
 
     defaults = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m train", description=DESCRIPTION)
+    p = OneLineParser(prog="python -m train", description=DESCRIPTION)
     source = p.add_argument_group("data (default: the embedded dataset)")
     source.add_argument("--data", metavar="PATH",
                         help="Parquet file with list-of-integer columns x and y")

@@ -26,7 +26,7 @@ from score.encoding import (
     ragged_from_list,
     to_padded,
 )
-from score.errors import InvalidInput
+from score.errors import InvalidInput, first_line
 from score.spec import Spec
 
 DEFAULT_ROWS = 10_000
@@ -247,18 +247,17 @@ def _read_table(path: str) -> pa.Table:
             thrift_container_size_limit=1 << 20,
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowMemoryError) as error:
-        raise InvalidInput(f"{path}: not a readable Parquet file ({_first_line(error)})") from None
+        raise InvalidInput(f"{path}: not a readable Parquet file ({_reader_message(error)})") from None
     except OSError as error:
         if getattr(error, "errno", None) is None:
-            raise InvalidInput(f"{path}: not a readable Parquet file ({_first_line(error)})") from None
+            raise InvalidInput(f"{path}: not a readable Parquet file ({_reader_message(error)})") from None
         raise storage.read_error(path, error) from None
     finally:
         source.close()
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    line = lines[0] if lines else type(error).__name__
+def _reader_message(error: BaseException) -> str:
+    line = first_line(error)
     # Arrow names the in-memory source, which says nothing to the person who passed a path.
     return re.sub(r"^Could not open Parquet input source '[^']*': ", "", line)
 
