@@ -14,8 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # results stay within the export's parity tolerance either way.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from score.cli import OneLineParser, positive_int, value_set
-from score.errors import EXIT_SIGINT, SeqscoreError
+from score.cli import OneLineParser, positive_int, run_stage, value_set
 
 DESCRIPTION = """\
 Convert DIR/model.keras to ONNX with tf2onnx (on the CPU), check it against Keras on the test
@@ -98,22 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         if given:
             p.error(f"{', '.join(given)}: only with --onnx or --keras")
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before TensorFlow loads: never the cuDNN kernel
-    try:
+
+    def stage() -> int:
         if importing:
-            report = _import(args)
+            _print_import_report(_import(args))
         else:
-            report = _export(args)
-    except SeqscoreError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; the previous model.onnx is unchanged", file=sys.stderr)
-        return EXIT_SIGINT
-    if importing:
-        _print_import_report(report)
-    else:
-        _print_report(report)
-    return 0
+            _print_report(_export(args))
+        return 0
+
+    return run_stage(stage, "interrupted; the previous model.onnx is unchanged")
 
 
 def _check_import_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -4,8 +4,10 @@ types and the one-line message. Each stage's ``__main__`` builds its parser from
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 
-from score.errors import EXIT_USAGE
+from score.errors import EXIT_SIGINT, EXIT_USAGE, SeqscoreError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -58,3 +60,16 @@ def one_line(text: str) -> str:
     """Collapse whitespace and escape unprintable characters (file names and column names in
     messages come from files nobody checked)."""
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in " ".join(text.split()))
+
+
+def run_stage(stage: Callable[[], int], interrupted: str) -> int:
+    """Run one stage's work: a named error becomes one `error: ...` line and its exit code,
+    Ctrl-C the line ``interrupted`` (what was left as it was) and exit 130."""
+    try:
+        return stage()
+    except SeqscoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"error: {interrupted}", file=sys.stderr)
+        return EXIT_SIGINT

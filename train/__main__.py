@@ -7,8 +7,8 @@ import sys
 from dataclasses import asdict
 
 # TensorFlow's log level is set in train/__init__.py, which Python imports before this module.
-from score.cli import OneLineParser, positive_int, value_set
-from score.errors import EXIT_SIGINT, SeqscoreError, UsageError
+from score.cli import OneLineParser, positive_int, run_stage, value_set
+from score.errors import UsageError
 
 DESCRIPTION = """\
 Fit a Keras LSTM that maps integer sequences to integer sequences and write artifacts/.
@@ -75,14 +75,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return _run(args)
-    except SeqscoreError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; the previous artifacts are unchanged", file=sys.stderr)
-        return EXIT_SIGINT
+    return run_stage(lambda: _run(args), "interrupted; the previous artifacts are unchanged")
 
 
 def _run(args: argparse.Namespace) -> int:
