@@ -346,16 +346,17 @@ def test_disk_full_keeps_the_previous_output(tmp_path, model_path, small_filesys
 
 
 # The model (exit 78, checked before any data is read) --------------------------------------------------
-onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
 SPEC = {"x_values": list(range(11)), "y_values": list(range(25)), "seq_len": 4, "input_column": "x"}
 
 
 def toy_model(path: Path, *, spec: dict | None = SPEC, output_name: str = "probabilities", classes: int = 25,
-              input_type=TensorProto.INT32, nan_below: int | None = None, domain: str = "",
+              input_type: str = "INT32", nan_below: int | None = None, domain: str = "",
               external: bool = False) -> Path:
-    """A small hand-built ONNX model: uniform probabilities, or NaN/inf for inputs below a value."""
+    """A small hand-built ONNX model: uniform probabilities, or NaN/inf for inputs below a value.
+    Only the tests that build one need the onnx package (a train extra): they skip without it."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
     nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
              helper.make_node("Unsqueeze", ["xf", "axis"], ["xu"])]
     def tensor(name: str, values: np.ndarray):
@@ -376,7 +377,7 @@ def toy_model(path: Path, *, spec: dict | None = SPEC, output_name: str = "proba
         nodes.append(helper.make_node("Custom", ["xf"], ["unused"], domain=domain))
     graph = helper.make_graph(
         nodes, "toy",
-        [helper.make_tensor_value_info("x", input_type, ["batch", "time"])],
+        [helper.make_tensor_value_info("x", getattr(TensorProto, input_type), ["batch", "time"])],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", "time", classes])],
         initializers,
     )
@@ -466,7 +467,7 @@ def test_model_with_a_custom_op_domain(tmp_path):
 @pytest.mark.parametrize("kwargs,detail", [
     pytest.param({"output_name": "scores"}, "model outputs are scores; expected one named 'probabilities'", id="output_name"),
     pytest.param({"classes": 24}, "output 'probabilities' has 24 classes but the spec lists 25 y values", id="classes"),
-    pytest.param({"input_type": TensorProto.FLOAT}, "input 'x' is tensor(float); expected tensor(int32) or tensor(int64)", id="input_type"),
+    pytest.param({"input_type": "FLOAT"}, "input 'x' is tensor(float); expected tensor(int32) or tensor(int64)", id="input_type"),
     pytest.param({"spec": {**SPEC, "seq_len": 0}}, "spec: seq_len is 0; expected a positive integer", id="bad_spec"),
     pytest.param({"spec": {"x_values": [1]}}, "spec: missing y_values, seq_len", id="incomplete_spec"),
 ])
