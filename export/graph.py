@@ -91,7 +91,7 @@ def add_scoring_interface(model_proto: onnx.ModelProto,
     subgraphs); 5. check the result with onnx.checker.
     """
     graph = model_proto.graph
-    opset = _default_opset(model_proto)
+    opset = default_opset(model_proto)
     if opset < INTERFACE_MIN_OPSET:
         reason = f"opset {opset} is below {INTERFACE_MIN_OPSET}"
         return ScoringInterface(states_withheld=reason)
@@ -313,7 +313,8 @@ def _check_names_are_free(graph: onnx.GraphProto) -> None:
         )
 
 
-def _default_opset(model_proto: onnx.ModelProto) -> int:
+def default_opset(model_proto: onnx.ModelProto) -> int:
+    """The model's opset of the default ONNX domain; 0 when it imports none."""
     return next((entry.version for entry in model_proto.opset_import
                  if entry.domain in ("", "ai.onnx")), 0)
 

@@ -40,7 +40,7 @@ from export.core import (
     split_points,
     verify_state_carry,
 )
-from export.graph import rename_tensor
+from export.graph import default_opset, rename_tensor
 from score import model as models
 from score.errors import InputMissing, InputPermission, InvalidInput, ModelError, first_line
 from score.monitor import Profile
@@ -565,7 +565,7 @@ def wrap(source_proto: onnx.ModelProto, layout: SourceLayout, y_classes: int) ->
         rename_tensor(graph, name, f"{_PREFIX}{name}")
     # 2. The nodes before and after the source's own, already in dependency order.
     before = _input_nodes(graph, layout)
-    after = _output_nodes(graph, layout, _default_opset(model_proto))
+    after = _output_nodes(graph, layout, default_opset(model_proto))
     nodes = before + list(graph.node) + after
     graph.ClearField("node")
     graph.node.extend(nodes)
@@ -613,10 +613,6 @@ def _input_nodes(graph: onnx.GraphProto, layout: SourceLayout) -> list[onnx.Node
         nodes.append(helper.make_node("Cast", [current], [_SOURCE_INPUT], name=_SOURCE_INPUT,
                                       to=layout.input_type))
     return nodes
-
-
-def _default_opset(model_proto: onnx.ModelProto) -> int:
-    return next(entry.version for entry in model_proto.opset_import if entry.domain in ("", "ai.onnx"))
 
 
 def _output_nodes(graph: onnx.GraphProto, layout: SourceLayout, opset: int) -> list[onnx.NodeProto]:
