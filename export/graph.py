@@ -3,12 +3,16 @@
 The scoring job computes each distinct sequence prefix once and resumes the longer sequences
 from that prefix's LSTM state, so every layer's initial state becomes an optional input and its
 final state an output. tf2onnx builds each initial state from a zeros subgraph of its own; that
-subgraph is replaced, not left beside the new inputs. The top-k heads are the ones the scorer
-splices into older files at load time (score.onnx_wire.with_top_k): a file that carries them
-is scored as it is.
+subgraph is replaced, not left beside the new inputs. The top-k heads let the scorer take the
+k best classes inside onnxruntime; a file without them is scored with numpy's top-k.
 
-A client that feeds only ``x`` and reads only ``probabilities`` sees the model as before: the
-new inputs have initializers (zeros, and K = 1), which makes them optional in ONNX.
+A client that feeds only ``x`` and reads only ``probabilities`` sees the model as before, and
+onnxruntime loads it without a word: from opset 15 on, the new inputs are ONNX optional inputs
+(OptionalHasElement -> If: the fed tensor, else zeros, or K = 1). Opsets 13 and 14 have no
+optional type, so there they keep the older wiring, an initializer listed as a graph input,
+which works the same but makes onnxruntime warn at every load that the initializer "will not be
+treated as constant". rewire_optional_inputs turns a file published with that wiring into one
+with optional inputs, weights and outputs unchanged.
 """
 
 from __future__ import annotations
@@ -36,11 +40,14 @@ from score.spec import (
 # Recurrences whose state the LSTM wiring below does not carry: a graph with any of them is
 # published without states and scored without prefix sharing.
 UNCARRIED_RECURRENCES = ("GRU", "RNN", "Loop", "Scan")
-# ReduceSum takes its axes as an input from opset 13 on, as the scorer's load-time heads need
-# too; an older opset gets the graph as converted.
+# ReduceSum takes its axes as an input from opset 13 on; an older opset gets the graph as
+# converted (no states, and numpy's top-k in the scorer).
 INTERFACE_MIN_OPSET = 13
+# Optional-typed graph inputs (OptionalHasElement, OptionalGetElement) exist from opset 15 on.
+OPTIONAL_INPUT_MIN_OPSET = 15
 # K when a client asks for the heads without feeding it: 1 is valid for any number of classes.
 DEFAULT_K = 1
+_OR_DEFAULT = "_or_default"  # an optional input's value: the fed tensor, else its default
 _PREFIX = "seqscore_state_"  # names of the helper tensors the state wiring adds
 
 
@@ -99,16 +106,13 @@ def add_scoring_interface(model_proto: onnx.ModelProto,
 
     # 1-2.
     withheld = why_states_are_withheld(graph) or states_withheld
-    states = () if withheld else _expose_states(graph)
+    states = () if withheld else _expose_states(graph, opset)
     # 3.
-    _add_heads(graph)
+    _add_heads(graph, opset)
     # 4-5.
     _sort_topologically(graph)
     _remove_unused(graph)
-    try:
-        onnx.checker.check_model(model_proto)
-    except onnx.checker.ValidationError as error:
-        raise InterfaceError(f"the graph with the scoring interface is not valid ONNX ({error})") from None
+    _check(model_proto, "the graph with the scoring interface")
     return ScoringInterface(states=states, states_withheld=withheld, heads=HEADS, head_input=K_INPUT)
 
 
@@ -135,7 +139,7 @@ def why_states_are_withheld(graph: onnx.GraphProto) -> str | None:
     return None
 
 
-def _expose_states(graph: onnx.GraphProto) -> tuple[StateTensors, ...]:
+def _expose_states(graph: onnx.GraphProto, opset: int) -> tuple[StateTensors, ...]:
     """Optional zero initial states broadcast to the batch, and the final states as outputs."""
     state_shape = _add_state_shape(graph)
     batch = _dimension(graph.input, INPUT_NAME, 0)
@@ -153,8 +157,8 @@ def _expose_states(graph: onnx.GraphProto) -> tuple[StateTensors, ...]:
         # The LSTM takes its initial state at inputs 5 and 6 and gives its final one at outputs
         # 1 and 2 (ONNX's LSTM signature); unused trailing inputs may be absent.
         inputs = list(node.input) + [""] * (7 - len(node.input))
-        inputs[5] = _add_initial_state(graph, state.initial_h, state.units, state_shape)
-        inputs[6] = _add_initial_state(graph, state.initial_c, state.units, state_shape)
+        inputs[5] = _add_initial_state(graph, state.initial_h, state.units, state_shape, opset)
+        inputs[6] = _add_initial_state(graph, state.initial_c, state.units, state_shape, opset)
         node.ClearField("input")
         node.input.extend(inputs)
         outputs = list(node.output) + [""] * (3 - len(node.output))
@@ -188,19 +192,78 @@ def _add_state_shape(graph: onnx.GraphProto) -> str:
     return shape
 
 
-def _add_initial_state(graph: onnx.GraphProto, name: str, units: int, state_shape: str) -> str:
+def _add_initial_state(graph: onnx.GraphProto, name: str, units: int, state_shape: str,
+                       opset: int) -> str:
     """An optional graph input ``name`` (zeros when not fed), broadcast to the batch; returns
     the broadcast tensor's name."""
-    graph.initializer.append(numpy_helper.from_array(np.zeros((1, 1, units), np.float32), name))
-    graph.input.append(
-        helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, "state_batch", units])
-    )
+    state_type = helper.make_tensor_type_proto(TensorProto.FLOAT, [1, "state_batch", units])
+    value = add_optional_input(graph, name, state_type, np.zeros((1, 1, units), np.float32), opset)
     broadcast = f"{_PREFIX}{name}"
-    graph.node.append(helper.make_node("Expand", [name, state_shape], [broadcast], name=broadcast))
+    graph.node.append(helper.make_node("Expand", [value, state_shape], [broadcast], name=broadcast))
     return broadcast
 
 
-def _add_heads(graph: onnx.GraphProto) -> None:
+def add_optional_input(graph: onnx.GraphProto, name: str, tensor_type: onnx.TypeProto,
+                       default: np.ndarray, opset: int) -> str:
+    """Graph input ``name`` of ``tensor_type`` that a client may leave out, ``default`` when it
+    does; returns the name of the tensor that holds the value, for the nodes that read it.
+
+    From opset 15 on the input is optional-typed, and OptionalHasElement -> If gives the fed
+    tensor or ``default`` (a Constant). Below, it is an initializer listed as a graph input.
+    """
+    if opset < OPTIONAL_INPUT_MIN_OPSET:
+        graph.initializer.append(numpy_helper.from_array(default, name))
+        graph.input.append(helper.make_value_info(name, tensor_type))
+        return name
+    value, given, fed, fallback = (f"{name}{suffix}" for suffix in (_OR_DEFAULT, "_given", "_fed", "_default"))
+    element = tensor_type.tensor_type.elem_type
+    then_branch = helper.make_graph(
+        [helper.make_node("OptionalGetElement", [name], [fed], name=fed)], fed, [],
+        [helper.make_tensor_value_info(fed, element, None)],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Constant", [], [fallback], name=fallback, value=numpy_helper.from_array(default))],
+        fallback, [], [helper.make_tensor_value_info(fallback, element, None)],
+    )
+    graph.input.append(helper.make_value_info(name, helper.make_optional_type_proto(tensor_type)))
+    graph.node.extend([
+        helper.make_node("OptionalHasElement", [name], [given], name=given),
+        helper.make_node("If", [given], [value], name=value, then_branch=then_branch, else_branch=else_branch),
+    ])
+    return value
+
+
+def rewire_optional_inputs(model_proto: onnx.ModelProto) -> list[str]:
+    """Make each input of ``model_proto`` that an initializer backs (the states and K of a file
+    published with the opset 13-14 wiring) an optional-typed input with that initializer as its
+    default, editing it in place: the weights, the metadata and every output stay as they were.
+    Returns the inputs rewired, [] for a file that has none (one rewired already).
+    """
+    graph = model_proto.graph
+    defaults = {tensor.name: tensor for tensor in graph.initializer}
+    backed = [value for value in graph.input if value.name in defaults]
+    if not backed:
+        return []
+    opset = default_opset(model_proto)
+    if opset < OPTIONAL_INPUT_MIN_OPSET:
+        raise InterfaceError(f"opset {opset} has no optional inputs (they need {OPTIONAL_INPUT_MIN_OPSET})")
+    rewired = [(value.name, onnx.TypeProto.FromString(value.type.SerializeToString())) for value in backed]
+    kept = [value for value in graph.input if value.name not in defaults]
+    graph.ClearField("input")
+    graph.input.extend(kept)
+    for name, tensor_type in rewired:
+        readers = list(graph.node)
+        default = numpy_helper.to_array(defaults[name])
+        graph.initializer.remove(defaults[name])
+        value = add_optional_input(graph, name, tensor_type, default, opset)
+        for node in readers:
+            node.input[:] = [value if read == name else read for read in node.input]
+    _sort_topologically(graph)
+    _check(model_proto, "the rewired graph")
+    return [name for name, _ in rewired]
+
+
+def _add_heads(graph: onnx.GraphProto, opset: int) -> None:
     """TopK over the probabilities' last axis (K fed at run time) and one sum per step.
 
     ONNX's TopK breaks ties by the lower index, as the scorer's stable sort does; a NaN or an
@@ -209,13 +272,11 @@ def _add_heads(graph: onnx.GraphProto) -> None:
     batch = _dimension(graph.output, OUTPUT_NAME, 0)
     time = _dimension(graph.output, OUTPUT_NAME, 1)
     axes = f"{STEP_SUMS}_axes"
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array([DEFAULT_K], np.int64), K_INPUT),
-        numpy_helper.from_array(np.array([2], np.int64), axes),
-    ])
-    graph.input.append(helper.make_tensor_value_info(K_INPUT, TensorProto.INT64, [1]))
+    k_type = helper.make_tensor_type_proto(TensorProto.INT64, [1])
+    k = add_optional_input(graph, K_INPUT, k_type, np.array([DEFAULT_K], np.int64), opset)
+    graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axes))
     graph.node.extend([
-        helper.make_node("TopK", [OUTPUT_NAME, K_INPUT], [TOP_PROBABILITIES, TOP_CLASSES],
+        helper.make_node("TopK", [OUTPUT_NAME, k], [TOP_PROBABILITIES, TOP_CLASSES],
                          name=TOP_PROBABILITIES, axis=-1, largest=1, sorted=1),
         helper.make_node("ReduceSum", [OUTPUT_NAME, axes], [STEP_SUMS], name=STEP_SUMS, keepdims=0),
     ])
@@ -224,6 +285,13 @@ def _add_heads(graph: onnx.GraphProto) -> None:
         helper.make_tensor_value_info(TOP_CLASSES, TensorProto.INT64, [batch, time, "k"]),
         helper.make_tensor_value_info(STEP_SUMS, TensorProto.FLOAT, [batch, time]),
     ])
+
+
+def _check(model_proto: onnx.ModelProto, what: str) -> None:
+    try:
+        onnx.checker.check_model(model_proto)
+    except onnx.checker.ValidationError as error:
+        raise InterfaceError(f"{what} is not valid ONNX ({error})") from None
 
 
 def _sort_topologically(graph: onnx.GraphProto) -> None:
@@ -305,8 +373,8 @@ def _check_names_are_free(graph: onnx.GraphProto) -> None:
     taken = {value.name for value in list(graph.input) + list(graph.output)}
     taken |= {tensor.name for tensor in graph.initializer}
     taken |= {name for node in graph.node for name in node.output}
-    clashes = sorted(name for name in taken if name in HEADS + (K_INPUT,)
-                     or name.startswith((_PREFIX, "initial_h_", "initial_c_", "final_h_", "final_c_")))
+    clashes = sorted(name for name in taken if name in HEADS or name.startswith(
+        (K_INPUT, _PREFIX, "initial_h_", "initial_c_", "final_h_", "final_c_")))
     if clashes:
         raise InterfaceError(
             f"the converted graph already has tensor(s) {', '.join(clashes)}; it was edited before"

@@ -14,17 +14,8 @@ import onnxruntime as ort
 from score import storage
 from score.encoding import Encoder
 from score.errors import InputMissing, ModelError, SeqscoreError, StorageError, first_line
-from score.onnx_wire import ModelAudit, WireError, audit_model, with_top_k
-from score.spec import (
-    HEADS,
-    INPUT_NAME,
-    K_INPUT,
-    OUTPUT_NAME,
-    STEP_SUMS,
-    TOP_CLASSES,
-    TOP_PROBABILITIES,
-    Spec,
-)
+from score.model_audit import ModelAudit, WireError, audit_model
+from score.spec import HEADS, INPUT_NAME, K_INPUT, OUTPUT_NAME, Spec
 
 # Operator domains built into onnxruntime itself; anything else needs a custom-op library.
 # com.microsoft holds onnxruntime's own contrib ops, which int8 quantisation produces.
@@ -45,6 +36,9 @@ class SessionConfig:
 
     threads: int | None = None  # intra-op threads; None lets onnxruntime use every core
     spinning: bool = False  # busy-wait between ops: faster on an idle machine, rude on a shared one
+    # Benchmark switches (bench/variant.py), which users leave alone:
+    graph_top_k: bool = True  # False: numpy's top-k, not the file's heads (so no prefix sharing)
+    inference_rows: int = INFERENCE_ROWS  # rows per session.run
 
 
 @dataclass
@@ -57,8 +51,9 @@ class Scorer:
     sha256: str
     location: str
     metadata: dict[str, str] = field(default_factory=dict)
-    graph_top_k: bool = False  # the session computes top-k itself (the file's heads or added at load)
+    graph_top_k: bool = False  # the session computes top-k itself (the file's heads)
     exact_states: bool = True  # a run resumed from a carried state equals the whole run
+    inference_rows: int = INFERENCE_ROWS  # rows per session.run (SessionConfig.inference_rows)
 
     @property
     def version(self) -> str:
@@ -83,7 +78,7 @@ class Scorer:
         finite = np.empty(rows, dtype=bool)
         top_probabilities = np.empty((rows, steps, k), dtype=np.float32)
         top_classes = np.empty((rows, steps, k), dtype=np.int64)
-        for start, (sums, values, classes) in self._runs(indices, [STEP_SUMS, TOP_PROBABILITIES, TOP_CLASSES], k):
+        for start, (values, classes, sums) in self._runs(indices, list(HEADS), k):
             stop = start + len(sums)
             finite[start:stop] = np.isfinite(sums).all(axis=1)
             top_probabilities[start:stop] = values
@@ -111,18 +106,19 @@ class Scorer:
         if initial is not None:
             feed.update(zip(names, initial))
         finals = [name for state in self.spec.states for name in (state.final_h, state.final_c)]
-        sums, values, classes, *states = self.session.run([STEP_SUMS, TOP_PROBABILITIES, TOP_CLASSES, *finals], feed)
+        values, classes, sums, *states = self.session.run([*HEADS, *finals], feed)
         return np.isfinite(sums), values, classes, states
 
     def _runs(self, indices: np.ndarray, names: list[str], k: int):
-        """(first row, outputs) of session.run over INFERENCE_ROWS rows at a time.
+        """(first row, outputs) of session.run over ``inference_rows`` rows at a time.
 
-        onnxruntime's arena keeps the peak of a run, and runs of about this size were the
+        onnxruntime's arena keeps the peak of a run, and runs of about INFERENCE_ROWS were the
         fastest in the benchmark's sweep (bench/results.md).
         """
         feed_k = {K_INPUT: np.array([k], dtype=np.int64)} if self.graph_top_k else {}
-        for start in range(0, indices.shape[0], INFERENCE_ROWS):
-            yield start, self.session.run(names, {INPUT_NAME: indices[start : start + INFERENCE_ROWS], **feed_k})
+        rows = self.inference_rows
+        for start in range(0, indices.shape[0], rows):
+            yield start, self.session.run(names, {INPUT_NAME: indices[start : start + rows], **feed_k})
 
 
 def session_options(config: SessionConfig) -> ort.SessionOptions:
@@ -195,7 +191,7 @@ def audit(location: str, model_bytes: bytes, self_contained_hint: str = "") -> M
 
 
 def _check_io(location: str, session: ort.InferenceSession, spec: Spec) -> np.dtype:
-    inputs = [i for i in session.get_inputs() if i.name != K_INPUT]
+    inputs = [i for i in session.get_inputs() if not _is_optional(i)]
     if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
         names = ", ".join(i.name for i in inputs) or "none"
         raise ModelError(f"{location}: model inputs are {names}; expected one input named 'x'")
@@ -251,32 +247,33 @@ def _probe(location: str, scorer: Scorer) -> None:
         )
 
 
-def _open_session(location: str, model_bytes: bytes, audit: ModelAudit, config: SessionConfig
-                  ) -> tuple[ort.InferenceSession, bool]:
-    """A session with the top-k heads: the file's own, or, for a file exported before the export
-    wrote them, a TopK and step sums added here; where adding fails, the plain session.
-
-    onnxruntime's TopK is several times faster than numpy's top-k over the same output; a model
-    whose graph does not take it (another output name, an old opset) is scored as it is.
-    """
-    options = session_options(config)
-    providers = ["CPUExecutionProvider"]
-    if not set(HEADS) <= set(audit.outputs):
-        try:
-            extended = with_top_k(model_bytes, OUTPUT_NAME, K_INPUT, TOP_PROBABILITIES, TOP_CLASSES, STEP_SUMS)
-            return ort.InferenceSession(extended, sess_options=options, providers=providers), True
-        except Exception:  # noqa: BLE001  (the plain session below reports what is wrong)
-            pass
+def _open_session(location: str, model_bytes: bytes, config: SessionConfig) -> ort.InferenceSession:
     try:
-        session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
+        return ort.InferenceSession(model_bytes, sess_options=session_options(config),
+                                    providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001  onnxruntime's Fail / InvalidGraph / InvalidProtobuf ...
         raise ModelError(f"{location}: onnxruntime cannot load it ({first_line(error)})") from None
-    return session, set(HEADS) <= set(audit.outputs)
+
+
+def _has_heads(session: ort.InferenceSession) -> bool:
+    """Whether the file carries the top-k heads (export.graph). onnxruntime's TopK is several
+    times faster than numpy's top-k over the same output; a file without them (exported before
+    the export wrote them, an opset below 13, another exporter) is scored with numpy's."""
+    return set(HEADS) <= {value.name for value in session.get_outputs()}
+
+
+def _is_optional(value) -> bool:
+    """An optional-typed input, which a run may leave out (export.graph, opset 15 on). A file
+    whose optional inputs are initializers has onnxruntime list those apart, under
+    get_overridable_initializers()."""
+    return value.type.startswith("optional(")
 
 
 def _check_states(location: str, session: ort.InferenceSession, spec: Spec) -> None:
-    """The state tensors the spec names must be in the graph, with the sizes it gives."""
+    """The state tensors the spec names must be in the graph, as inputs a run may leave out
+    and outputs, with the sizes it gives."""
     optional = {value.name: value for value in session.get_overridable_initializers()}
+    optional.update((value.name, value) for value in session.get_inputs() if _is_optional(value))
     outputs = {value.name: value for value in session.get_outputs()}
     for layer, state in enumerate(spec.states):
         for name, found in ((state.initial_h, optional), (state.initial_c, optional),
@@ -299,7 +296,7 @@ def load(location: str, config: SessionConfig = SessionConfig()) -> Scorer:
     model_bytes = _read_model_bytes(location)
     digest = _check_checksum(location, model_bytes)
     found = audit(location, model_bytes)
-    session, graph_top_k = _open_session(location, model_bytes, found, config)
+    session = _open_session(location, model_bytes, config)
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     if "spec" not in metadata:
         raise ModelError(
@@ -318,8 +315,9 @@ def load(location: str, config: SessionConfig = SessionConfig()) -> Scorer:
         sha256=digest,
         location=location,
         metadata=metadata,
-        graph_top_k=graph_top_k,
+        graph_top_k=config.graph_top_k and _has_heads(session),
         exact_states=not any(_QUANTIZED.search(op) for op in found.op_types),
+        inference_rows=config.inference_rows,
     )
     _probe(location, scorer)
     return scorer

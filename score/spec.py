@@ -22,8 +22,8 @@ INPUT_NAME = "x"
 OUTPUT_NAME = "probabilities"
 # The top-k heads: a TopK over the probabilities, with K fed at run time, and one sum of the
 # probabilities per step (NaN or infinity anywhere in a step makes it non-finite). The export
-# writes them into the model file (export.graph); a file exported before that gets them added
-# at load time (score.onnx_wire.with_top_k).
+# writes them into the model file (export.graph); a file without them (exported before the heads,
+# below opset 13, or by another exporter) is scored with numpy's top-k (score.topk).
 K_INPUT = "seqscore_top_k"
 TOP_PROBABILITIES = "seqscore_top_probabilities"
 TOP_CLASSES = "seqscore_top_classes"

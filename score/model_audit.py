@@ -1,9 +1,11 @@
-"""Just enough of the protobuf wire format to audit an ONNX file without the onnx package.
+"""The audit of a model file before it is trusted: its operator domains and op types, and
+whether it keeps tensors in external data files, read without the onnx package.
 
 The scoring runtime must not depend on onnx (or protobuf), yet it has to refuse a model that
 points at external data files or uses an operator domain onnxruntime does not ship. Reading the
-few fields that say so takes a short walk over the wire format; tensor payloads are skipped by
-length, so the walk costs microseconds even for large models.
+few fields that say so takes a short walk over the protobuf wire format; tensor payloads are
+skipped by length, so the walk costs microseconds even for large models. It only reads: a model
+is scored as its file is (one without the top-k heads with numpy's top-k, score.topk).
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ class ModelAudit:
     node_domains: set[str] = field(default_factory=set)
     op_types: set[str] = field(default_factory=set)
     external_tensors: int = 0
-    outputs: list[str] = field(default_factory=list)  # the main graph's output names
 
 
 def _varint(data: memoryview, position: int) -> tuple[int, int]:
@@ -145,11 +146,7 @@ def _audit_graph(data: memoryview, audit: ModelAudit, depth: int) -> None:
     for number, wire_type, value in fields(data):
         if wire_type != 2:
             continue
-        if number == _GRAPH_OUTPUT and depth == 0:
-            for info_number, info_wire, info_value in fields(value):
-                if info_number == _VALUE_INFO_NAME and info_wire == 2:
-                    audit.outputs.append(_text(info_value))
-        elif number == _GRAPH_NODE:
+        if number == _GRAPH_NODE:
             _audit_node(value, audit, depth)
         elif number == _GRAPH_INITIALIZER:
             _audit_tensor(value, audit)
@@ -175,98 +172,3 @@ def audit_model(model_bytes: bytes) -> ModelAudit:
                 if function_number == _FUNCTION_NODE and function_wire == 2:
                     _audit_node(function_value, audit, 1)
     return audit
-
-
-# Writing: a graph fragment that protobuf merges into the model ----------------------------------
-# A message field that appears twice on the wire is merged, and repeated fields are appended, so
-# a model's bytes followed by a second `graph` field holding only new nodes, inputs and outputs
-# parse as the model with those additions: no onnx package, no re-serialisation of the weights.
-_GRAPH_INPUT = 11
-_GRAPH_OUTPUT = 12
-_NODE_INPUT = 1
-_NODE_OUTPUT = 2
-_NODE_NAME = 3
-_VALUE_INFO_NAME = 1
-_VALUE_INFO_TYPE = 2
-_TYPE_TENSOR = 1
-_TENSOR_TYPE_ELEM_TYPE = 1
-_TENSOR_TYPE_SHAPE = 2
-_SHAPE_DIM = 1
-_DIM_VALUE = 1
-_ATTRIBUTE_NAME = 1
-_ATTRIBUTE_INT = 3
-_ATTRIBUTE_TYPE = 20
-_ATTRIBUTE_TYPE_INT = 2
-_TENSOR_DIMS = 1
-_TENSOR_DATA_TYPE = 2
-_TENSOR_INT64_DATA = 7
-_TENSOR_NAME = 8
-FLOAT = 1  # onnx TensorProto.DataType
-INT64 = 7
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _length_delimited(number: int, payload: bytes) -> bytes:
-    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
-
-
-def _int_field(number: int, value: int) -> bytes:
-    return _encode_varint(number << 3) + _encode_varint(value)
-
-
-def _tensor_value_info(name: str, elem_type: int, dims: tuple[int, ...] | None = None) -> bytes:
-    tensor_type = _int_field(_TENSOR_TYPE_ELEM_TYPE, elem_type)
-    if dims is not None:
-        shape = b"".join(_length_delimited(_SHAPE_DIM, _int_field(_DIM_VALUE, d)) for d in dims)
-        tensor_type += _length_delimited(_TENSOR_TYPE_SHAPE, shape)
-    return (_length_delimited(_VALUE_INFO_NAME, name.encode())
-            + _length_delimited(_VALUE_INFO_TYPE, _length_delimited(_TYPE_TENSOR, tensor_type)))
-
-
-def with_top_k(model_bytes: bytes, source: str, k_input: str, values: str, classes: str, sums: str) -> bytes:
-    """The model plus a TopK over its output ``source`` (last axis, largest first), and the
-    sum of ``source`` over its last axis (one number per step): the heads a model exported
-    before they were written into the file (export.graph) gets at load time.
-
-    K is a graph input (int64, shape [1]), so one session serves every --top-k. ONNX's TopK
-    breaks ties by the lower index, as a stable descending sort does. ReduceSum takes its axes
-    as an input from opset 13 on; a model with an older opset fails to load this way and is
-    scored with the plain graph instead.
-    """
-    top_k = (_length_delimited(_NODE_INPUT, source.encode())
-             + _length_delimited(_NODE_INPUT, k_input.encode())
-             + _length_delimited(_NODE_OUTPUT, values.encode())
-             + _length_delimited(_NODE_OUTPUT, classes.encode())
-             + _length_delimited(_NODE_NAME, f"{values}_node".encode())
-             + _length_delimited(_NODE_OP_TYPE, b"TopK"))
-    axes_name = f"{sums}_axes"
-    keepdims = (_length_delimited(_ATTRIBUTE_NAME, b"keepdims") + _int_field(_ATTRIBUTE_INT, 0)
-                + _int_field(_ATTRIBUTE_TYPE, _ATTRIBUTE_TYPE_INT))
-    reduce_sum = (_length_delimited(_NODE_INPUT, source.encode())
-                  + _length_delimited(_NODE_INPUT, axes_name.encode())
-                  + _length_delimited(_NODE_OUTPUT, sums.encode())
-                  + _length_delimited(_NODE_NAME, f"{sums}_node".encode())
-                  + _length_delimited(_NODE_OP_TYPE, b"ReduceSum")
-                  + _length_delimited(_NODE_ATTRIBUTE, keepdims))
-    axes = (_int_field(_TENSOR_DIMS, 1) + _int_field(_TENSOR_DATA_TYPE, INT64)
-            + _length_delimited(_TENSOR_INT64_DATA, _encode_varint(2))
-            + _length_delimited(_TENSOR_NAME, axes_name.encode()))
-    fragment = (_length_delimited(_GRAPH_NODE, top_k)
-                + _length_delimited(_GRAPH_NODE, reduce_sum)
-                + _length_delimited(_GRAPH_INITIALIZER, axes)
-                + _length_delimited(_GRAPH_INPUT, _tensor_value_info(k_input, INT64, (1,)))
-                + _length_delimited(_GRAPH_OUTPUT, _tensor_value_info(values, FLOAT))
-                + _length_delimited(_GRAPH_OUTPUT, _tensor_value_info(classes, INT64))
-                + _length_delimited(_GRAPH_OUTPUT, _tensor_value_info(sums, FLOAT)))
-    return model_bytes + _length_delimited(_MODEL_GRAPH, fragment)
