@@ -1,13 +1,36 @@
 """The pieces every command line of the project shares: the one-line parser, the argparse
-types and the one-line message. Each stage's ``__main__`` builds its parser from these."""
+types, the one-line message, and the scoring flags that `python -m score` and `python -m
+score.spark` both take. Each stage's ``__main__`` builds its parser from these."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from score.errors import EXIT_SIGINT, EXIT_USAGE, SeqscoreError
+from score.errors import EXIT_SIGINT, EXIT_USAGE, SeqscoreError, UsageError
+
+if TYPE_CHECKING:
+    from score.core import ScoreOptions
+
+DEFAULT_MODEL = "artifacts/model.onnx"  # where `make export` writes the model
+# The scoring flags' help as the local job says it; Spark passes its own words where its run
+# differs (one thread per task, Spark's batches, its summary and staging).
+SCORING_HELP = {
+    "model": "the exported ONNX file (default $SCORE_MODEL, else artifacts/model.onnx)",
+    "on_invalid": "error: stop at the first invalid row, exit 65, write nothing (default); "
+                  "null: keep every row, invalid ones get null predictions and an error",
+    "max_length": "variable-length models: score rows of up to N steps (default: the longest "
+                  "training length); beyond it predictions are extrapolation",
+    "batch_size": "rows per record batch; bounds memory (default 65536)",
+    "threads": "onnxruntime intra-op threads (default: one per core)",
+    "summary": "write a JSON summary (status, counts, speed, distributions, drift)",
+    "max_psi": "fail (exit 65, nothing published) if any step's input or prediction PSI "
+               "exceeds X (default: off)",
+    "quiet": "no progress bar and no per-file log line",
+}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -73,3 +96,82 @@ def run_stage(stage: Callable[[], int], interrupted: str) -> int:
     except KeyboardInterrupt:
         print(f"error: {interrupted}", file=sys.stderr)
         return EXIT_SIGINT
+
+
+def add_scoring_flags(parser: argparse.ArgumentParser, *, threads_default: int | None = None,
+                      **helps: str) -> None:
+    """Add the flags every scoring command takes: --model, --top-k, --on-invalid, the input
+    columns, --max-length, --batch-size, --threads (default ``threads_default``), --summary,
+    --low-confidence, --max-psi and --quiet. ``helps`` replaces SCORING_HELP's words by flag."""
+    unknown = set(helps) - set(SCORING_HELP)
+    assert not unknown, f"no scoring flag {sorted(unknown)}"
+    text = {**SCORING_HELP, **helps}
+    parser.add_argument("--model", metavar="PATH", help=text["model"])
+    parser.add_argument("--top-k", type=positive_int, default=3, metavar="K",
+                        help="most likely classes reported per step, 1..classes (default 3)")
+    parser.add_argument("--on-invalid", choices=["error", "null"], default="error",
+                        help=text["on_invalid"])
+    columns = parser.add_mutually_exclusive_group()
+    columns.add_argument("--input-column", metavar="NAME",
+                         help="list column holding the sequences (default: the model's, usually x)")
+    columns.add_argument("--input-columns", metavar="A,B,C,D",
+                         help="wide layout: one integer column per step, in step order")
+    parser.add_argument("--max-length", type=positive_int, default=None, metavar="N",
+                        help=text["max_length"])
+    parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
+                        help=text["batch_size"])
+    parser.add_argument("--threads", type=positive_int, default=threads_default, metavar="N",
+                        help=text["threads"])
+    parser.add_argument("--summary", metavar="PATH", help=text["summary"])
+    parser.add_argument("--low-confidence", type=probability, default=0.5, metavar="P",
+                        help="a step whose top-1 probability is below P counts as low-confidence "
+                             "(default 0.5)")
+    parser.add_argument("--max-psi", type=non_negative, default=None, metavar="X",
+                        help=text["max_psi"])
+    parser.add_argument("--quiet", action="store_true", help=text["quiet"])
+
+
+def run_fields(args: argparse.Namespace) -> dict:
+    """The fields of a scoring run's config that the scoring flags fill, by name: input,
+    output, model (--model, else $SCORE_MODEL, else DEFAULT_MODEL), options, batch_size,
+    summary, max_psi."""
+    return {
+        "input": args.input,
+        "output": args.output,
+        "model": args.model or os.environ.get("SCORE_MODEL") or DEFAULT_MODEL,
+        "options": score_options(args),
+        "batch_size": args.batch_size,
+        "summary": args.summary,
+        "max_psi": args.max_psi,
+    }
+
+
+def score_options(args: argparse.Namespace) -> ScoreOptions:
+    """The ScoreOptions the scoring flags ask for; an empty name in --input-columns is a
+    UsageError."""
+    from score.core import ScoreOptions
+
+    input_columns = None
+    if args.input_columns is not None:
+        input_columns = tuple(name.strip() for name in args.input_columns.split(","))
+        if not all(input_columns):
+            raise UsageError(f"--input-columns {args.input_columns!r}: a column name is empty")
+    return ScoreOptions(top_k=args.top_k, on_invalid=args.on_invalid,
+                        input_column=args.input_column, input_columns=input_columns,
+                        low_confidence=args.low_confidence, max_length=args.max_length)
+
+
+class WithoutPandas:
+    """Import finder that reports pandas as absent.
+
+    pyarrow imports pandas, when it is installed, the first time it converts anything to an
+    Arrow array, only to check whether the input is a pandas object: 0.3 s of start-up and
+    60 MB for nothing in this process. Used only when the job runs as a program
+    (``sys.meta_path.insert(0, WithoutPandas())``).
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"No module named {name!r} (not needed by the scoring job)",
+                                      name=name)
+        return None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import random_x, run_score, write_x
 
@@ -146,3 +148,87 @@ def test_report_refuses_a_summary_without_baseline(tmp_path, capsys):
     assert report_main([str(tmp_path / "summary.json"), str(tmp_path / "r.png")]) == 65
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'summary.json'}: the summary has no baseline")
     assert not (tmp_path / "r.png").exists()
+
+
+# The summary file -------------------------------------------------------------------------------
+@pytest.mark.parametrize(("batch_size", "bad_row", "rows_in"), [
+    pytest.param(None, 1, 2, id="row_1_of_the_first_batch"),
+    pytest.param(100, 250, 251, id="row_50_of_the_third_batch"),
+])
+def test_a_failed_run_counts_the_rows_read_up_to_the_invalid_one(tmp_path, model_path, batch_size,
+                                                                  bad_row, rows_in):
+    x = random_x(1000, seed=38)
+    x[bad_row, 2] = 50
+    flags = ("--batch-size", str(batch_size)) if batch_size else ()
+    result, output, summary = score_with_summary(tmp_path, model_path, x, *flags)
+    assert result.code == 65
+    assert result.lines[-1].startswith(f"error: {tmp_path / 'input.parquet'}: row {bad_row}: ")
+    assert (summary["rows_in"], summary["rows_out"], summary["rows_invalid"]) == (rows_in, 0, 0)
+    assert not output.exists()
+
+
+def test_the_summary_writes_lists_of_numbers_on_one_line_and_the_spec_as_its_fingerprint(tmp_path):
+    import hashlib
+
+    from conftest import RAGGED_MODEL
+
+    from score.model import load
+
+    rows = [list(range(1 + index % 32)) for index in range(640)]  # every length 1..32
+    source = tmp_path / "input.parquet"
+    pq.write_table(pa.table({"x": pa.array(rows, type=pa.list_(pa.int64()))}), str(source))
+    result = run_score(source, tmp_path / "out.parquet", "--model", RAGGED_MODEL, "--quiet",
+                       "--on-invalid", "null", "--summary", tmp_path / "summary.json")
+    assert result.code == 0, result.stderr
+    text = (tmp_path / "summary.json").read_text()
+    summary = json.loads(text)
+    spec = load(str(RAGGED_MODEL)).spec
+    assert summary["spec"]["sha256"] == hashlib.sha256(spec.to_json().encode()).hexdigest()
+    assert (summary["spec"]["x_values"], summary["spec"]["y_values"]) == (list(spec.x_values), list(spec.y_values))
+    assert summary["spec"]["state_layers"] == len(spec.states)
+    profile = summary["drift"]["profile"]["input_counts"]
+    assert f"[{', '.join(str(count) for count in profile[0])}]" in text  # one line per step
+    assert len(text.splitlines()) < 400  # 5,611 when every number had a line of its own
+
+
+def test_the_summary_and_the_scored_file_say_what_the_scores_are(tmp_path, model_path):
+    pytest.importorskip("onnx")
+    from test_import import RENORMALIZED, Source, import_source, ragged_rows, write_rows
+
+    _, output, summary = score_with_summary(tmp_path, model_path, random_x(50, seed=39))
+    assert summary["probabilities"] == "softmax probabilities"
+    assert pq.read_metadata(output).metadata[b"seqscore.probabilities"] == b"softmax probabilities"
+
+    imported = tmp_path / "imported"
+    imported.mkdir()
+    result, renormalised_model = import_source(imported, Source(head="sigmoid"), "--renormalize")
+    assert result.code == 0, result.stderr
+    source = write_rows(imported / "input.parquet", ragged_rows(20, seed=7, lengths=(1, 6)))
+    result = run_score(source, imported / "out.parquet", "--model", renormalised_model, "--quiet",
+                       "--summary", imported / "summary.json")
+    assert result.code == 0, result.stderr
+    assert RENORMALIZED.startswith("renormalised scores: ")
+    assert json.loads((imported / "summary.json").read_text())["probabilities"] == RENORMALIZED
+    metadata = pq.read_metadata(imported / "out.parquet").metadata
+    assert metadata[b"seqscore.probabilities"].decode() == RENORMALIZED
+
+
+def test_reading_and_writing_in_the_scoring_thread_changes_nothing_but_the_threads(tmp_path, model_path):
+    """JobConfig.threaded_io=False (a benchmark switch, through main's adjust) scores alike."""
+    import dataclasses
+
+    from score.__main__ import main
+
+    source = write_x(tmp_path / "input.parquet", random_x(3000, seed=40))
+    adjusted = []
+
+    def serial(config):
+        adjusted.append(config)
+        return dataclasses.replace(config, threaded_io=False)
+
+    flags = ["--model", model_path, "--quiet", "--batch-size", "512"]
+    assert main([source, str(tmp_path / "threaded.parquet"), *flags]) == 0
+    assert main([source, str(tmp_path / "serial.parquet"), *flags], adjust=serial) == 0
+    assert [config.threaded_io for config in adjusted] == [True]
+    threaded = pq.read_table(tmp_path / "threaded.parquet").replace_schema_metadata(None)
+    assert pq.read_table(tmp_path / "serial.parquet").replace_schema_metadata(None).equals(threaded)

@@ -23,11 +23,13 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import RAGGED_MODEL, ROOT, list_array, random_x, run_module, run_score, write_x
 
-from score import job, monitor
+from score import monitor
 from score import spark as scale  # imports no pyspark: the refusal tests need none
+from score import summary as run_summary
 from score.core import ScoreOptions, output_schema, score_batch
 from score.errors import InvalidInput, ModelError
 from score.model import load
+from score.spark import session as spark_session
 
 
 def _spark_missing() -> str | None:
@@ -361,7 +363,7 @@ PER_PARTITION = {"distinct_sequences_scored", "steps_computed"}
 def spark_summary(spark, config: scale.SparkJobConfig, path: Path) -> dict:
     """Run the job on the module's session and write its summary as the command line does."""
     state = scale.run(spark, config, load(config.model), scale.SparkRunState())
-    job.write_summary(str(path), scale.summary(config, state, 0, None))
+    run_summary.write(str(path), scale.summary_of(config, state, 0, None))
     return json.loads(path.read_text())
 
 
@@ -501,7 +503,7 @@ def run_spark_cli(*args) -> tuple[int, list[str]]:
 
 def test_a_bad_model_exits_78_on_the_driver_before_spark_starts(tmp_path, monkeypatch):
     directory, _ = write_single_bad_row(tmp_path / "input")
-    monkeypatch.setattr(scale, "start_session", lambda config: pytest.fail("Spark started"))
+    monkeypatch.setattr(spark_session, "start_session", lambda config: pytest.fail("Spark started"))
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
     code, lines = run_spark_cli(directory, tmp_path / "out", "--model", tmp_path / "broken.onnx")
     assert code == 78
@@ -522,7 +524,7 @@ def test_a_bad_model_exits_78_on_the_driver_before_spark_starts(tmp_path, monkey
 def test_locations_are_refused_before_spark_starts(model_path, tmp_path, monkeypatch, make_output,
                                                    expected_code, expected):
     directory, _ = write_single_bad_row(tmp_path / "input")
-    monkeypatch.setattr(scale, "start_session", lambda config: pytest.fail("Spark started"))
+    monkeypatch.setattr(spark_session, "start_session", lambda config: pytest.fail("Spark started"))
     output = {"exists": tmp_path, "is_input": directory, "inside_input": directory / "out",
               "missing_input": tmp_path / "out"}[make_output]
     source = tmp_path / "nothing-here" if make_output == "missing_input" else directory
@@ -533,7 +535,7 @@ def test_locations_are_refused_before_spark_starts(model_path, tmp_path, monkeyp
 
 def test_a_run_that_fails_before_spark_starts_still_writes_its_summary(tmp_path, monkeypatch):
     directory, _ = write_single_bad_row(tmp_path / "input")
-    monkeypatch.setattr(scale, "start_session", lambda config: pytest.fail("Spark started"))
+    monkeypatch.setattr(spark_session, "start_session", lambda config: pytest.fail("Spark started"))
     missing = tmp_path / "missing.onnx"
     code, lines = run_spark_cli(directory, tmp_path / "out", "--model", missing,
                                 "--summary", tmp_path / "summary.json")

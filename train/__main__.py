@@ -20,6 +20,14 @@ of lengths 1..32 instead."""
 # The ragged example's fitting defaults: its long rows learn more slowly and less smoothly than
 # the 4-step default (measured: >= 0.99 test token accuracy in under 240 s on 2 cores).
 RAGGED_EXAMPLE_FIT = {"epochs": 85, "batch_size": 64, "learning_rate": 0.003, "patience": 10}
+# The flags of those four settings: (flag, type, metavar, what it sets); each help ends with both
+# defaults.
+FITTING_FLAGS = (
+    ("--epochs", positive_int, "N", "maximum epochs; early stopping may end sooner"),
+    ("--batch-size", positive_int, "N", "rows per gradient step"),
+    ("--learning-rate", float, "LR", "Adam learning rate"),
+    ("--patience", positive_int, "N", "epochs without a better validation loss before stopping"),
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,19 +60,11 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument("--units", type=positive_int, metavar="N",
                        help=f"units per LSTM layer (default {defaults.units})")
     fit = p.add_argument_group("fitting")
-    ragged = RAGGED_EXAMPLE_FIT
-    fit.add_argument("--epochs", type=positive_int, metavar="N",
-                     help=f"maximum epochs; early stopping may end sooner (default {defaults.epochs}; "
-                          f"ragged example {ragged['epochs']})")
-    fit.add_argument("--batch-size", type=positive_int, metavar="N",
-                     help=f"rows per gradient step (default {defaults.batch_size}; ragged example "
-                          f"{ragged['batch_size']})")
-    fit.add_argument("--learning-rate", type=float, metavar="LR",
-                     help=f"Adam learning rate (default {defaults.learning_rate}; ragged example "
-                          f"{ragged['learning_rate']})")
-    fit.add_argument("--patience", type=positive_int, metavar="N",
-                     help=f"epochs without a better validation loss before stopping (default "
-                          f"{defaults.patience}; ragged example {ragged['patience']})")
+    for flag, kind, metavar, text in FITTING_FLAGS:
+        name = flag[2:].replace("-", "_")
+        fit.add_argument(flag, type=kind, metavar=metavar,
+                         help=f"{text} (default {getattr(defaults, name)}; ragged example "
+                              f"{RAGGED_EXAMPLE_FIT[name]})")
     fit.add_argument("--seed", type=int, default=defaults.seed, metavar="N",
                      help=f"seed for the split, the weights and the shuffling (default {defaults.seed})")
     p.add_argument("--artifacts", default=defaults.artifacts, metavar="DIR",

@@ -1,0 +1,213 @@
+"""python -m score.spark's job: read INPUT, score it, write it through Spark's committer, merge
+the tasks' statistics, and under --max-psi publish only within the limit."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from score import job, storage, summary
+from score import model as models
+from score.core import BatchStats, ScoreOptions, empty_stats
+from score.errors import InputMissing, InvalidInput, OutputError, SeqscoreError, UsageError
+from score.spark.dataframe import DEFAULT_THREADS, score_frame
+from score.spark.failures import condition, spark_error
+from score.spark.hadoop import child, exists, remove_output, rename
+from score.spark.worker import StatsParam
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+@dataclass(frozen=True)
+class SparkJobConfig:
+    """One run of python -m score.spark."""
+
+    input: str  # a Parquet file or dataset (a path, or any URI Spark reads: s3a://, hdfs://)
+    output: str  # the Parquet dataset to create; it must not exist yet
+    model: str = "artifacts/model.onnx"  # the exported ONNX file as the driver reads it
+    options: ScoreOptions = field(default_factory=ScoreOptions)
+    threads: int = DEFAULT_THREADS  # onnxruntime intra-op threads per task
+    batch_size: int | None = None  # rows per Arrow batch; None: Spark's default (10,000)
+    master: str | None = None  # None: spark-submit's master, else local[*]
+    quiet: bool = False  # no line when done
+    summary: str | None = None  # where the driver writes the JSON summary (as python -m score)
+    max_psi: float | None = None  # publish only when no step's input or prediction PSI exceeds it
+
+
+@dataclass
+class SparkRunState:
+    """What the summary and the command line need after run(), also after a failure."""
+
+    started: float = field(default_factory=time.perf_counter)
+    started_at: str = field(default_factory=summary.utc_now)
+    scorer: models.Scorer | None = None
+    stats: BatchStats | None = None  # merged from every task that finished
+    drift: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+    spark: dict = field(default_factory=dict)  # master, application_id, partitions, spark_version
+    # Locations this run created (the dataset it wrote, OUTPUT once moved there): a failed run
+    # removes them. Never anything that existed before the run.
+    created: list[str] = field(default_factory=list)
+    published: bool = False  # OUTPUT holds this run's dataset, _SUCCESS included
+
+    @property
+    def rows(self) -> int:
+        return self.stats.rows if self.stats is not None else 0
+
+    @property
+    def rows_invalid(self) -> int:
+        return int(self.stats.rows - self.stats.reason_counts[0]) if self.stats is not None else 0
+
+
+def check_locations(config: SparkJobConfig) -> None:
+    """Refuse, before Spark starts, what the local job refuses (local paths only)."""
+    if storage.is_uri(config.input) or storage.is_uri(config.output):
+        if config.input.rstrip("/") == config.output.rstrip("/"):
+            raise UsageError(f"OUTPUT is INPUT ({config.output}); choose another output path")
+        return
+    source = os.path.abspath(storage.local_path(config.input))
+    target = os.path.abspath(storage.local_path(config.output))
+    if not os.path.exists(source):
+        raise InputMissing(f"{config.input}: no such file or directory")
+    if os.path.realpath(target) == os.path.realpath(source):
+        raise UsageError(f"OUTPUT is INPUT ({config.output}); choose another output path")
+    if os.path.realpath(target).startswith(os.path.realpath(source).rstrip(os.sep) + os.sep):
+        raise UsageError(
+            f"OUTPUT {config.output} is inside INPUT {config.input}; a later run would read "
+            f"its own output. Choose a directory outside the input"
+        )
+    if os.path.lexists(target):
+        raise output_exists(config.output)
+    if not os.path.isdir(os.path.dirname(target)):
+        raise OutputError(f"{config.output}: the parent directory does not exist")
+
+
+def output_exists(location: str) -> OutputError:
+    """Spark writes a new dataset: an OUTPUT that exists is refused (73)."""
+    return OutputError(
+        f"{location}: already exists; Spark writes a whole new dataset. Remove it or choose "
+        f"another path"
+    )
+
+
+def check_baseline(config: SparkJobConfig, scorer: models.Scorer) -> None:
+    """--max-psi needs the model's training baseline: refuse before any task runs, not after."""
+    if config.max_psi is not None and models.baseline(scorer) is None:
+        raise UsageError(f"--max-psi: the model {scorer.location} carries no training baseline")
+
+
+def run(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
+        state: SparkRunState | None = None) -> SparkRunState:
+    """Read INPUT, score it, write it through Spark's committer (which writes _SUCCESS last),
+    and merge the statistics every task gathered; under --max-psi, publish only within the limit.
+
+    Steps: 1. read INPUT and plan the scoring, with an accumulator for the tasks' stats;
+    2. write: to OUTPUT, or under --max-psi to a hidden staging sibling of OUTPUT; 3. merge the
+    stats and measure the drift (also after a failure: the summary shows what was scored);
+    4. under --max-psi, decide, then move the staged dataset to OUTPUT or remove it.
+
+    The stats come with the write itself, without a second pass and without rows on the driver:
+    the write is an action, its tasks are result tasks, and Spark's scheduler applies a result
+    task's accumulator update only for the first attempt of a partition to succeed, so retried
+    and speculative attempts are not counted twice.
+    Raises a SeqscoreError subclass on failure; Spark's own exceptions are translated.
+    """
+    state = state if state is not None else SparkRunState()
+    context = session.sparkContext
+    state.scorer = scorer
+    state.spark.update(master=context.master, application_id=context.applicationId,
+                       spark_version=session.version)
+    if config.batch_size is not None:
+        session.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.batch_size))
+    gated = config.max_psi is not None
+    target = staging_location(config.output, context.applicationId) if gated else config.output
+    accumulator = context.accumulator(empty_stats(scorer), StatsParam(empty_stats(scorer)))
+    try:
+        # 1. Planning only: no task runs before the write.
+        df = session.read.parquet(config.input)
+        try:
+            scored = score_frame(df, scorer, config.model, config.options, config.threads, accumulator)
+        except InvalidInput as error:
+            raise InvalidInput(f"{config.input}: {error}") from None
+        state.spark["partitions"] = scored.rdd.getNumPartitions()
+        # 2. The staging name is new; OUTPUT itself is checked now, not after scoring it all.
+        if gated and exists(session, config.output):
+            raise output_exists(config.output)
+        state.created.append(target)
+        scored.write.mode("errorifexists").parquet(target)
+    except SeqscoreError:
+        raise
+    except Exception as error:  # Py4J and PySpark exceptions, translated below
+        if condition(error) == "PATH_ALREADY_EXISTS" and target in state.created:
+            state.created.remove(target)  # Spark refused before writing: not ours to remove
+        translated = spark_error(error)
+        if translated is None:
+            raise
+        raise translated from None
+    finally:
+        # 3. Every finished task's stats are in: the scheduler applies them before the job ends.
+        state.stats = accumulator.value
+        state.drift = job.drift_report(scorer, state.stats)
+    if gated:
+        # 4. The local job's decision, on the merged stats, before anything is published.
+        try:
+            job.check_max_psi(config.input, scorer, state.stats, config.max_psi)
+        except InvalidInput:
+            remove_output(session, target)
+            state.created.remove(target)
+            raise
+        publish(session, target, config.output, state)
+    state.published = True
+    return state
+
+
+def staging_location(output: str, application_id: str) -> str:
+    """Where a run under --max-psi writes before it decides: a sibling of OUTPUT (the same file
+    system, so that publishing is a rename), hidden (Spark, Hadoop and pyarrow skip names that
+    start with '.'), and named after the Spark application that owns it."""
+    trimmed = output.rstrip("/")
+    if storage.is_uri(trimmed):
+        parent, _, name = trimmed.rpartition("/")
+        return f"{parent}/.{name}.seqscore-{application_id}.tmp"
+    parent, name = os.path.split(trimmed)
+    return os.path.join(parent, f".{name}.seqscore-{application_id}.tmp")
+
+
+def publish(session: SparkSession, staged: str, output: str, state: SparkRunState) -> None:
+    """Move the staged dataset to OUTPUT, _SUCCESS last.
+
+    Steps: 1. refuse an OUTPUT that appeared meanwhile (a rename would move the dataset into
+    it); 2. set the staged _SUCCESS aside; 3. rename the dataset to OUTPUT, one atomic rename on
+    a local disk or HDFS, a copy on S3; 4. put _SUCCESS back, so that a reader waiting for it
+    never sees a partial dataset, also where step 3 is a copy.
+    """
+    marker = child(staged, job.SUCCESS_FILE)
+    held = f"{staged.rstrip('/')}.{job.SUCCESS_FILE}"
+    if exists(session, output):
+        raise output_exists(output)
+    has_marker = exists(session, marker)
+    if has_marker:
+        state.created.append(held)
+        rename(session, marker, held)
+    state.created.append(output)
+    rename(session, staged, output)
+    state.created.remove(staged)
+    if has_marker:
+        rename(session, held, child(output, job.SUCCESS_FILE))
+        state.created.remove(held)
+
+
+def summary_of(config: SparkJobConfig, state: SparkRunState, exit_code: int,
+               error: str | None) -> dict:
+    """The --summary JSON: score.summary's, as the local job's, from the merged stats, with
+    `spark` (what only Spark knows) in place of the local job's `files`. rows_in counts the
+    rows of the tasks that finished: a failed task's rows are not known to the driver."""
+    spark = {"master": config.master, "application_id": None, "partitions": None,
+             "spark_version": None, **state.spark}
+    return summary.build(state, exit_code=exit_code, error=error, input_location=config.input,
+                         output_location=config.output, options=config.options,
+                         rows_in=state.rows, rows_out=state.rows if state.published else 0,
+                         run={"spark": spark})
