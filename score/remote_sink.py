@@ -14,15 +14,13 @@ multipart upload (never an object) under the hidden key; a bucket lifecycle rule
 
 from __future__ import annotations
 
-import os
 import posixpath
-import secrets
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from score import sink_common, storage
+from score import atomic, sink_common, storage
 from score.errors import OutputError, SeqscoreError, StorageError
 
 
@@ -50,7 +48,7 @@ class RemoteSink:
             raise storage.write_error(location, error) from None
         if info.type == pafs.FileType.Directory:
             raise OutputError(f"{location}: is a directory; expected a file path for the output")
-        self.temporary = posixpath.join(parent, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        self.temporary = posixpath.join(parent, atomic.hidden_name(name))
         try:
             self.stream = self.filesystem.open_output_stream(self.temporary)
         except OSError as error:

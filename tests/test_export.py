@@ -173,7 +173,8 @@ def test_graph_uses_the_fused_lstm_op_and_the_documented_io(exported):
     assert [opset.version for opset in model.opset_import if opset.domain in ("", "ai.onnx")] == [17]
 
     def described(value) -> tuple:
-        tensor = value.type.tensor_type
+        optional = value.type.HasField("optional_type")
+        tensor = (value.type.optional_type.elem_type if optional else value.type).tensor_type
         dims = tuple(d.dim_param or d.dim_value for d in tensor.shape.dim)
         return value.name, onnx.TensorProto.DataType.Name(tensor.elem_type), dims
 
@@ -190,8 +191,9 @@ def test_graph_uses_the_fused_lstm_op_and_the_documented_io(exported):
         ("seqscore_top_classes", "INT64", ("batch", "time", "k")),
         ("seqscore_step_sums", "FLOAT", ("batch", "time")),
     ]
-    # The new inputs are optional: each has an initializer (zeros; K = 1).
-    assert {value.name for value in model.graph.input[1:]} <= {t.name for t in model.graph.initializer}
+    # The new inputs are ONNX optional inputs (zeros; K = 1 when not fed), not initializers.
+    assert all(value.type.HasField("optional_type") for value in model.graph.input[1:])
+    assert not {value.name for value in model.graph.input} & {t.name for t in model.graph.initializer}
     assert "initial_h_i / initial_c_i" in model.doc_string and "seqscore_top_k" in model.doc_string
 
 
@@ -418,9 +420,9 @@ def nudged_bias(convert):
 
 @pytest.mark.slow
 def test_failed_parity_publishes_nothing_and_exits_70(copy, monkeypatch):
-    import export.core
+    import export.conversion
 
-    monkeypatch.setattr(export.core, "convert", nudged_bias(export.core.convert))
+    monkeypatch.setattr(export.conversion, "convert", nudged_bias(export.conversion.convert))
     failed = refused_with_nothing_published(
         copy,
         r"error: ONNX does not match Keras, nothing published: test_split: max \|p_onnx - p_keras\| "
@@ -446,13 +448,13 @@ def refused_with_nothing_published(copy, pattern: str) -> dict:
 
 @pytest.mark.slow
 def test_zero_tolerance_fails_parity(copy, monkeypatch):
-    import export.core
+    import export.parity
 
-    verify = export.core.verify
+    verify = export.parity.verify
     monkeypatch.setattr(
-        export.core, "verify",
-        lambda model, model_bytes, inputs, config, states: verify(
-            model, model_bytes, inputs, dataclasses.replace(config, tolerance=0.0), states
+        export.parity, "verify",
+        lambda model, model_bytes, inputs, tolerance, near_tie, states: verify(
+            model, model_bytes, inputs, 0.0, near_tie, states
         ),
     )
     before = published(copy)
@@ -516,7 +518,7 @@ def test_a_model_that_reads_later_steps_is_published_without_states(copy):
 
 
 def test_parity_error_is_a_one_line_seqscore_error():
-    from export.core import ParityError
+    from export.parity import ParityError
     from score.errors import EXIT_SOFTWARE, SeqscoreError
 
     assert issubclass(ParityError, SeqscoreError) and ParityError.exit_code == EXIT_SOFTWARE
@@ -605,7 +607,7 @@ def test_ragged_parity_covers_every_length_and_the_report_names_them(exported_ra
     assert carry["passed"] is True
     # Each length is cut after its first step, in its middle and before its last: 1..11 in all.
     assert carry["random"]["split_points"] == list(range(1, 12))
-    from export.core import verification_inputs
+    from export.parity import verification_inputs
 
     rows = verification_inputs(Spec.from_dict(read_json(artifacts / "spec.json")), str(artifacts), 4096, 0)
     for name in ("test_split", "random"):
@@ -647,7 +649,7 @@ def test_ragged_onnx_on_each_row_alone_equals_keras_on_that_row(exported_ragged)
 
 
 def test_the_parity_tolerance_holds_for_four_steps_then_grows_with_the_step():
-    from export.core import allowed_difference
+    from export.parity import allowed_difference
 
     assert allowed_difference(1e-5, 8).tolist() == pytest.approx([1e-5] * 4 + [1.25e-5, 1.5e-5, 1.75e-5, 2e-5])
 
@@ -791,9 +793,10 @@ def test_the_states_are_listed_in_layer_order_with_their_units():
 
 def test_a_client_feeding_only_x_gets_the_probabilities_of_the_graph_before_bit_for_bit(edited):
     before, after = edited.sessions()
-    assert [value.name for value in after.get_inputs()] == ["x"]
     optional = [name for state in edited.interface.states for name in (state.initial_h, state.initial_c)]
-    assert [value.name for value in after.get_overridable_initializers()] == optional + ["seqscore_top_k"]
+    assert [(value.name, value.type.startswith("optional(")) for value in after.get_inputs()] == [
+        ("x", False), *((name, True) for name in optional + ["seqscore_top_k"])]
+    assert after.get_overridable_initializers() == []
     for steps in (1, 4, 12):
         x = rows_of(steps)
         expected = before.run(["probabilities"], {"x": x})[0]
@@ -866,14 +869,17 @@ def test_the_graph_keeps_the_fused_lstm_and_loses_the_old_zeros_subgraph(edited)
     op_types = [node.op_type for node in after.graph.node]
     assert op_types.count("LSTM") == len(edited.interface.states) and not {"Loop", "Scan"} & set(op_types)
     # Before, tf2onnx's zeros (an Expand of a zero constant) start each LSTM; after, only the
-    # optional inputs are expanded and the only all-zero tensors left are those inputs.
+    # optional inputs' values (fed, or the zeros in their If) are expanded, and no all-zero
+    # initializer is left.
     initial = sorted(name for state in edited.interface.states for name in (state.initial_h, state.initial_c))
     assert expands_and_zero_initializers(before) != (initial, initial)
     expands, zeros = expands_and_zero_initializers(after)
-    assert (sorted(expands), sorted(zeros)) == (initial, initial)
+    assert (sorted(expands), zeros) == ([f"{name}_or_default" for name in initial], [])
     producers = {output: node for node in after.graph.node for output in node.output}
     for layer, node in enumerate(n for n in after.graph.node if n.op_type == "LSTM"):
-        assert [producers[name].input[0] for name in node.input[5:7]] == [f"initial_h_{layer}", f"initial_c_{layer}"]
+        assert [producers[name].input[0] for name in node.input[5:7]] == [
+            f"initial_h_{layer}_or_default", f"initial_c_{layer}_or_default"]
+        assert {producers[f"initial_{part}_{layer}_or_default"].op_type for part in "hc"} == {"If"}
         assert list(node.output[1:3]) == [f"final_h_{layer}", f"final_c_{layer}"]
     # Nothing is left that no output needs.
     read = {name for node in after.graph.node for name in node.input} | {o.name for o in after.graph.output}
@@ -887,7 +893,7 @@ def test_a_bidirectional_or_reversed_lstm_exposes_no_state(direction):
     assert edited.interface.states == ()
     assert edited.interface.states_withheld == f"LSTM layer 0 (lstm_0) runs {direction}"
     before, after = edited.sessions()
-    assert [value.name for value in after.get_overridable_initializers()] == ["seqscore_top_k"]
+    assert [value.name for value in after.get_inputs()] == ["x", "seqscore_top_k"]
     assert [value.name for value in after.get_outputs()] == [
         "probabilities", "seqscore_top_probabilities", "seqscore_top_classes", "seqscore_step_sums",
     ]
@@ -904,6 +910,48 @@ def test_an_opset_below_13_gets_no_interface():
     assert edited.after == edited.before
 
 
+def test_opsets_13_and_14_take_the_optional_inputs_as_initializers():
+    """ONNX has optional-typed inputs from opset 15 on; below, each optional input is an
+    initializer listed as a graph input (onnxruntime warns at load), left out the same way."""
+    edited = edit(lstm_graph((5,), opset=14))
+    before, after = edited.sessions()
+    assert [value.name for value in after.get_inputs()] == ["x"]
+    assert [value.name for value in after.get_overridable_initializers()] == [
+        "initial_h_0", "initial_c_0", "seqscore_top_k"]
+    x = rows_of(6)
+    np.testing.assert_array_equal(after.run(["probabilities"], {"x": x})[0],
+                                  before.run(["probabilities"], {"x": x})[0])
+
+
+def test_a_file_with_initializer_inputs_is_rewired_to_optional_inputs_bit_for_bit():
+    import onnx
+    import onnxruntime as ort
+
+    from export.graph import InterfaceError, rewire_optional_inputs
+
+    published = onnx.load_from_string(edit(lstm_graph((5, 3), opset=14)).after)
+    with pytest.raises(InterfaceError, match="opset 14 has no optional inputs"):
+        rewire_optional_inputs(onnx.load_from_string(published.SerializeToString()))
+    published.opset_import[0].version = 17  # as the fixtures were: opset 17, initializer inputs
+    rewired = onnx.load_from_string(published.SerializeToString())
+    names = ["initial_h_0", "initial_c_0", "initial_h_1", "initial_c_1", "seqscore_top_k"]
+    assert rewire_optional_inputs(rewired) == names
+    assert rewire_optional_inputs(rewired) == []  # nothing left to rewire
+    assert {tensor.name for tensor in rewired.graph.initializer} == {
+        tensor.name for tensor in published.graph.initializer} - set(names)
+    old, new = (ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+                for model in (published, rewired))
+    assert [(value.name, value.type.startswith("optional(")) for value in new.get_inputs()] == [
+        ("x", False), *((name, True) for name in names)]
+    outputs = [value.name for value in old.get_outputs()]
+    x, generator = rows_of(6, count=20), np.random.default_rng(3)
+    states = {name: generator.normal(size=(1, 20, 5 if name.endswith("0") else 3)).astype(np.float32)
+              for name in names[:-1]}
+    for feed in ({"x": x}, {"x": x, **states, "seqscore_top_k": np.array([3], np.int64)}):
+        for expected, actual in zip(old.run(outputs, feed), new.run(outputs, feed), strict=True):
+            np.testing.assert_array_equal(actual, expected)
+
+
 def test_a_graph_edited_before_is_refused():
     import onnx
 
@@ -917,7 +965,7 @@ def test_a_graph_edited_before_is_refused():
 def test_the_state_carry_check_fails_on_wrongly_wired_states():
     import onnx
 
-    from export.core import ParityRows, verify_state_carry
+    from export.parity import ParityRows, verify_state_carry
 
     edited = edit(onnx.load(str(MODEL_V1)))
     _, session = edited.sessions()
@@ -936,7 +984,7 @@ def test_the_state_carry_check_fails_on_wrongly_wired_states():
 def test_the_state_carry_check_runs_ragged_rows_one_length_at_a_time():
     import onnx
 
-    from export.core import ParityRows, verify_state_carry
+    from export.parity import ParityRows, verify_state_carry
 
     edited = edit(onnx.load(str(MODEL_V1)))
     _, session = edited.sessions()
@@ -951,7 +999,7 @@ def test_the_state_carry_check_runs_ragged_rows_one_length_at_a_time():
 def test_the_causality_check_tells_a_forward_lstm_from_a_reversed_one():
     import onnxruntime as ort
 
-    from export.core import ParityRows, later_steps_difference
+    from export.parity import ParityRows, later_steps_difference
 
     inputs = {"random": ParityRows(rows_of(6))}
     for direction, causal in (("forward", True), ("reverse", False)):
@@ -977,9 +1025,8 @@ def test_the_committed_fixtures_carry_the_interface_their_spec_lists(name):
     states = fixture_spec(path).states
     assert [state.units for state in states] == [16]  # `make fixture`: one layer of 16 units
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [value.name for value in session.get_inputs()] == ["x"]
-    assert [value.name for value in session.get_overridable_initializers()] == [
-        "initial_h_0", "initial_c_0", "seqscore_top_k"]
+    assert [value.name for value in session.get_inputs()] == ["x", "initial_h_0", "initial_c_0", "seqscore_top_k"]
+    assert session.get_overridable_initializers() == []  # optional inputs (rewire_fixtures.py)
     assert [value.name for value in session.get_outputs()] == [
         "probabilities", "final_h_0", "final_c_0", *HEAD_OUTPUTS]
     assert "LSTM" in {node.op_type for node in onnx.load(str(path)).graph.node}

@@ -373,19 +373,23 @@ def no_baseline_line(model_path) -> str:
 
 # Refusals: one line, the documented exit code, nothing published -------------------------------
 def test_a_parity_failure_is_exit_70_with_the_figures_in_the_failed_report(tmp_path, monkeypatch):
-    import export.imported
+    import export.source_checks
 
-    monkeypatch.setattr(export.imported, "PARITY_TOLERANCE", -1.0)  # no difference passes
+    monkeypatch.setattr(export.source_checks, "PARITY_TOLERANCE", -1.0)  # no difference passes
     result, _ = import_source(tmp_path, Source())
-    assert result.code == 70
-    [line] = result.lines
-    assert line.startswith("error: the wrapped model does not match the source, nothing published: "
-                           "random: max |p_published - p_source| = ")
-    published = tmp_path / "published"
-    assert sorted(path.name for path in published.iterdir()) == ["export_report.failed.json"]
-    failed = json.loads((published / "export_report.failed.json").read_text())
+    failed = refused_with_the_failed_report(tmp_path, result, "random: max |p_published - p_source| = ")
     assert (failed["published"], failed["checks"]["passed"]) == (False, False)
 
+
+def refused_with_the_failed_report(tmp_path, result, failure: str) -> dict:
+    """Exit 70 with one line whose first failure starts with ``failure``, and nothing but
+    export_report.failed.json in the output folder; return that report."""
+    assert result.code == 70
+    [line] = result.lines
+    assert line.startswith(f"error: the wrapped model does not match the source, nothing published: {failure}")
+    published = tmp_path / "published"
+    assert sorted(path.name for path in published.iterdir()) == ["export_report.failed.json"]
+    return json.loads((published / "export_report.failed.json").read_text())
 
 
 # --renormalize ---------------------------------------------------------------------------------
@@ -667,17 +671,11 @@ def test_a_keras_model_with_a_dynamic_time_axis_is_variable_length_and_checked_o
 
 @pytest.mark.slow
 def test_a_keras_conversion_that_differs_from_keras_is_exit_70(tmp_path, monkeypatch):
-    import export.imported
+    import export.source_checks
 
-    monkeypatch.setattr(export.imported, "KERAS_TOLERANCE", -1.0)  # no difference passes
+    monkeypatch.setattr(export.source_checks, "KERAS_TOLERANCE", -1.0)  # no difference passes
     result, _ = import_keras(tmp_path, ids_model(), "keras", "10..14", "0,2,4", "--max-length", MAX_LENGTH)
-    assert result.code == 70
-    [line] = result.lines
-    assert line.startswith("error: the wrapped model does not match the source, nothing published: "
-                           "keras random: max |p_onnx - p_keras| = ")
-    published = tmp_path / "published"
-    assert sorted(path.name for path in published.iterdir()) == ["export_report.failed.json"]
-    failed = json.loads((published / "export_report.failed.json").read_text())
+    failed = refused_with_the_failed_report(tmp_path, result, "keras random: max |p_onnx - p_keras| = ")
     assert failed["checks"]["keras"]["passed"] is False
 
 

@@ -551,7 +551,7 @@ def test_interrupt_exits_130_and_leaves_the_previous_artifacts(tmp_path, previou
 
 
 def test_publish_puts_the_previous_folder_back_if_the_final_rename_fails(tmp_path, previous, monkeypatch):
-    import train.core
+    from score.atomic import replace_directory
 
     staging = tmp_path / ".artifacts.tmp-x"
     staging.mkdir()
@@ -564,20 +564,20 @@ def test_publish_puts_the_previous_folder_back_if_the_final_rename_fails(tmp_pat
             raise OSError(errno.EXDEV, "Invalid cross-device link")
         return real_replace(source, target)
 
-    monkeypatch.setattr(train.core.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError):
-        train.core.publish_directory(str(staging), str(previous))
+        replace_directory(str(staging), str(previous))
     assert snapshot(previous) == before
     assert leftovers(tmp_path) == [".artifacts.tmp-x"]  # the caller removes its staging folder
 
 
 def test_publish_replaces_the_previous_folder(tmp_path, previous):
-    import train.core
+    from score.atomic import replace_directory
 
     staging = tmp_path / ".artifacts.tmp-y"
     staging.mkdir()
     (staging / "model.keras").write_bytes(b"new")
-    train.core.publish_directory(str(staging), str(previous))
+    replace_directory(str(staging), str(previous))
     assert snapshot(previous) == {"model.keras": b"new"}
     assert leftovers(tmp_path) == []
 

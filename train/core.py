@@ -6,12 +6,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from score import atomic
 from score.encoding import Encoder, RaggedSequences, RawSequences, to_padded
 from score.errors import InvalidInput, OutputError
 from score.monitor import Profile
@@ -173,45 +173,19 @@ def plot_curves(history: dict, path: str) -> None:
     from matplotlib import pyplot
 
     epochs = np.arange(1, len(history["loss"]) + 1)
-    figure, (loss_axis, accuracy_axis) = pyplot.subplots(1, 2, figsize=(10, 4))
-    loss_axis.plot(epochs, history["loss"], label="train")
-    loss_axis.plot(epochs, history["val_loss"], label="validation")
-    loss_axis.set_xlabel("epoch")
-    loss_axis.set_ylabel("sparse categorical cross-entropy")
-    loss_axis.set_title("Loss")
-    loss_axis.legend()
-    accuracy_axis.plot(epochs, history["accuracy"], label="train")
-    accuracy_axis.plot(epochs, history["val_accuracy"], label="validation")
-    accuracy_axis.set_xlabel("epoch")
-    accuracy_axis.set_ylabel("token accuracy")
-    accuracy_axis.set_title("Accuracy")
-    accuracy_axis.legend()
+    figure, axes = pyplot.subplots(1, 2, figsize=(10, 4))
+    panels = (("loss", "sparse categorical cross-entropy", "Loss"),
+              ("accuracy", "token accuracy", "Accuracy"))
+    for axis, (key, label, title) in zip(axes, panels, strict=True):
+        axis.plot(epochs, history[key], label="train")
+        axis.plot(epochs, history[f"val_{key}"], label="validation")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.set_title(title)
+        axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
-
-
-def publish_directory(staging: str, target: str) -> None:
-    """Move a complete staging folder into place, replacing the previous one.
-
-    The previous folder is renamed aside first and put back if the final rename fails, so the
-    target is always either the old folder or the new one.
-    """
-    previous = None
-    if os.path.exists(target):
-        previous = tempfile.mkdtemp(
-            prefix=f".{os.path.basename(target)}.old-", dir=os.path.dirname(target) or "."
-        )
-        os.rmdir(previous)
-        os.replace(target, previous)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        if previous:
-            os.replace(previous, target)
-        raise
-    if previous:
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def _write_artifacts(staging: str, model, spec: Spec, metrics: dict, profile: Profile,
@@ -404,17 +378,14 @@ def train(
     target = os.path.abspath(config.artifacts)
     try:
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        staging = tempfile.mkdtemp(
-            prefix=f".{os.path.basename(target)}.tmp-", dir=os.path.dirname(target)
-        )
+        staging = atomic.staging_directory(target)
     except OSError as error:
         raise OutputError(f"{target}: cannot create the artifacts folder ({error})") from None
     try:
         _write_artifacts(
             staging, model, spec, metrics, profile, _test_table(dataset, parts.test), history
         )
-        os.chmod(staging, 0o755)  # mkdtemp's 0o700 would hide the artifacts from other users
-        publish_directory(staging, target)
+        atomic.replace_directory(staging, target)
     except OSError as error:
         raise OutputError(f"{target}: cannot write the artifacts ({error})") from None
     finally:
