@@ -292,8 +292,9 @@ def verify_state_carry(session, states: tuple[StateTensors, ...],
     report: dict = {"tolerance": STATE_CARRY_TOLERANCE}
     failures = []
     for name, rows in inputs.items():
-        differences, splits, split_rows = [0.0], set(), 0
+        differences, splits, split_rows, defaults = [0.0], set(), 0, [0.0]
         for length, _, group in length_groups(rows):
+            defaults.append(check_default_states(session, states, group))
             whole = session.run([OUTPUT_NAME], {INPUT_NAME: group})[0]
             for split in split_points(length):
                 pieces = run_in_two_pieces(session, states, group, split)
@@ -301,13 +302,32 @@ def verify_state_carry(session, states: tuple[StateTensors, ...],
                 splits.add(split)
             split_rows += len(group) if length > 1 else 0
         worst = float(np.max(differences))  # NaN if any piece gave NaN: that fails below too
+        default = float(np.max(defaults))
         report[name] = {"rows": split_rows, "split_points": sorted(splits),
-                        "max_abs_difference": worst}
+                        "max_abs_difference": worst, "default_states_max_abs_difference": default}
         if not worst <= STATE_CARRY_TOLERANCE:
             failures.append(
                 f"{name}: max |p_pieces - p_whole| = {worst:.3g} > {STATE_CARRY_TOLERANCE:g} "
                 f"(split after steps {', '.join(str(split) for split in sorted(splits))})"
             )
+        if not default <= STATE_CARRY_TOLERANCE:
+            failures.append(f"{name}: states left out differ from zeros fed by up to {default:.3g} "
+                            f"> {STATE_CARRY_TOLERANCE:g}")
     report["passed"] = not failures
     report["failures"] = failures
     return report
+
+
+def check_default_states(session, states: tuple[StateTensors, ...], indices: np.ndarray) -> float:
+    """The largest difference between a run fed only ``x`` and the same run fed zeros for every
+    layer's initial state, over the probabilities and the final states: 0 when a state left out
+    is zeros, as the interface promises a client that feeds only ``x``.
+
+    ``indices``: encoded rows (rows, steps) of the model's index type. NaN in either run gives NaN.
+    """
+    names = [OUTPUT_NAME, *(name for state in states for name in (state.final_h, state.final_c))]
+    zeros = {name: np.zeros((1, len(indices), state.units), np.float32)
+             for state in states for name in (state.initial_h, state.initial_c)}
+    omitted = session.run(names, {INPUT_NAME: indices})
+    fed = session.run(names, {INPUT_NAME: indices, **zeros})
+    return float(np.max([np.abs(left - right).max() for left, right in zip(omitted, fed, strict=True)]))

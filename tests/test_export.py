@@ -129,6 +129,7 @@ def test_export_report_figures(exported):
     for name, rows in (("test_split", 200), ("random", 4096)):
         assert carry[name]["rows"] == rows and carry[name]["split_points"] == [1, 2, 3]
         assert 0 <= carry[name]["max_abs_difference"] <= 1e-6
+        assert carry[name]["default_states_max_abs_difference"] == 0.0  # states left out are zeros
     assert report["scoring_interface"] == {
         "states": [{"units": 64, "initial_h": f"initial_h_{layer}", "initial_c": f"initial_c_{layer}",
                     "final_h": f"final_h_{layer}", "final_c": f"final_c_{layer}"} for layer in (0, 1)],
@@ -972,7 +973,8 @@ def test_the_state_carry_check_fails_on_wrongly_wired_states():
     (state,) = edited.interface.states
     inputs = {"random": ParityRows(rows_of(4, classes=11))}
     right = verify_state_carry(session, (state,), inputs)
-    assert right["random"] == {"rows": 300, "split_points": [1, 2, 3], "max_abs_difference": 0.0}
+    assert right["random"] == {"rows": 300, "split_points": [1, 2, 3], "max_abs_difference": 0.0,
+                               "default_states_max_abs_difference": 0.0}
     assert (right["passed"], right["failures"]) == (True, [])
     swapped = dataclasses.replace(state, initial_h=state.initial_c, initial_c=state.initial_h)
     wrong = verify_state_carry(session, (swapped,), inputs)
@@ -992,7 +994,8 @@ def test_the_state_carry_check_runs_ragged_rows_one_length_at_a_time():
     indices = np.where(np.arange(9) < lengths[:, None], rows_of(9, count=7, classes=11), 0).astype(np.int32)
     carry = verify_state_carry(session, edited.interface.states, {"test_split": ParityRows(indices, lengths)})
     # Length 1 cannot be cut; 2: after 1; 5: after 1, 2, 4; 9: after 1, 4, 8.
-    assert carry["test_split"] == {"rows": 6, "split_points": [1, 2, 4, 8], "max_abs_difference": 0.0}
+    assert carry["test_split"] == {"rows": 6, "split_points": [1, 2, 4, 8], "max_abs_difference": 0.0,
+                                   "default_states_max_abs_difference": 0.0}
     assert carry["passed"] is True
 
 

@@ -207,7 +207,7 @@ CAUSAL = [
     pytest.param(Source(cell="GRU", time_major=True, axis_names=("N", "time")), 0, id="gru_time_major_ids"),
     pytest.param(Source(one_hot=True), 1, id="lstm_one_hot_float"),
     pytest.param(Source(head="softmax", time_major=True, axis_names=("b", "steps")), 1, id="lstm_softmax_out"),
-    # Below opset 13 the graph gets no heads or states; the scorer adds the heads at load time.
+    # Below opset 13 the graph gets no heads or states; the scorer takes numpy's top-k for it.
     pytest.param(Source(opset=11), 0, id="lstm_opset_11"),
     pytest.param(Source(state_outputs=True), 1, id="lstm_with_h_n_c_n_outputs"),
 ]

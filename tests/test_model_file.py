@@ -54,7 +54,7 @@ def test_x_alone_gives_the_probabilities_and_the_heads(path):
 
 @pytest.mark.parametrize("path", FILES)
 def test_states_left_out_equal_zeros_fed(path):
-    from export.state_checks import check_default_states
+    from export.parity import check_default_states
 
     states = load(str(path)).spec.states
     assert states
@@ -62,7 +62,7 @@ def test_states_left_out_equal_zeros_fed(path):
 
 
 def test_the_default_states_check_sees_a_default_that_is_not_zeros():
-    from export.state_checks import check_default_states
+    from export.parity import check_default_states
 
     class OffByOne:
         """A session whose state left out is ones: what a wrong default would give."""
