@@ -206,10 +206,28 @@ def test_embedded_default_follows_its_rule():
     np.testing.assert_array_equal(dataset.y, np.cumsum(dataset.x, axis=1) % 25)
 
 
+def test_write_parquet_makes_the_folder(tmp_path):
+    path = tmp_path / "data" / "fresh.parquet"
+    data.write_parquet(data.default_dataset(rows=5), str(path))
+    assert pq.read_table(path).num_rows == 5
+
+
 def test_write_default_round_trips(tmp_path):
     path = str(tmp_path / "default.parquet")
     data.write_parquet(data.default_dataset(rows=50), path)
     assert data.read_parquet(path).fingerprint() == data.default_dataset(rows=50).fingerprint()
+
+
+@pytest.mark.parametrize("name", data.EXAMPLES)
+def test_another_seed_draws_fresh_rows_by_the_same_rule(name):
+    embedded, fresh = data.example_dataset(name), data.example_dataset(name, seed=1)
+    assert embedded.fingerprint() == data.example_dataset(name, seed=0).fingerprint()  # the default
+    assert fresh.fingerprint() != embedded.fingerprint()
+    assert fresh.source == f"{embedded.source} (seed 1)"
+    assert fresh.x.shape == embedded.x.shape
+    mask = fresh.mask
+    np.testing.assert_array_equal(fresh.y, np.where(mask, np.cumsum(fresh.x, axis=1) % 25, 0))
+    assert set(fresh.x[mask].tolist()) == set(range(11))
 
 
 def test_fingerprint_depends_on_values_and_shape_only():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -100,7 +101,7 @@ def default_dataset(rows: int = DEFAULT_ROWS, seed: int = 0) -> Dataset:
     generator = np.random.default_rng(seed)
     x = generator.integers(0, 11, size=(rows, DEFAULT_SEQ_LEN), dtype=np.int64)
     y = np.cumsum(x, axis=1) % 25
-    return Dataset(x, y, "the embedded default")
+    return Dataset(x, y, _embedded("the embedded default", seed))
 
 
 def ragged_dataset(rows: int = RAGGED_ROWS, seed: int = 0, max_len: int = RAGGED_MAX_LEN) -> Dataset:
@@ -111,12 +112,17 @@ def ragged_dataset(rows: int = RAGGED_ROWS, seed: int = 0, max_len: int = RAGGED
     real = np.arange(max_len) < lengths[:, None]
     x = np.where(real, generator.integers(0, 11, size=(rows, max_len), dtype=np.int64), 0)
     y = np.where(real, np.cumsum(x, axis=1) % 25, 0)
-    return Dataset(x, y, "the embedded ragged example", lengths)
+    return Dataset(x, y, _embedded("the embedded ragged example", seed), lengths)
 
 
-def example_dataset(name: str) -> Dataset:
-    """One of the embedded EXAMPLES by name."""
-    return ragged_dataset() if name == "ragged" else default_dataset()
+def example_dataset(name: str, seed: int = 0) -> Dataset:
+    """One of the embedded EXAMPLES by name; another seed draws fresh rows by the same rule."""
+    return ragged_dataset(seed=seed) if name == "ragged" else default_dataset(seed=seed)
+
+
+def _embedded(name: str, seed: int) -> str:
+    """What a message calls an embedded dataset: seed 0 is the one training uses."""
+    return name if seed == 0 else f"{name} (seed {seed})"
 
 
 def to_table(dataset: Dataset) -> pa.Table:
@@ -139,6 +145,8 @@ def list_column(values: np.ndarray, lengths: np.ndarray | None = None) -> pa.Arr
 
 
 def write_parquet(dataset: Dataset, path: str) -> None:
+    """Write the dataset to a local Parquet file, making its folder first (`data/`, say)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(to_table(dataset), path)
 
 
