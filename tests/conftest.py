@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -142,3 +143,39 @@ def run_module(module: str, *args: str, timeout: float = 300, env: dict | None =
         [sys.executable, "-m", module, *[str(a) for a in args]],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env, **kwargs,
     )
+
+
+def run_train(*args) -> CliResult:
+    """`python -m train ARGS` in-process."""
+    from train.__main__ import main
+
+    return run_main(main, *args)
+
+
+@pytest.fixture(scope="session")
+def ragged_scorer():
+    """The committed variable-length fixture model, loaded as the job loads it."""
+    from score.model import load
+
+    return load(str(RAGGED_MODEL))
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def small_default(path: Path, rows: int) -> str:
+    """The first ``rows`` rows of the embedded default dataset, written to ``path``."""
+    from train import data
+
+    data.write_parquet(data.default_dataset(rows=rows), str(path))
+    return str(path)
+
+
+def assert_refused(result: CliResult, code: int, line: str, *absent: Path) -> None:
+    """A refusal: the exit code, exactly one line on stderr and nothing on stdout; none of
+    ``absent`` exists and no temporary file is left beside it (nothing was published)."""
+    assert (result.code, result.lines, result.stdout) == (code, [line], ""), result.stderr
+    for path in map(Path, absent):
+        assert not path.exists(), f"{path} was published"
+        assert [p.name for p in path.parent.iterdir() if ".tmp-" in p.name] == []

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import FIXTURES, PARQUET_FUZZ, ROOT, random_x, run_score, write_x
+from conftest import FIXTURES, PARQUET_FUZZ, ROOT, assert_refused, random_x, run_score, write_x
 
 MALFORMED = FIXTURES / "malformed"
 X_RANGE = "(0..10)"
@@ -35,13 +35,6 @@ def digest(path: Path) -> str:
 def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in Path(directory).iterdir() if ".tmp-" in p.name)
 
-
-def assert_refused(result, code: int, line: str, output: Path) -> None:
-    assert result.code == code, result.stderr
-    assert result.lines == [line]
-    assert "Traceback" not in result.stderr
-    assert not output.exists()
-    assert leftovers(output.parent) == []
 
 
 # Row problems ---------------------------------------------------------------------------------------

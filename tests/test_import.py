@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import CliResult, run_export, run_score
+from conftest import CliResult, assert_refused, run_export, run_score
 from onnx import TensorProto, helper, numpy_helper
 
 from score.errors import ModelError
@@ -277,7 +277,7 @@ def test_a_wrong_time_axis_is_refused_as_rows_that_are_not_independent(tmp_path)
                            f"changes the other rows' outputs by up to ")
     assert line.endswith(": axis 1 of input 'input' is not its time axis (pass --time-axis 0), or the "
                          "model mixes the rows of a batch, which scoring cannot take")
-    assert_refused(tmp_path, result, 78, line)
+    assert_refused(result, 78, line, tmp_path / "published")
 
 
 def test_the_time_axis_flag_overrides_the_axis_names(tmp_path):
@@ -429,25 +429,19 @@ def test_renormalize_refuses_steps_whose_scores_sum_to_zero(tmp_path):
     onnx.save_model(model, str(tmp_path / "source.onnx"))
     result = run_export("--onnx", tmp_path / "source.onnx", "--x-values", "10..14", "--y-values", "0,2,4",
                         "--output", tmp_path / "published" / "model.onnx", "--renormalize")
-    assert_refused(tmp_path, result, 78,
+    assert_refused(result, 78,
                    f"error: --onnx {tmp_path / 'source.onnx'}: --renormalize, but at 80 of 80 probed steps "
                    f"every output is 0, so their sum is 0 and dividing by it is undefined; export the "
-                   f"model's logits instead (then pass --outputs logits)")
+                   f"model's logits instead (then pass --outputs logits)", tmp_path / "published")
 
-
-def assert_refused(tmp_path, result: CliResult, code: int, line: str) -> None:
-    assert result.code == code
-    assert result.lines == [line]
-    assert result.stdout == ""
-    assert not (tmp_path / "published").exists()
 
 
 def test_two_required_inputs_are_refused(tmp_path):
     result, _ = import_source(tmp_path, Source(extra_input=True))
-    assert_refused(tmp_path, result, 78,
+    assert_refused(result, 78,
                    f"error: --onnx {tmp_path / 'source.onnx'}: the model has 2 required inputs (input, "
                    f"lengths); expected one, the sequence (an initial state or a length must have a "
-                   f"default, or be left out)")
+                   f"default, or be left out)", tmp_path / "published")
 
 
 def test_sigmoid_outputs_are_refused_as_not_a_distribution(tmp_path):
@@ -461,7 +455,7 @@ def test_sigmoid_outputs_are_refused_as_not_a_distribution(tmp_path):
         "so argmax would still name the top class but the probabilities would not be comparable "
         "across steps; export logits or a softmax, pass --renormalize to divide them by their sum per "
         "step (scores, not calibrated probabilities), or, if these are logits, pass --outputs logits")
-    assert_refused(tmp_path, result, 78, line)
+    assert_refused(result, 78, line, tmp_path / "published")
 
 
 @pytest.mark.parametrize(("source", "flags", "line"), [
@@ -472,7 +466,7 @@ def test_sigmoid_outputs_are_refused_as_not_a_distribution(tmp_path):
 ])
 def test_a_class_count_that_does_not_match_the_value_sets_is_refused(tmp_path, source, flags, line):
     result, _ = import_source(tmp_path, source, *flags)
-    assert_refused(tmp_path, result, 78, f"error: --onnx {tmp_path / 'source.onnx'}: {line}")
+    assert_refused(result, 78, f"error: --onnx {tmp_path / 'source.onnx'}: {line}", tmp_path / "published")
 
 
 def test_logits_declared_as_probabilities_are_refused(tmp_path):
@@ -482,7 +476,7 @@ def test_logits_declared_as_probabilities_are_refused(tmp_path):
     assert line.startswith(f"error: --onnx {tmp_path / 'source.onnx'}: --outputs probabilities, but the "
                            f"outputs range over [")
     assert line.endswith("]; pass --outputs logits if they are logits")
-    assert_refused(tmp_path, result, 78, line)
+    assert_refused(result, 78, line, tmp_path / "published")
 
 
 def test_a_reference_value_outside_the_x_values_is_exit_65(tmp_path):
@@ -501,10 +495,10 @@ def test_a_custom_operator_domain_is_refused(tmp_path):
     onnx.save_model(model, str(tmp_path / "source.onnx"))
     result = run_export("--onnx", tmp_path / "source.onnx", "--x-values", "10..14", "--y-values", "0,2,4",
                         "--output", tmp_path / "published" / "model.onnx")
-    assert_refused(tmp_path, result, 78,
+    assert_refused(result, 78,
                    f"error: --onnx {tmp_path / 'source.onnx'}: the model uses operator domain(s) "
                    f"com.example, which onnxruntime does not ship; only (default), ai.onnx, ai.onnx.ml, "
-                   f"com.microsoft are allowed")
+                   f"com.microsoft are allowed", tmp_path / "published")
 
 
 def test_an_input_without_a_time_axis_is_refused(tmp_path):
@@ -513,15 +507,15 @@ def test_an_input_without_a_time_axis_is_refused(tmp_path):
     onnx.save_model(model, str(tmp_path / "source.onnx"))
     result = run_export("--onnx", tmp_path / "source.onnx", "--x-values", "10..14", "--y-values", "0,2,4",
                         "--output", tmp_path / "published" / "model.onnx")
-    assert_refused(tmp_path, result, 78,
+    assert_refused(result, 78,
                    f"error: --onnx {tmp_path / 'source.onnx'}: input 'input' has rank 1, so no time "
-                   f"axis; expected (batch, time) class indices or (batch, time, classes) one-hot floats")
+                   f"axis; expected (batch, time) class indices or (batch, time, classes) one-hot floats", tmp_path / "published")
 
 
 def test_a_missing_source_is_exit_66(tmp_path):
     result = run_export("--onnx", tmp_path / "absent.onnx", "--x-values", "10..14", "--y-values", "0,2,4",
                         "--output", tmp_path / "published" / "model.onnx")
-    assert_refused(tmp_path, result, 66, f"error: --onnx {tmp_path / 'absent.onnx'}: not found")
+    assert_refused(result, 66, f"error: --onnx {tmp_path / 'absent.onnx'}: not found", tmp_path / "published")
 
 
 @pytest.mark.parametrize(("flags", "message"), [
@@ -683,11 +677,11 @@ def test_a_keras_conversion_that_differs_from_keras_is_exit_70(tmp_path, monkeyp
 @pytest.mark.parametrize("mask", ["mask_zero", "masking"])
 def test_a_masked_keras_model_is_refused_as_a_loop(tmp_path, mask):
     result, _ = import_keras(tmp_path, ids_model(mask), "keras", "10..14", "0,2,4")
-    assert_refused(tmp_path, result, 78,
+    assert_refused(result, 78,
                    f"error: --keras {tmp_path / 'source.keras'}: tf2onnx turned the recurrence into Loop "
                    f"instead of the fused LSTM/GRU op, as it does for a mask (a Masking layer or "
                    f"Embedding(mask_zero=True)) or recurrent dropout; onnxruntime would run it step by "
-                   f"step. Remove the mask (scoring never pads a row's real steps) and save the model again")
+                   f"step. Remove the mask (scoring never pads a row's real steps) and save the model again", tmp_path / "published")
 
 
 @pytest.mark.slow
@@ -702,10 +696,10 @@ def test_a_keras_model_with_an_unknown_custom_layer_is_refused(tmp_path):
     hidden = Doubled()(keras.layers.Embedding(len(X_VALUES), 3)(inputs))
     model = keras.Model(inputs, keras.layers.Dense(len(Y_VALUES), activation="softmax")(hidden))
     result, _ = import_keras(tmp_path, model, "keras", "10..14", "0,2,4")
-    assert_refused(tmp_path, result, 78,
+    assert_refused(result, 78,
                    f"error: --keras {tmp_path / 'source.keras'}: Keras cannot deserialize a custom layer or "
                    f"object without its code (Could not locate class 'Doubled'); export the model to ONNX "
-                   f"where its code is importable, and pass --onnx")
+                   f"where its code is importable, and pass --onnx", tmp_path / "published")
 
 
 def test_keras_usage_errors_are_exit_2(tmp_path):
@@ -721,7 +715,7 @@ def test_keras_usage_errors_are_exit_2(tmp_path):
 def test_a_missing_keras_file_is_exit_66(tmp_path):
     result = run_export("--keras", tmp_path / "absent.keras", "--x-values", "0..3", "--y-values", "0..2",
                         "--output", tmp_path / "published" / "model.onnx")
-    assert_refused(tmp_path, result, 66, f"error: --keras {tmp_path / 'absent.keras'}: not found")
+    assert_refused(result, 66, f"error: --keras {tmp_path / 'absent.keras'}: not found", tmp_path / "published")
 
 
 def test_a_spec_that_is_not_causal_takes_one_length_and_no_state():

@@ -8,21 +8,18 @@ marked slow. The full default run (>= 0.99 test token accuracy in under 120 s) i
 from __future__ import annotations
 
 import errno
-import io
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, CliResult, list_array, run_module
+from conftest import ROOT, CliResult, list_array, read_json, run_module, run_train, small_default
 
 from score.encoding import Encoder, sequences_from_list
 from score.monitor import CONFIDENCE_BINS, Profile
@@ -45,18 +42,6 @@ def assert_same_artifacts(first, second) -> None:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
-def run_train(*args) -> CliResult:
-    """`python -m train ARGS` in-process through main(argv), output captured."""
-    from train.__main__ import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exit_:  # argparse
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    return CliResult(code, out.getvalue(), err.getvalue())
-
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
@@ -76,9 +61,6 @@ def previous(tmp_path) -> Path:
         (folder / name).write_bytes(f"previous {name}\n".encode() + os.urandom(16))
     return folder
 
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 def write_xy(path: Path, x, y, x_type=None, y_type=None, **extra) -> str:
@@ -494,12 +476,16 @@ def test_write_default(tmp_path):
     assert data.read_parquet(str(path)).fingerprint() == data.default_dataset().fingerprint()
 
 
-# Atomicity: a failing run leaves the previous artifacts byte for byte, and no staging folder ----------
-def small_default(folder: Path) -> str:
-    path = str(folder / "small.parquet")
-    data.write_parquet(data.default_dataset(rows=300), path)
-    return path
+def test_write_default_with_another_seed_draws_fresh_rows(tmp_path):
+    path = tmp_path / "fresh.parquet"
+    result = run_train("--write-default", path, "--seed", "1")
+    assert (result.code, result.stdout) == (0, f"wrote 10000 rows of the embedded default (seed 1) to {path}\n")
+    fresh = data.read_parquet(str(path)).fingerprint()
+    assert fresh == data.example_dataset("default", seed=1).fingerprint()
+    assert fresh != data.default_dataset().fingerprint()
 
+
+# Atomicity: a failing run leaves the previous artifacts byte for byte, and no staging folder ----------
 
 @pytest.mark.slow
 def test_exception_while_saving_leaves_the_previous_artifacts(tmp_path, previous, monkeypatch):
@@ -512,7 +498,7 @@ def test_exception_while_saving_leaves_the_previous_artifacts(tmp_path, previous
     before = snapshot(previous)
     config = train.core.TrainConfig(artifacts=str(previous), lstm_layers=1, units=8, epochs=1, verbose=0)
     with pytest.raises(RuntimeError, match="injected failure"):
-        train.core.train(config, data.read_parquet(small_default(tmp_path)))
+        train.core.train(config, data.read_parquet(small_default(tmp_path / "small.parquet", 300)))
     assert snapshot(previous) == before
     assert leftovers(tmp_path) == []
 
@@ -526,7 +512,7 @@ def test_disk_full_while_saving_exits_73_and_leaves_the_previous_artifacts(tmp_p
 
     monkeypatch.setattr(train.core, "_write_json", full)
     before = snapshot(previous)
-    result = run_train("--data", small_default(tmp_path), "--artifacts", previous, *TINY, "--epochs", "1")
+    result = run_train("--data", small_default(tmp_path / "small.parquet", 300), "--artifacts", previous, *TINY, "--epochs", "1")
     assert result.code == 73
     assert len(result.lines) == 1
     assert result.lines[0].startswith(f"error: {previous}: cannot write the artifacts ([Errno 28] ")
@@ -542,7 +528,7 @@ def test_interrupt_exits_130_and_leaves_the_previous_artifacts(tmp_path, previou
 
     monkeypatch.setattr(train.model, "build_model", interrupted)
     before = snapshot(previous)
-    result = run_train("--data", small_default(tmp_path), "--artifacts", previous, *TINY)
+    result = run_train("--data", small_default(tmp_path / "small.parquet", 300), "--artifacts", previous, *TINY)
     assert (result.code, result.lines) == (
         130, ["error: interrupted; the previous artifacts are unchanged"]
     )
@@ -585,7 +571,7 @@ def test_publish_replaces_the_previous_folder(tmp_path, previous):
 # In a subprocess: real exit codes, nothing but the report on the terminal, a plain Keras session ----
 @pytest.mark.slow
 def test_subprocess_training_prints_only_the_report(tmp_path):
-    source = small_default(tmp_path)
+    source = small_default(tmp_path / "small.parquet", 300)
     artifacts = tmp_path / "artifacts"
     # Two epochs: TensorFlow used to log a C++ error from the second epoch on.
     result = run_module("train", "--data", source, "--artifacts", artifacts, *TINY, "--epochs", "2")

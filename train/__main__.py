@@ -66,7 +66,8 @@ def parser() -> argparse.ArgumentParser:
                          help=f"{text} (default {getattr(defaults, name)}; ragged example "
                               f"{RAGGED_EXAMPLE_FIT[name]})")
     fit.add_argument("--seed", type=int, default=defaults.seed, metavar="N",
-                     help=f"seed for the split, the weights and the shuffling (default {defaults.seed})")
+                     help=f"seed for the split, the weights and the shuffling (default {defaults.seed}); "
+                          f"with --write-default, the seed of the rows written (0: the embedded rows)")
     p.add_argument("--artifacts", default=defaults.artifacts, metavar="DIR",
                    help=f"where to write the artifacts (default {defaults.artifacts})")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
@@ -83,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     from train.core import PRESETS, TrainConfig, print_report, train
 
     if args.write_default:
-        dataset = data.example_dataset(args.example)
+        dataset = data.example_dataset(args.example, seed=args.seed)
         data.write_parquet(dataset, args.write_default)
         print(f"wrote {len(dataset.x)} rows of {dataset.source} to {args.write_default}")
         return 0
