@@ -20,19 +20,25 @@ EXIT_SIGTERM = 143  # terminated (SIGTERM)
 
 
 class SeqscoreError(Exception):
-    """Base of every error a person can act on; ``str()`` is the one line to print."""
+    """Base of every error a person can act on; ``str()`` is the one line to print.
+
+    A subclass names its exit code in its class line: ``class X(SeqscoreError, exit_code=...)``.
+    """
 
     exit_code = EXIT_SOFTWARE
 
+    def __init_subclass__(cls, exit_code: int | None = None, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
-class UsageError(SeqscoreError):
-    exit_code = EXIT_USAGE
+
+class UsageError(SeqscoreError, exit_code=EXIT_USAGE):
+    """A bad command line, or OUTPUT is INPUT."""
 
 
-class InvalidInput(SeqscoreError):
+class InvalidInput(SeqscoreError, exit_code=EXIT_DATAERR):
     """The data is not what the model takes: bad rows, a missing column, not Parquet."""
-
-    exit_code = EXIT_DATAERR
 
 
 class InvalidRow(InvalidInput):
@@ -45,30 +51,24 @@ class InvalidRow(InvalidInput):
         self.detail = detail
 
 
-class InputMissing(SeqscoreError):
-    exit_code = EXIT_NOINPUT
+class InputMissing(SeqscoreError, exit_code=EXIT_NOINPUT):
+    """INPUT does not exist."""
 
 
-class InputPermission(SeqscoreError):
-    exit_code = EXIT_NOPERM
+class InputPermission(SeqscoreError, exit_code=EXIT_NOPERM):
+    """No permission to read INPUT."""
 
 
-class OutputError(SeqscoreError):
+class OutputError(SeqscoreError, exit_code=EXIT_CANTCREAT):
     """OUTPUT cannot be created: missing parent, a directory in the way, no permission."""
 
-    exit_code = EXIT_CANTCREAT
 
-
-class StorageError(SeqscoreError):
+class StorageError(SeqscoreError, exit_code=EXIT_IOERR):
     """Disk full or another I/O error while reading or writing; may succeed on a retry."""
 
-    exit_code = EXIT_IOERR
 
-
-class ModelError(SeqscoreError):
+class ModelError(SeqscoreError, exit_code=EXIT_CONFIG):
     """The model file cannot be used: missing, corrupt, tampered with, or not matching its spec."""
-
-    exit_code = EXIT_CONFIG
 
 
 class Interrupted(SeqscoreError):
