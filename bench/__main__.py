@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-variants",
         action="store_true",
-        help="skip the candidate changes to score/ (bench.variant)",
+        help="skip the job with each optimisation switched off (bench.variant)",
     )
     p.add_argument(
         "--only",
@@ -74,7 +74,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from bench import report
-    from bench.run import QUICK, BenchConfig, run_benchmark
+    from bench.figures import QUICK, BenchConfig
+    from bench.run import run_benchmark
 
     config = QUICK if args.quick else BenchConfig()
     if args.threads:

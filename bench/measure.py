@@ -74,7 +74,7 @@ def job_command(
     variant: tuple[str, ...] | None = None,
     summary: str | None = None,
 ) -> list[str]:
-    """`python -m score IN OUT --quiet ...`; or through bench.variant with ``variant``'s patches."""
+    """`python -m score IN OUT --quiet ...`; or through bench.variant with ``variant``'s switches."""
     arguments = [
         workload.path,
         output,
@@ -112,6 +112,31 @@ def run_job(
         os.unlink(output)
         runs.append(JobRun(workload.rows, child.seconds, child.peak_rss_mb))
     return fastest(runs)
+
+
+def try_job(
+    workload: Workload,
+    work: str,
+    threads: int,
+    variant: tuple[str, ...],
+    batch_size: int | None = None,
+    summary: str | None = None,
+) -> JobRun | str:
+    """run_job through bench.variant, or the reason it failed (its last line), not fatal."""
+    try:
+        return run_job(workload, work, threads, batch_size=batch_size, variant=variant,
+                       summary=summary)
+    except BenchError as error:
+        return f"failed: {str(error).splitlines()[-1].strip()}"
+
+
+def summary_steps(summary_path: str) -> dict[str, int]:
+    """The step and row counts of a job's --summary (and the file removed)."""
+    with open(summary_path) as handle:
+        summary = json.load(handle)
+    os.unlink(summary_path)
+    names = ("steps_scored", "steps_computed", "distinct_sequences_scored", "rows_in")
+    return {name: int(summary[name]) for name in names if summary.get(name) is not None}
 
 
 def fastest(runs: list[JobRun]) -> JobRun:

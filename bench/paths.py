@@ -23,7 +23,8 @@ TOP_K = 3
 
 def encoded_rows(model_dir: str, data: str, rows: int, index_dtype: type) -> np.ndarray:
     """The first ``rows`` rows of ``data`` as class indices, through the scoring contract."""
-    from score.encoding import Encoder, sequences_from_list
+    from score.encoding import Encoder
+    from score.sequences import sequences_from_list
     from score.spec import Spec
 
     with open(os.path.join(model_dir, "spec.json")) as handle:
@@ -111,7 +112,8 @@ def ragged_rows(
     model_dir: str, data: str, rows: int, index_dtype: type
 ) -> tuple[np.ndarray, np.ndarray]:
     """The first ``rows`` rows of any length as flat class indices and offsets (rows + 1)."""
-    from score.encoding import Encoder, ragged_from_list
+    from score.encoding import Encoder
+    from score.sequences import ragged_from_list
     from score.spec import Spec
 
     with open(os.path.join(model_dir, "spec.json")) as handle:
@@ -127,7 +129,7 @@ def padded_batches(
 ) -> list[np.ndarray]:
     """Rows ``order`` in batches of ``batch_size``, each right-padded to its own longest row:
     what a user writes by hand to run rows of any length through the model."""
-    from score.encoding import to_padded
+    from score.arrays import to_padded
 
     lengths = np.diff(offsets)
     batches = []

@@ -19,11 +19,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from score.arrays import offsets_from_lengths
 from score.spec import Spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Source folders whose code decides what a trained and exported model is.
-MODEL_SOURCES = ("train", "export", "score/spec.py", "score/encoding.py", "score/monitor.py")
+MODEL_SOURCES = (
+    "train",
+    "export",
+    "score/spec.py",
+    "score/arrays.py",
+    "score/sequences.py",
+    "score/encoding.py",
+    "score/monitor.py",
+)
 MODEL_PACKAGES = (
     "tensorflow-cpu",
     "tensorflow",
@@ -220,12 +229,6 @@ def draw_lengths(rows: int, max_length: int, mean: float, seed: int) -> np.ndarr
     generator = np.random.default_rng([seed, max_length])
     probabilities = geometric_probabilities(max_length, mean)
     return generator.choice(np.arange(1, max_length + 1), size=rows, p=probabilities)
-
-
-def offsets_from_lengths(lengths: np.ndarray) -> np.ndarray:
-    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return offsets
 
 
 def running_sum_ragged(lengths: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

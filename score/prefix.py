@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from score.encoding import as_items, segment_gather
+from score.arrays import as_items, segment_gather
 from score.model import Scorer
 from score.ragged import MAX_PADDING, MIN_RUN_ROWS, key_length, length_chunks
 
@@ -33,12 +33,13 @@ SHARE_LEVELS = 64
 # Bytes of carried LSTM state one cut may hold (paths x layers x (h, c) x units x 4 bytes).
 STATE_BUDGET = 48 << 20
 # Runs of paths: at most this many padded steps and rows per session.run. Short paths need many
-# rows to amortise a call: the 12-step bench model ran at 1.27 us/step for 1,024 one-step
-# rows, 0.97 for 4,096, and 0.76 for 1,024 rows of 12 steps; the job on 1M rows of 12 steps
-# was fastest with runs of 12,288 steps (9.3-9.6 s, against 10.2 s at 4,096 and 9.6-10.5 s at
-# 8,192).
-RUN_STEPS = 12_288
-RUN_ROWS = 8_192
+# rows to amortise a call, so these runs are larger than those of whole rows
+# (score.ragged.ROW_RUN_STEPS, 8,192): the 12-step bench model ran at 1.27 us/step for 1,024
+# one-step rows, 0.97 for 4,096, and 0.76 for 1,024 rows of 12 steps; the job on 1M rows of 12
+# steps was fastest with runs of 12,288 steps (9.3-9.6 s, against 10.2 s at 4,096 and
+# 9.6-10.5 s at 8,192).
+PATH_RUN_STEPS = 12_288
+PATH_RUN_ROWS = 8_192
 # The cost model, in steps of one row (what onnxruntime spends per step of a 2 x 64-unit LSTM:
 # about 0.8 us on the benchmark machine): one session.run costs about 1 ms besides its steps,
 # a path half a step (gathering its carried state and storing the new one), and a segment a
@@ -105,17 +106,9 @@ def build_tree(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, classes:
                 longest if matrix else 0)
 
 
-def segment_cost(tree: Tree, start: int, stop: int) -> tuple[int, int]:
-    """Paths and steps the segment [start, stop) runs."""
-    leaves = tree.leaves[start : stop - 1]
-    levels = np.arange(start, stop - 1)
-    paths = int(tree.nodes[stop - 1] + leaves.sum())
-    steps = int((stop - start) * tree.nodes[stop - 1] + ((levels - start + 1) * leaves).sum())
-    return paths, steps
-
-
 def segment_costs(tree: Tree, starts: np.ndarray, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """segment_cost for every start in ``starts`` (each < stop) at once, from running sums.
+    """Paths and steps the segments [start, stop) run, for every start in ``starts`` (each <
+    stop) at once, from running sums.
 
     A segment's paths are the prefixes that end at its last level plus the leaves inside it; a
     leaf at level s runs s - start + 1 steps.
@@ -141,7 +134,7 @@ def plan(tree: Tree, state_bytes: int) -> list[int]:
     came_from = np.zeros(points.size, dtype=np.int64)
     for index in range(1, points.size):
         paths, steps = segment_costs(tree, points[:index], int(points[index]))
-        calls = np.maximum(-(-steps // RUN_STEPS), -(-paths // RUN_ROWS))
+        calls = np.maximum(-(-steps // PATH_RUN_STEPS), -(-paths // PATH_RUN_ROWS))
         costs = best[:index] + steps + PATH_COST * paths + CALL_COST * calls + SEGMENT_COST
         came_from[index] = int(np.argmin(costs))
         best[index] = costs[came_from[index]]
@@ -219,7 +212,8 @@ def _run_segment(scorer: Scorer, flat: np.ndarray, tree: Tree, start: int, stop:
     base = np.empty(paths, dtype=np.int64)
     run_classes, run_probabilities = [], []
     filled = computed = 0
-    for first, last in length_chunks(widths[by_width], RUN_ROWS, MAX_PADDING, RUN_STEPS, MIN_RUN_ROWS):
+    for first, last in length_chunks(widths[by_width], PATH_RUN_ROWS, MAX_PADDING, PATH_RUN_STEPS,
+                                     MIN_RUN_ROWS):
         chunk = slice(first, last) if one_width else by_width[first:last]
         chunk_widths = widths[chunk]
         width = int(chunk_widths.max())

@@ -5,7 +5,7 @@ step t depends only on steps 0..t, so right padding cannot change a real step's 
 mask is needed. Rows are therefore run in groups of similar length, each group padded only to
 its own longest row, and only the real steps' results are kept.
 
-Every array here is flat, like score.encoding.RaggedSequences: the steps of all rows back to
+Every array here is flat, like score.sequences.RaggedSequences: the steps of all rows back to
 back, with ``offsets`` (rows + 1) saying where each row starts. Memory follows the real steps of
 a batch, never rows x the longest row.
 """
@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from score import model as models
-from score.encoding import as_items, segment_gather, to_padded
+from score.arrays import as_items, segment_gather, to_padded
 from score.model import Scorer
 from score.topk import run_top_k
 
@@ -23,11 +22,13 @@ from score.topk import run_top_k
 MAX_KEY_SPACE = 1 << 62
 # A run's padded steps stay under this share of its real steps (but see MIN_RUN_ROWS).
 MAX_PADDING = 0.10
-# Padded steps per session.run. Long runs cost onnxruntime more per step (its working set
-# outgrows the caches): raw onnxruntime on the ragged benchmark was fastest at about this size
-# (512 rows of mean length 16; bench/results.md), and the job was too (22.4 s for 1M rows,
-# against 23.3 s at 4,096 steps, 24.0 s at 16,384 and 27.2 s at 2,048).
-RUN_STEPS = 8192
+# Padded steps per session.run when whole rows run from their first step. Long runs cost
+# onnxruntime more per step (its working set outgrows the caches): raw onnxruntime on the ragged
+# benchmark was fastest at about this size (512 rows of mean length 16; bench/results.md), and
+# the job was too (22.4 s for 1M rows, against 23.3 s at 4,096 steps, 24.0 s at 16,384 and
+# 27.2 s at 2,048). Runs of prefix paths, most of them a few steps long, are larger
+# (score.prefix.PATH_RUN_STEPS): there the cost of a call, not the working set, dominates.
+ROW_RUN_STEPS = 8192
 # A run may pad beyond the limit while it holds at most this many rows: the few rows of a rare
 # length would otherwise each cost a whole session.run.
 MIN_RUN_ROWS = 32
@@ -115,7 +116,8 @@ def infer(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarra
     lengths = np.diff(offsets)
     order = rows[np.argsort(lengths[rows], kind="stable")]
     computed = 0
-    runs = length_chunks(lengths[order], models.INFERENCE_ROWS, MAX_PADDING, RUN_STEPS, MIN_RUN_ROWS)
+    runs = length_chunks(lengths[order], scorer.inference_rows, MAX_PADDING, ROW_RUN_STEPS,
+                         MIN_RUN_ROWS)
     for start, stop in runs:
         chunk = order[start:stop]
         width = int(lengths[chunk[-1]])

@@ -1,4 +1,5 @@
-"""The encoding contract (score.encoding) that training and scoring share.
+"""The encoding contract (score.encoding) that training and scoring share, the column readers
+(score.sequences) and the array helpers (score.arrays).
 
 Raw values <-> class indices, the four reasons a row is refused and their messages, every Arrow
 list layout and integer width, and property tests against a plain Python reference.
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from score.arrays import as_items, take_items
 from score.encoding import (
     EMPTY_SEQUENCE,
     NULL_ELEMENT,
@@ -22,13 +24,9 @@ from score.encoding import (
     VALID,
     WRONG_LENGTH,
     Encoder,
-    as_items,
-    ragged_from_list,
-    sequences_from_columns,
-    sequences_from_list,
-    take_items,
 )
 from score.errors import InvalidRow
+from score.sequences import ragged_from_list, sequences_from_columns, sequences_from_list
 from score.spec import Spec
 
 SPEC = Spec(x_values=tuple(range(11)), y_values=tuple(range(25)), seq_len=4)

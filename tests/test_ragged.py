@@ -13,9 +13,9 @@ import pytest
 from conftest import RAGGED_MODEL, run_score
 
 from score.core import ScoreOptions, new_cache, score_batch_with_stats
-from score.encoding import ragged_from_list
 from score.model import load
 from score.ragged import key_length, length_chunks, row_keys
+from score.sequences import ragged_from_list
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +138,25 @@ def test_the_run_cache_serves_a_second_batch_with_the_same_output(ragged_scorer)
     second, second_stats = score_batch_with_stats(ragged_scorer, ragged_batch(rows), options, cache)
     assert first.equals(second)
     assert first_stats.distinct_rows > 0 and second_stats.distinct_rows == 0
+
+
+@pytest.mark.parametrize("switches", [
+    pytest.param({"dedup": False}, id="no_dedup"),
+    pytest.param({"cache": False}, id="no_cache"),
+    pytest.param({"share_prefixes": False}, id="no_prefix_sharing"),
+    pytest.param({"dedup": False, "share_prefixes": False}, id="nothing_shared"),
+])
+def test_the_benchmark_switches_leave_the_output_as_it_is(ragged_scorer, switches):
+    rows = random_rows(2000, seed=6, longest=8)
+    batches = [ragged_batch(rows[:1200]), ragged_batch(rows[800:])]  # the second repeats rows
+    plain = ScoreOptions()
+    switched = ScoreOptions(**switches)
+    plain_cache, switched_cache = new_cache(ragged_scorer, plain), new_cache(ragged_scorer, switched)
+    assert (switched_cache is None) == (not switched.dedup or not switched.cache)
+    for batch in batches:
+        want, _ = score_batch_with_stats(ragged_scorer, batch, plain, plain_cache)
+        got, _ = score_batch_with_stats(ragged_scorer, batch, switched, switched_cache)
+        assert got.equals(want)
 
 
 def test_invalid_rows_get_their_reason_and_the_rest_their_predictions(ragged_scorer, session):

@@ -1,0 +1,78 @@
+"""The run's result cache: top-k results of the sequences already scored, across batches."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from score import ragged
+from score.model import Scorer
+from score.options import ScoreOptions
+
+
+class ResultCache:
+    """Top-k results of the sequences already scored in a run, looked up by sequence key.
+
+    The model is deterministic, so a sequence seen in an earlier batch needs no second run:
+    on data like the default (11**4 possible sequences) every batch after the first is served
+    from here. Memory is bounded by ``max_bytes``: once full the cache stops growing. A cache
+    that already holds results but serves under MIN_HIT_RATE of a batch switches itself off and
+    lets its memory go: data that does not repeat would only pay for look-ups and inserts.
+    """
+
+    MIN_HIT_RATE = 0.05
+
+    def __init__(self, steps: int, k: int, classes: int, max_bytes: int = 32 << 20) -> None:
+        self.index_dtype = np.int16 if classes <= np.iinfo(np.int16).max else np.int32
+        entry_bytes = 8 + steps * k * (np.dtype(self.index_dtype).itemsize + 4)
+        self.capacity = max_bytes // entry_bytes
+        self.keys = np.empty(0, dtype=np.int64)  # sorted
+        self.best = np.empty((0, steps, k), dtype=self.index_dtype)
+        self.probabilities = np.empty((0, steps, k), dtype=np.float32)
+        self.enabled = self.capacity > 0
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each key: whether it is cached, and where."""
+        if not self.enabled or self.keys.size == 0:
+            return np.zeros(keys.size, dtype=bool), np.zeros(keys.size, dtype=np.intp)
+        slot = np.searchsorted(self.keys, keys).clip(max=self.keys.size - 1)
+        return self.keys[slot] == keys, slot
+
+    def get(self, slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.best[slot].astype(np.intp), self.probabilities[slot]
+
+    def add(self, keys: np.ndarray, best: np.ndarray, probabilities: np.ndarray) -> None:
+        """Remember new results (keys not cached yet), as many as there is room for."""
+        room = self.capacity - self.keys.size
+        if not self.enabled or room <= 0 or keys.size == 0:
+            return
+        keys, best, probabilities = keys[:room], best[:room], probabilities[:room]
+        merged = np.concatenate([self.keys, keys])
+        order = np.argsort(merged, kind="stable")
+        self.keys = merged[order]
+        self.best = np.concatenate([self.best, best.astype(self.index_dtype)])[order]
+        self.probabilities = np.concatenate([self.probabilities, probabilities])[order]
+
+    def settle(self, hit_rate: float) -> None:
+        """After a look-up: a cache that held results but served under MIN_HIT_RATE switches off."""
+        if self.enabled and self.keys.size and hit_rate < self.MIN_HIT_RATE:
+            self.enabled = False
+            self.keys = self.keys[:0]
+            self.best = self.best[:0]
+            self.probabilities = self.probabilities[:0]
+
+
+def ragged_key_length(scorer: Scorer, options: ScoreOptions) -> int:
+    """The longest row of any length that gets a key (and a place in the run's cache)."""
+    return min(ragged.key_length(scorer.spec.x_classes), options.length_limit(scorer))
+
+
+def new_cache(scorer: Scorer, options: ScoreOptions) -> ResultCache | None:
+    """The run's result cache, sized for the rows this model and these options key; None
+    without de-duplication (no keys) or with the cache switched off (ScoreOptions.cache)."""
+    if not (options.dedup and options.cache):
+        return None
+    spec = scorer.spec
+    if options.ragged(scorer):
+        return ResultCache(ragged_key_length(scorer, options), options.top_k, spec.y_classes)
+    steps = len(options.input_columns) if options.input_columns is not None else spec.seq_len
+    return ResultCache(steps, options.top_k, spec.y_classes)
