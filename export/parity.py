@@ -77,7 +77,9 @@ def read_rows(path: str, spec: Spec) -> ParityRows:
     keeps each row at its own length (right-padded with 0 to the longest)."""
     import pyarrow.parquet as pq
 
-    from score.encoding import Encoder, ragged_from_list, sequences_from_list, to_padded
+    from score.arrays import to_padded
+    from score.encoding import Encoder
+    from score.sequences import ragged_from_list, sequences_from_list
 
     table = pq.read_table(path, columns=[spec.input_column])
     encoder = Encoder(spec, np.int32)

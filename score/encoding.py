@@ -12,18 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# train/ and export/ still import the array helpers and the column readers from here; their
-# homes are score.arrays and score.sequences.
-from score.arrays import offsets_from_lengths, to_padded  # noqa: F401
 from score.errors import InvalidRow
-from score.sequences import (  # noqa: F401
-    RaggedSequences,
-    RawSequences,
-    column_type_error,
-    integer_list_value_type,
-    ragged_from_list,
-    sequences_from_list,
-)
+from score.sequences import RaggedSequences, RawSequences
 from score.spec import Spec
 
 # Why a row cannot be scored. 0 means valid; the order is the order in which they are checked.

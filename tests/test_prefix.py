@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import FIXTURE_MODEL, RAGGED_MODEL, list_array, reference
+from conftest import FIXTURE_MODEL, list_array, reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -163,11 +163,6 @@ def test_a_cut_never_holds_more_state_than_the_budget(monkeypatch):
 @pytest.fixture(scope="module")
 def fixed_scorer():
     return load(str(FIXTURE_MODEL))
-
-
-@pytest.fixture(scope="module")
-def ragged_scorer():
-    return load(str(RAGGED_MODEL))
 
 
 def skewed(rng: np.random.Generator, shape: tuple[int, int], top: int) -> np.ndarray:

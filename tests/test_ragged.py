@@ -13,14 +13,8 @@ import pytest
 from conftest import RAGGED_MODEL, run_score
 
 from score.core import ScoreOptions, new_cache, score_batch_with_stats
-from score.model import load
 from score.ragged import key_length, length_chunks, row_keys
 from score.sequences import ragged_from_list
-
-
-@pytest.fixture(scope="module")
-def ragged_scorer():
-    return load(str(RAGGED_MODEL))
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, CliResult, list_array, read_json, run_module, run_train, small_default
 
-from score.encoding import Encoder, sequences_from_list
+from score.encoding import Encoder
 from score.monitor import CONFIDENCE_BINS, Profile
+from score.sequences import sequences_from_list
 from score.spec import Spec
 from train import data
 

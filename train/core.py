@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from score import atomic
-from score.encoding import Encoder, RaggedSequences, RawSequences, to_padded
+from score.arrays import to_padded
+from score.encoding import Encoder
 from score.errors import InvalidInput, OutputError
 from score.monitor import Profile
+from score.sequences import RaggedSequences, RawSequences
 from score.spec import Spec
 from train.data import Dataset, default_dataset, infer_spec, list_column, split
 

@@ -19,15 +19,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from score import storage
-from score.encoding import (
+from score.arrays import offsets_from_lengths, to_padded
+from score.errors import InvalidInput, first_line
+from score.sequences import (
     RaggedSequences,
     column_type_error,
     integer_list_value_type,
-    offsets_from_lengths,
     ragged_from_list,
-    to_padded,
 )
-from score.errors import InvalidInput, first_line
 from score.spec import Spec
 
 DEFAULT_ROWS = 10_000
