@@ -37,10 +37,12 @@ help: ## list the targets
 
 setup: $(STAMP) java ## create .venv with the scoring runtime and every extra (train, spark, dev)
 
+# PYTHONWARNINGS: setuptools warns (12 lines) that folders named like the packages may shadow
+# them in an editable install; here those folders are the packages.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
-	$(VENV)/bin/pip install --quiet -e '.[train,spark,dev]' 2>&1 | $(QUIET_PIP)
+	PYTHONWARNINGS='ignore:Editable installation' $(VENV)/bin/pip install --quiet -e '.[train,spark,dev]' 2>&1 | $(QUIET_PIP)
 	TF_CPP_MIN_LOG_LEVEL=3 TF_ENABLE_ONEDNN_OPTS=0 $(PY) -c 'import numpy, pyarrow, onnxruntime, tensorflow, tf2onnx, pyspark, mkdocs'
 	touch $@
 
