@@ -130,8 +130,9 @@ def onnx_session(model_bytes: bytes):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    # Its warning that the optional state inputs are initializers listed as inputs (so not
-    # folded as constants) is the point of them, not a fault; errors still raise.
+    # A model wired at opset 13-14 keeps its optional inputs as initializers listed as graph
+    # inputs, and onnxruntime warns that they are not folded as constants: that is the point of
+    # them, not a fault. Errors still raise.
     options.log_severity_level = 3
     return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
 
@@ -296,8 +297,8 @@ def verify_state_carry(session, states: tuple[StateTensors, ...],
     for name, rows in inputs.items():
         differences, splits, split_rows, defaults = [0.0], set(), 0, [0.0]
         for length, _, group in length_groups(rows):
-            defaults.append(check_default_states(session, states, group))
-            whole = session.run([OUTPUT_NAME], {INPUT_NAME: group})[0]
+            default, whole = check_default_states(session, states, group)
+            defaults.append(default)
             for split in split_points(length):
                 pieces = run_in_two_pieces(session, states, group, split)
                 differences.append(np.abs(pieces - whole).max())
@@ -320,10 +321,12 @@ def verify_state_carry(session, states: tuple[StateTensors, ...],
     return report
 
 
-def check_default_states(session, states: tuple[StateTensors, ...], indices: np.ndarray) -> float:
+def check_default_states(session, states: tuple[StateTensors, ...], indices: np.ndarray
+                         ) -> tuple[float, np.ndarray]:
     """The largest difference between a run fed only ``x`` and the same run fed zeros for every
     layer's initial state, over the probabilities and the final states: 0 when a state left out
-    is zeros, as the interface promises a client that feeds only ``x``.
+    is zeros, as the interface promises a client that feeds only ``x``. Also that run's
+    probabilities: the whole run the state-carry check compares its pieces with.
 
     ``indices``: encoded rows (rows, steps) of the model's index type. NaN in either run gives NaN.
     """
@@ -332,4 +335,5 @@ def check_default_states(session, states: tuple[StateTensors, ...], indices: np.
              for state in states for name in (state.initial_h, state.initial_c)}
     omitted = session.run(names, {INPUT_NAME: indices})
     fed = session.run(names, {INPUT_NAME: indices, **zeros})
-    return float(np.max([np.abs(left - right).max() for left, right in zip(omitted, fed, strict=True)]))
+    difference = float(np.max([np.abs(left - right).max() for left, right in zip(omitted, fed, strict=True)]))
+    return difference, omitted[0]

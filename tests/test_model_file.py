@@ -58,7 +58,10 @@ def test_states_left_out_equal_zeros_fed(path):
 
     states = load(str(path)).spec.states
     assert states
-    assert check_default_states(plain_session(path), states, rows_for(path)) == 0.0
+    difference, probabilities = check_default_states(plain_session(path), states, rows_for(path))
+    assert difference == 0.0
+    expected = plain_session(path).run([OUTPUT_NAME], {INPUT_NAME: rows_for(path)})[0]
+    np.testing.assert_array_equal(probabilities, expected)  # the run fed only x
 
 
 def test_the_default_states_check_sees_a_default_that_is_not_zeros():
@@ -77,7 +80,9 @@ def test_the_default_states_check_sees_a_default_that_is_not_zeros():
             return self.session.run(names, {**ones, **feed})
 
     states = load(str(FIXTURE_MODEL)).spec.states
-    assert check_default_states(OffByOne(plain_session(FIXTURE_MODEL)), states, rows_for(FIXTURE_MODEL)) > 1e-3
+    difference, _ = check_default_states(OffByOne(plain_session(FIXTURE_MODEL)), states,
+                                         rows_for(FIXTURE_MODEL))
+    assert difference > 1e-3
 
 
 @pytest.mark.parametrize("path", FILES)
