@@ -62,14 +62,16 @@ def adjuster(names: list[str]) -> Callable:
     return adjust
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.variant")
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.variant")
     for name in SWITCHES:
-        parser.add_argument("--" + name.replace("_", "-"), action="store_true", help=HELP[name])
-    parser.add_argument(
-        "score_args", nargs=argparse.REMAINDER, help="-- then python -m score's arguments"
-    )
-    args = parser.parse_args(argv)
+        p.add_argument("--" + name.replace("_", "-"), action="store_true", help=HELP[name])
+    p.add_argument("score_args", nargs=argparse.REMAINDER, help="-- then python -m score's arguments")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     score_args = args.score_args[1:] if args.score_args[:1] == ["--"] else args.score_args
 
     from score.__main__ import main as score_main

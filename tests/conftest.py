@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import io
 import json
 import os
@@ -179,3 +181,13 @@ def assert_refused(result: CliResult, code: int, line: str, *absent: Path) -> No
     for path in map(Path, absent):
         assert not path.exists(), f"{path} was published"
         assert [p.name for p in path.parent.iterdir() if ".tmp-" in p.name] == []
+
+
+def parser_of(command: str) -> argparse.ArgumentParser:
+    """The argument parser of `python -m COMMAND`: every command's module (a package's
+    __main__) has a parser(). An import error fails the test (score.spark included): a command
+    that cannot be imported has flags nobody checks."""
+    module = importlib.import_module(command)
+    if not hasattr(module, "parser"):
+        module = importlib.import_module(f"{command}.__main__")
+    return module.parser()

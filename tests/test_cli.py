@@ -3,18 +3,24 @@ the two helpers that read a scored run (score.preview, score.report)."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
 import re
 import sys
-from unittest import mock
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import RAGGED_MODEL, ROOT, random_x, read_json, run_module, run_score, write_x
+from conftest import (
+    RAGGED_MODEL,
+    ROOT,
+    parser_of,
+    random_x,
+    read_json,
+    run_module,
+    run_score,
+    write_x,
+)
 
 README = (ROOT / "README.md").read_text()
 DOCS = {path.name: path.read_text() for path in sorted((ROOT / "docs").glob("*.md"))}
@@ -67,32 +73,6 @@ def test_score_help_runs_and_lists_exit_codes():
     result = run_module("score", "--help")
     assert result.returncode == 0
     assert "exit codes:" in result.stdout and result.stderr == ""
-
-
-class _Parsed(Exception):
-    """Raised in place of parsing: the parser a command built is all the test wants."""
-
-
-def parser_of(command: str) -> argparse.ArgumentParser:
-    """The argument parser of `python -m COMMAND`: its parser(), or the one its main() builds.
-
-    An import error fails the test (score.spark included): a command that cannot be imported
-    has flags nobody checks.
-    """
-    module = importlib.import_module(command)
-    if getattr(module, "__path__", None) is not None and not hasattr(module, "parser"):
-        module = importlib.import_module(f"{command}.__main__")
-    if hasattr(module, "parser"):
-        return module.parser()
-    built = []
-
-    def capture(self, *args, **kwargs):
-        built.append(self)
-        raise _Parsed
-
-    with mock.patch.object(argparse.ArgumentParser, "parse_args", capture), pytest.raises(_Parsed):
-        module.main([])
-    return built[0]
 
 
 def documented(flag: str, text: str) -> bool:

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_MODEL, ROOT
-from test_cli import parser_of
+from conftest import FIXTURE_MODEL, ROOT, parser_of
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 DEMO_MODEL = "artifacts/model.onnx"
