@@ -210,6 +210,7 @@ def drift(baseline: Profile, today: Profile) -> dict:
         "minimum_rows": minimum_rows(today),
         "checked": rows >= minimum_rows(today),
         "steps_checked": (step_rows >= minimum_rows(today)).tolist(),
+        "step_rows": step_rows.astype(int).tolist(),  # the fewest rows behind each step's PSI
         "input_psi": rounded(psi(baseline.input_counts, today.input_counts)),
         "prediction_psi": rounded(psi(baseline.prediction_counts, today.prediction_counts)),
         "confidence_psi": rounded(psi(baseline.confidence_counts, today.confidence_counts)),

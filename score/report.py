@@ -30,22 +30,14 @@ def _shares(counts: list[list[int]]) -> np.ndarray:
     return np.divide(array, totals, out=np.zeros_like(array), where=totals > 0)
 
 
-def step_rows(drift: dict) -> list[int]:
-    """Rows behind each step's PSI: the fewest of this run's and the baseline's (monitor.drift)."""
-    counts = [np.asarray(profile[key]).sum(axis=1) for profile in (drift["profile"], drift["baseline_profile"])
-              for key in ("input_counts", "prediction_counts")]
-    steps = min(len(count) for count in counts)
-    return np.minimum.reduce([count[:steps] for count in counts]).astype(int).tolist()
-
-
-def psi_label(psi: float | None, checked: bool, rows: int) -> str:
+def psi_label(psi: float | None, checked: bool, rows: int | None) -> str:
     """A panel's verdict: the PSI, '(drift)' above the warning level, or why it was not acted on.
 
     The job acts on a step only when enough rows reach it (monitor.drift's steps_checked): a
     late step of a ragged run, seen in a few dozen rows, can read PSI 1.9 and mean nothing.
     """
-    if not checked:
-        return f"not checked ({rows:,} rows)"
+    if not checked:  # a summary from before step_rows says no count
+        return "not checked" + (f" ({rows:,} rows)" if rows is not None else "")
     if psi is None:
         return "PSI n/a"
     return f"PSI {psi:.3f}" + (" (drift)" if psi > PSI_WARNING else "")
@@ -108,7 +100,7 @@ def render(summary: dict, path: str) -> None:
     steps = len(today["input_counts"])
     run_checked = drift.get("checked", True)
     steps_checked = drift.get("steps_checked") or [True] * steps
-    rows_behind = step_rows(drift)
+    rows_behind = drift.get("step_rows") or [None] * steps  # monitor.drift's
     # Up to MAX_STEPS_SHOWN steps, evenly spread: a 64-step model would draw a wall of panels.
     shown = sorted(set(np.linspace(0, steps - 1, min(steps, MAX_STEPS_SHOWN)).round().astype(int)))
     lengths = _several_lengths(baseline.get("length_counts"), today.get("length_counts"))
