@@ -477,6 +477,16 @@ def test_write_default(tmp_path):
     assert data.read_parquet(str(path)).fingerprint() == data.default_dataset().fingerprint()
 
 
+def test_write_default_to_a_path_that_cannot_be_written_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    path = tmp_path / "file" / "default.parquet"
+    result = run_train("--write-default", path)
+    assert (result.code, result.stdout) == (73, "")
+    assert result.lines == [f"error: {path}: cannot write the dataset ([Errno 17] File exists: "
+                            f"'{tmp_path / 'file'}')"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 def test_write_default_with_another_seed_draws_fresh_rows(tmp_path):
     path = tmp_path / "fresh.parquet"
     result = run_train("--write-default", path, "--seed", "1")

@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from score import storage
+from score import atomic, storage
 from score.arrays import offsets_from_lengths, to_padded
-from score.errors import InvalidInput, first_line
+from score.errors import InvalidInput, OutputError, first_line
 from score.sequences import (
     RaggedSequences,
     column_type_error,
@@ -144,9 +144,16 @@ def list_column(values: np.ndarray, lengths: np.ndarray | None = None) -> pa.Arr
 
 
 def write_parquet(dataset: Dataset, path: str) -> None:
-    """Write the dataset to a local Parquet file, making its folder first (`data/`, say)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(to_table(dataset), path)
+    """Write the dataset to a local Parquet file, making its folder first (`data/`, say):
+    the whole file or none (score.atomic); a path that cannot be written is an OutputError."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic.AtomicFile(path) as staged:
+            pq.write_table(to_table(dataset), staged.temporary)
+            atomic.fsync_file(staged.temporary)
+            staged.commit()
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write the dataset ({first_line(error)})") from None
 
 
 # Parquet --------------------------------------------------------------------------------------
