@@ -30,9 +30,9 @@ Paths may be URIs (s3://, gs://, hdfs://, file://)."""
 
 EPILOG = """\
 exit codes: 0 ok; 2 usage (OUTPUT is INPUT, bad flag); 65 bad data (invalid row, not Parquet,
-corrupt, wrong column, drift above --max-psi); 66 INPUT missing; 70 internal error; 73 OUTPUT
+corrupt, wrong column, drift above --max-psi); 66 INPUT or --state-in missing; 70 internal error; 73 OUTPUT
 cannot be created; 74 I/O error (disk full, network: retry); 77 no permission to read INPUT;
-78 model missing, corrupt or not matching its spec; 130 Ctrl-C; 143 SIGTERM."""
+78 model missing, corrupt, not matching its spec, or unable to carry state (--key); 130 Ctrl-C; 143 SIGTERM."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,6 +41,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="INPUT", help="Parquet file or directory (path or URI)")
     p.add_argument("output", metavar="OUTPUT", help="output file, or directory when INPUT is one")
     cli.add_scoring_flags(p)
+    cli.add_state_flags(p)
     return p
 
 
@@ -58,8 +59,8 @@ def _config(args: argparse.Namespace) -> JobConfig:
         progress = "bar"
     else:
         progress = "lines"
-    return JobConfig(**cli.run_fields(args), session=SessionConfig(threads=args.threads),
-                     progress=progress)
+    return JobConfig(**cli.run_fields(args), **cli.state_fields(args),
+                     session=SessionConfig(threads=args.threads), progress=progress)
 
 
 def main(argv: list[str] | None = None,

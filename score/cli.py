@@ -131,6 +131,25 @@ def add_scoring_flags(parser: argparse.ArgumentParser, *, threads_default: int |
     parser.add_argument("--quiet", action="store_true", help=text["quiet"])
 
 
+def add_state_flags(parser: argparse.ArgumentParser) -> None:
+    """Add --key, --state-in and --state-out: scheduled runs that carry each key's state."""
+    group = parser.add_argument_group(
+        "scheduled runs that remember (each row holds only its key's new steps)")
+    group.add_argument("--key", metavar="COL",
+                       help="the entity column (integer or string): each row continues its key's "
+                            "history from the state --state-in holds; needs --state-out")
+    group.add_argument("--state-in", metavar="PATH",
+                       help="the state a previous run wrote (default: every key starts from zero)")
+    group.add_argument("--state-out", metavar="PATH",
+                       help="where this run writes every key's state (a new folder per run, e.g. "
+                            "state/2026-12-03/; never --state-in)")
+
+
+def state_fields(args: argparse.Namespace) -> dict:
+    """The config fields --key, --state-in and --state-out fill."""
+    return {"key": args.key, "state_in": args.state_in, "state_out": args.state_out}
+
+
 def run_fields(args: argparse.Namespace) -> dict:
     """The fields of a scoring run's config that the scoring flags fill, by name: input,
     output, model (--model, else $SCORE_MODEL, else DEFAULT_MODEL), options, batch_size,

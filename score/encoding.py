@@ -25,6 +25,8 @@ UNKNOWN_VALUE = 4
 NON_FINITE_OUTPUT = 5
 TOO_LONG = 6  # variable-length models: longer than the longest training length (or --max-length)
 EMPTY_SEQUENCE = 7  # variable-length models: an empty list
+NULL_KEY = 8  # runs with --key: the row's key is null
+DUPLICATE_KEY = 9  # runs with --key: the key has another row in the same run's input
 REASONS = {
     NULL_ROW: "null_row",
     WRONG_LENGTH: "wrong_length",
@@ -33,13 +35,18 @@ REASONS = {
     NON_FINITE_OUTPUT: "non_finite_output",
     TOO_LONG: "too_long",
     EMPTY_SEQUENCE: "empty_sequence",
+    NULL_KEY: "null_key",
+    DUPLICATE_KEY: "duplicate_key",
 }
+KEY_REASONS = frozenset({NULL_KEY, DUPLICATE_KEY})
 
 
-def reasons_for(spec: Spec) -> dict[int, str]:
+def reasons_for(spec: Spec, keyed: bool = False) -> dict[int, str]:
     """The reasons a row can fail for this model: a length is wrong for a fixed-length model,
-    too long or empty for a variable-length one."""
+    too long or empty for a variable-length one; a key is null or repeated only with --key."""
     excluded = {TOO_LONG, EMPTY_SEQUENCE} if not spec.variable_length else {WRONG_LENGTH}
+    if not keyed:
+        excluded |= KEY_REASONS
     return {code: name for code, name in REASONS.items() if code not in excluded}
 
 
@@ -232,12 +239,14 @@ class Encoder:
         empty = constant(f"{raw.column} is an empty list; the model takes sequences of 1..{limit} values")
         null_row = constant(f"{raw.column} is null")
         non_finite = constant("the model's output is NaN or infinite for this row")
+        null_key = constant("the key is null")
+        duplicate_key = constant("the key has another row in this run's input")
         choices = pa.StructArray.from_arrays(
             [pa.array(reasons == code) for code in REASONS],
             names=[REASONS[code] for code in REASONS],
         )
         return pc.case_when(choices, null_row, wrong_length, element_null, unknown, non_finite,
-                            too_long, empty)
+                            too_long, empty, null_key, duplicate_key)
 
     # Class indices -> raw values -----------------------------------------------------------
     def decode_y(self, indices: np.ndarray) -> np.ndarray:

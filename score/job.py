@@ -11,6 +11,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,6 +33,9 @@ from score.errors import InvalidInput, InvalidRow, UsageError
 from score.progress import Reporter
 from score.sink import open_sink, write_error, write_small_file
 from score.summary import utc_now
+
+if TYPE_CHECKING:
+    from score.keyed_job import KeyedRecord
 
 DEFAULT_BATCH_SIZE = 65_536  # from the benchmark: with the run cache, memory stays ~300 MB at 5M rows
 # Rows of any length: memory follows the steps of a batch, not its rows, so the default batch
@@ -59,6 +63,11 @@ class JobConfig:
     # A benchmark switch, never off for users: False reads and writes each batch in the scoring
     # thread (no prefetch thread, no background writer), to measure what the overlap pays.
     threaded_io: bool = True
+    # Scheduled runs that remember (score.keyed_job): the entity column, and where the state
+    # of the previous run is (None: every key starts from zero) and where this run's goes.
+    key: str | None = None
+    state_in: str | None = None
+    state_out: str | None = None
 
 
 @dataclass
@@ -85,6 +94,7 @@ class RunState:
     # (--on-invalid error) the rows up to and including that row. A read failure counts the
     # batches read before it; their rows_in equals stats.rows once the run succeeds.
     rows_in: int = 0
+    keyed: KeyedRecord | None = None  # a run with --key: its keys and state
 
 
 class InlineWriter:
@@ -100,8 +110,9 @@ class InlineWriter:
         """Nothing is queued: every write() has written."""
 
 
-def _output_metadata(scorer: models.Scorer, config: JobConfig, location: str, stats: BatchStats) -> dict:
-    invalid = int(stats.rows - stats.reason_counts[0])
+def output_metadata(scorer: models.Scorer, config: JobConfig, location: str, rows: int, invalid: int
+                    ) -> dict:
+    """The scored file's key-value metadata: the model, the spec, the run, the counts."""
     return {
         "seqscore.model_sha256": scorer.sha256,
         "seqscore.model_version": scorer.version,
@@ -109,7 +120,7 @@ def _output_metadata(scorer: models.Scorer, config: JobConfig, location: str, st
         "seqscore.top_k": str(config.options.top_k),
         "seqscore.scorer_version": __version__,
         "seqscore.input": location,
-        "seqscore.rows_in": str(stats.rows),
+        "seqscore.rows_in": str(rows),
         "seqscore.rows_invalid": str(invalid),
         "seqscore.probabilities": summary.probabilities(scorer),
         "seqscore.created_at": utc_now(),
@@ -243,7 +254,8 @@ def score_file(
                 f"{input_location}: corrupt Parquet file (the footer claims {claimed} rows but "
                 f"{stats.rows} were read)"
             )
-        writer.add_key_value_metadata(_output_metadata(scorer, config, input_location, stats))
+        invalid = int(stats.rows - stats.reason_counts[0])
+        writer.add_key_value_metadata(output_metadata(scorer, config, input_location, stats.rows, invalid))
         try:
             writer.close()
         except OSError as error:
@@ -311,9 +323,13 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
     Steps: 1. load and verify the model (before any data is read); 2. plan the files;
     3. score each file; 4. in directory mode, write _SUCCESS last.
     """
+    from score import keyed_job
+
     state = state if state is not None else RunState()
     if config.batch_size is not None and config.batch_size < 1:
         raise UsageError(f"--batch-size {config.batch_size}: expected a positive integer")
+    keyed_job.check_flags(config.key, config.state_in, config.state_out, config.output,
+                          config.options.input_columns)
     scorer = models.load(config.model, config.session)
     state.scorer = scorer
     config.options.validate(scorer)
@@ -321,8 +337,14 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
     state.warnings.extend(length_warnings(scorer, config.options))
 
     pairs, directory_mode = inputs.plan(config.input, config.output)
+    if config.key is not None:
+        keyed_job.check_model(scorer)
+        state.keyed = keyed_job.KeyedRecord()
     if directory_mode:
         _prepare_output_directory(config.output)
+    if config.key is not None:
+        _run_keyed(scorer, config, state, pairs, directory_mode)
+        return state
     reporter = Reporter(config.progress)
     # One cache for the whole run: a sequence scored in one file is not scored again in the next.
     cache = new_cache(scorer, config.options)
@@ -352,6 +374,24 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
     return state
 
 
+def _run_keyed(scorer: models.Scorer, config: JobConfig, state: RunState,
+               pairs: list[tuple[str, str, str]], directory_mode: bool) -> None:
+    """A run with --key (score.keyed_job), with the same drift gate, report and warnings."""
+    from score import keyed_job
+
+    started = time.perf_counter()
+    try:
+        done = keyed_job.run(scorer, config, state, pairs, directory_mode,
+                             lambda stats: check_max_psi(config.input, scorer, stats, config.max_psi))
+    finally:
+        state.drift = drift_report(scorer, state.stats)
+    seconds = time.perf_counter() - started
+    state.files.extend(FileResult(source, target, rows, invalid, seconds / len(done))
+                       for source, target, rows, invalid in done)
+    if models.baseline(scorer) is None:
+        state.warnings.append(no_baseline_warning(scorer))
+
+
 def no_baseline_warning(scorer: models.Scorer) -> str:
     """What a run says of a model without a training baseline (an import without --reference)."""
     return (f"the model {scorer.location} carries no training baseline: drift is not monitored "
@@ -365,4 +405,5 @@ def summary_of(config: JobConfig, state: RunState, exit_code: int, error: str | 
     return summary.build(state, exit_code=exit_code, error=error, input_location=config.input,
                          output_location=config.output, options=config.options,
                          rows_in=state.rows_in, rows_out=sum(r.rows for r in state.files),
-                         run={"files": files})
+                         run={"files": files, **(state.keyed.to_dict() if state.keyed else {})},
+                         keyed=state.keyed is not None)

@@ -155,10 +155,15 @@ class _Segment:
 
 def infer(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, k: int,
           best: np.ndarray, probabilities: np.ndarray, finite: np.ndarray,
-          boundaries: list[int], tree: Tree) -> int:
+          boundaries: list[int], tree: Tree, row_states: list[np.ndarray] | None = None) -> int:
     """Run ``rows`` segment by segment along ``boundaries``, writing each real step's top-k into
     ``best`` and ``probabilities`` (flat, like ``flat``) and each row's finiteness into
-    ``finite``. Returns the steps the model computed, padding included."""
+    ``finite``. Returns the steps the model computed, padding included.
+
+    ``row_states``: one (rows of offsets, units) array per state tensor, to receive the state
+    each row ends in (score.keyed). Its paths then run in runs of one width, unpadded, so that
+    a path's final state is the one after its last real step.
+    """
     computed = 0
     previous = None
     row_finite = np.ones(tree.order.size, dtype=bool)
@@ -170,8 +175,13 @@ def infer(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarra
     for start, stop in zip(boundaries[:-1], boundaries[1:]):
         segment, path_finite, steps = _run_segment(
             scorer, flat, tree, start, stop, previous, k, best, probabilities,
-            keep_states=stop < boundaries[-1], in_order=in_order)
+            keep_states=stop < boundaries[-1] or row_states is not None, in_order=in_order,
+            exact_widths=row_states is not None)
         row_finite[segment.alive] &= path_finite[segment.path_of]
+        if row_states is not None:  # the rows that end in this segment end in their path's state
+            ending = tree.lengths[segment.alive] <= stop
+            for kept, state in zip(row_states, segment.states):
+                kept[tree.order[segment.alive[ending]]] = state[segment.path_of[ending]]
         computed += steps
         previous = segment
     if in_order is not None:
@@ -184,7 +194,7 @@ def infer(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarra
 def _run_segment(scorer: Scorer, flat: np.ndarray, tree: Tree, start: int, stop: int,
                  previous: _Segment | None, k: int, best: np.ndarray, probabilities: np.ndarray,
                  keep_states: bool, in_order: tuple[np.ndarray, np.ndarray] | None = None,
-                 ) -> tuple[_Segment, np.ndarray, int]:
+                 exact_widths: bool = False) -> tuple[_Segment, np.ndarray, int]:
     """Run the distinct paths of levels [start, stop) and give their top-k to every row: into
     ``in_order`` (rows of one length, in sorted order) when given, else into ``best`` and
     ``probabilities`` at the rows' flat positions."""
@@ -212,8 +222,9 @@ def _run_segment(scorer: Scorer, flat: np.ndarray, tree: Tree, start: int, stop:
     base = np.empty(paths, dtype=np.int64)
     run_classes, run_probabilities = [], []
     filled = computed = 0
-    for first, last in length_chunks(widths[by_width], PATH_RUN_ROWS, MAX_PADDING, PATH_RUN_STEPS,
-                                     MIN_RUN_ROWS):
+    padding, min_rows = (0.0, 1) if exact_widths else (MAX_PADDING, MIN_RUN_ROWS)
+    for first, last in length_chunks(widths[by_width], PATH_RUN_ROWS, padding, PATH_RUN_STEPS,
+                                     min_rows):
         chunk = slice(first, last) if one_width else by_width[first:last]
         chunk_widths = widths[chunk]
         width = int(chunk_widths.max())
@@ -282,7 +293,8 @@ def _tree_and_plan(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: 
 
 
 def infer_shared(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, k: int,
-                 best: np.ndarray, probabilities: np.ndarray, finite: np.ndarray) -> int | None:
+                 best: np.ndarray, probabilities: np.ndarray, finite: np.ndarray,
+                 row_states: list[np.ndarray] | None = None) -> int | None:
     """infer() along the cheapest plan, or None (nothing run) when the plan does not cut: the
     model exposes no state, or the rows share too little for a cut to pay."""
     if not scorer.shares_prefixes or rows.size < 2:
@@ -290,7 +302,8 @@ def infer_shared(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np
     tree, boundaries = _tree_and_plan(scorer, flat, offsets, rows)
     if len(boundaries) <= 2:
         return None
-    return infer(scorer, flat, offsets, rows, k, best, probabilities, finite, boundaries, tree)
+    return infer(scorer, flat, offsets, rows, k, best, probabilities, finite, boundaries, tree,
+                 row_states)
 
 
 def infer_merged(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, k: int,

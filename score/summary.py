@@ -52,12 +52,13 @@ def probabilities(scorer: models.Scorer) -> str:
 
 def build(record: RunRecord, *, exit_code: int, error: str | None, input_location: str,
           output_location: str, options: ScoreOptions, rows_in: int, rows_out: int,
-          run: dict) -> dict:
+          run: dict, keyed: bool = False) -> dict:
     """The --summary JSON: status, counts, speed, the model, distributions and drift.
 
     Args:
         rows_in: the rows the run took in (see score.job.RunState.rows_in for a failed run).
         run: the keys only this kind of run has (`files`, or `spark`), after the head.
+        keyed: a run with --key (its rows can also fail for their key).
     """
     seconds = time.perf_counter() - record.started
     payload = {
@@ -77,7 +78,7 @@ def build(record: RunRecord, *, exit_code: int, error: str | None, input_locatio
         "on_invalid": options.on_invalid,
         **run,
     }
-    payload.update(_figures(options, record.scorer, record.stats, record.drift))
+    payload.update(_figures(options, record.scorer, record.stats, record.drift, keyed))
     payload["warnings"] = list(record.warnings)
     return payload
 
@@ -93,7 +94,7 @@ def spec_fields(spec) -> dict:
 
 
 def _figures(options: ScoreOptions, scorer: models.Scorer | None, stats: BatchStats | None,
-             drift: dict | None) -> dict:
+             drift: dict | None, keyed: bool = False) -> dict:
     """The model, the counts, the distributions and the drift of a run's merged statistics."""
     payload: dict = {}
     if scorer is not None:
@@ -107,7 +108,7 @@ def _figures(options: ScoreOptions, scorer: models.Scorer | None, stats: BatchSt
     invalid = int(rows - stats.reason_counts[0])
     payload["rows_invalid"] = invalid
     payload["invalid_by_reason"] = {name: int(stats.reason_counts[code])
-                                    for code, name in reasons_for(spec).items()}
+                                    for code, name in reasons_for(spec, keyed).items()}
     payload["predicted_class_distribution"] = _per_step(spec.y_values, stats.profile.prediction_counts)
     payload["input_value_histogram"] = _per_step(spec.x_values, stats.profile.input_counts)
     report = dict(drift or {})

@@ -1,0 +1,506 @@
+"""The state dataset: each key's LSTM state, carried from one scheduled run to the next.
+
+One row per key, in ascending key order: the key, the steps the key has consumed so far, and
+one fixed-size float32 list per state tensor (h and c of each layer, as Scorer.state_units()).
+The job merge-joins it against its own keys in ascending order (StateCursor), so neither side is
+ever held whole. The part file's footer says which model wrote it and what it was computed from,
+and a fingerprint over all of that chains one run's state to the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from score import atomic, inputs, sink, sink_common, storage
+from score.errors import InputMissing, InvalidInput, OutputError, SeqscoreError, UsageError
+from score.summary import utc_now
+
+STATE_FORMAT = 1
+PART_NAME = "part-00000.parquet"  # the file the local job writes inside the state folder
+MANIFEST = "_SUCCESS"  # JSON manifest written after the part file(s)
+# Entries per chunk the reader yields and per row group the writer writes: 16 MB of state for
+# the benchmark's model (2 layers x (h, c) x 64 units of float32 per key).
+ROWS_PER_CHUNK = 16_384
+STEPS = "steps"
+_META = "seqscore."
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """The columns of a state dataset for one model and one key column."""
+
+    key: str  # the key column's name
+    key_type: pa.DataType  # the input key column's type: an integer type, string or large_string
+    tensors: tuple[tuple[str, int], ...]  # (column, units) in Scorer.state_units() order
+    model_sha256: str  # the model that computed the states; another model cannot resume them
+
+    def __post_init__(self) -> None:
+        if self.key in (STEPS, *(name for name, _ in self.tensors)):
+            raise UsageError(f"--key {self.key}: the state dataset has its own column of that "
+                             f"name; rename the key column")
+
+    @classmethod
+    def for_model(cls, scorer, key: str, key_type: pa.DataType) -> StateLayout:
+        tensors = tuple((name, state.units) for state in scorer.spec.states
+                        for name in (state.initial_h, state.initial_c))
+        assert [units for _, units in tensors] == scorer.state_units()
+        return cls(key, key_type, tensors, scorer.sha256)
+
+    def schema(self) -> pa.Schema:
+        fields = [pa.field(self.key, self.key_type, nullable=False),
+                  pa.field(STEPS, pa.int64(), nullable=False)]
+        fields += [pa.field(name, pa.list_(pa.float32(), units), nullable=False)
+                   for name, units in self.tensors]
+        return pa.schema(fields)
+
+    def empty(self) -> StateChunk:
+        return StateChunk(np.empty(0, _key_dtype(self.key_type)), np.empty(0, np.int64),
+                          [np.empty((0, units), np.float32) for _, units in self.tensors])
+
+
+@dataclass
+class StateChunk:
+    """Entries of the state in ascending key order."""
+
+    keys: np.ndarray  # int64 (signed keys), uint64 (unsigned) or an object array of str
+    steps: np.ndarray  # (n,) int64: the steps each key has consumed in every run so far
+    states: list[np.ndarray]  # one (n, units) float32 C-contiguous array per tensor, layout order
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def take(self, rows: np.ndarray | slice) -> StateChunk:
+        """The given rows (a slice gives views, an index array copies)."""
+        return StateChunk(self.keys[rows], self.steps[rows],
+                          [np.ascontiguousarray(state[rows]) for state in self.states])
+
+    @staticmethod
+    def concat(chunks: list[StateChunk], layout: StateLayout) -> StateChunk:
+        chunks = [chunk for chunk in chunks if len(chunk)]
+        if len(chunks) <= 1:
+            return chunks[0] if chunks else layout.empty()
+        return StateChunk(np.concatenate([chunk.keys for chunk in chunks]),
+                          np.concatenate([chunk.steps for chunk in chunks]),
+                          [np.concatenate([chunk.states[index] for chunk in chunks])
+                           for index in range(len(layout.tensors))])
+
+
+def _key_dtype(key_type: pa.DataType) -> np.dtype:
+    if pa.types.is_unsigned_integer(key_type):
+        return np.dtype(np.uint64)
+    return np.dtype(np.int64 if pa.types.is_integer(key_type) else object)
+
+
+def key_numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Sortable numpy keys of an Arrow key column (dictionary decoded); nulls are not allowed."""
+    if isinstance(array, pa.ChunkedArray):
+        # Each chunk on its own: the chunks of a dictionary column may have different dictionaries.
+        parts = [key_numpy(chunk) for chunk in array.chunks]
+        return np.concatenate(parts) if parts else np.empty(0, _key_dtype(_decoded(array.type)))
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    assert array.null_count == 0, "callers remove null keys first"
+    values = array.to_numpy(zero_copy_only=False)
+    return values.astype(_key_dtype(array.type), copy=False)
+
+
+def key_arrow(keys: np.ndarray, key_type: pa.DataType) -> pa.Array:
+    """The inverse of key_numpy, for writing: numpy keys back to an Arrow array of key_type."""
+    if pa.types.is_integer(key_type):
+        return pa.array(keys).cast(key_type)  # a safe cast: a key out of range raises
+    return pa.array(keys, type=key_type)
+
+
+def _decoded(data_type: pa.DataType) -> pa.DataType:
+    return data_type.value_type if pa.types.is_dictionary(data_type) else data_type
+
+
+def check_key_type(data_type: pa.DataType, column: str, location: str) -> pa.DataType:
+    """The key column's type, dictionary decoded, if it can be a key (integers, strings)."""
+    data_type = _decoded(data_type)
+    if pa.types.is_integer(data_type) or data_type in (pa.string(), pa.large_string()):
+        return data_type
+    raise InvalidInput(f"{location}: key column {column!r} is {data_type}; expected an integer "
+                       f"or string column")
+
+
+def _named(flag: str, error: SeqscoreError) -> SeqscoreError:
+    """The same error, its message starting with the flag it concerns."""
+    named = type(error).__new__(type(error))  # not __init__: some take other arguments
+    named.__dict__.update(error.__dict__)
+    named.args = (f"{flag} {error}",)
+    return named
+
+
+@contextlib.contextmanager
+def _opened(location: str) -> Iterator[pq.ParquetFile]:
+    """A Parquet file of the state, closed on leaving, its source included."""
+    try:
+        parquet_file = inputs.open_parquet(location)
+    except SeqscoreError as error:
+        raise _named("--state-in", error) from None
+    try:
+        yield parquet_file
+    finally:
+        parquet_file.close(force=True)  # without force, a source opened by us stays open
+
+
+def _part_files(location: str) -> list[str]:
+    """The part files of a state folder in name order, or the one file given."""
+    try:
+        if storage.kind(location) == "file":
+            return [location]
+        entries = storage.list_parquet(location)
+    except InputMissing:
+        raise InputMissing(f"--state-in {location}: not found; omit --state-in to start from "
+                           f"the zero state, or pass the folder a run wrote with --state-out") from None
+    except SeqscoreError as error:
+        raise _named("--state-in", error) from None
+    if not entries:
+        raise InputMissing(f"--state-in {location}: no *.parquet part file in this folder; "
+                           f"expected the folder a run wrote with --state-out")
+    return [entry.location for entry in entries]
+
+
+def _check_metadata(location: str, metadata: dict[bytes, bytes], layout: StateLayout) -> None:
+    found = metadata.get(b"seqscore.model_sha256")
+    if found is None:
+        raise InvalidInput(f"--state-in {location}: not a seqscore state (no seqscore.model_sha256 "
+                           f"in its metadata); pass the folder a run wrote with --state-out")
+    state_format = metadata.get(b"seqscore.state_format", b"").decode(errors="replace")
+    if state_format != str(STATE_FORMAT):
+        raise InvalidInput(f"--state-in {location}: state format {state_format!r}; this seqscore "
+                           f"reads format {STATE_FORMAT}")
+    if found.decode(errors="replace") != layout.model_sha256:
+        raise InvalidInput(
+            f"--state-in {location}: written by the model with sha256 {found.decode(errors='replace')}, "
+            f"but this run's model has sha256 {layout.model_sha256}; omit --state-in to start "
+            f"over from the zero state")
+
+
+def _check_schema(location: str, schema: pa.Schema, layout: StateLayout) -> None:
+    for name in (layout.key, STEPS, *(name for name, _ in layout.tensors)):
+        if name not in schema.names:
+            raise InvalidInput(f"--state-in {location}: no column {name!r}; the file has "
+                               f"{', '.join(map(repr, schema.names))}")
+    key_type = _decoded(schema.field(layout.key).type)
+    strings = (pa.string(), pa.large_string())  # the same keys; Spark writes string whatever it read
+    if key_type != layout.key_type and not (key_type in strings and layout.key_type in strings):
+        raise InvalidInput(f"--state-in {location}: key column {layout.key!r} is {key_type}, but "
+                           f"the input's key column is {layout.key_type}; use the same key type")
+    if not pa.types.is_integer(schema.field(STEPS).type):
+        raise InvalidInput(f"--state-in {location}: column {STEPS!r} is "
+                           f"{schema.field(STEPS).type}; expected an integer column")
+    for name, units in layout.tensors:
+        found = schema.field(name).type
+        fixed = pa.types.is_fixed_size_list(found) and found.list_size == units
+        if not ((fixed or pa.types.is_list(found)) and found.value_type == pa.float32()):
+            raise InvalidInput(f"--state-in {location}: column {name!r} is {found}; expected "
+                               f"fixed_size_list<float>[{units}], the width of this model's state")
+
+
+def _first_null(array: pa.Array) -> int | None:
+    if not array.null_count:
+        return None
+    return int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
+
+
+class StateReader:
+    """Streams a state dataset written by StateWriter (or by Spark: several part files),
+    validating it as it goes."""
+
+    def __init__(self, location: str, layout: StateLayout) -> None:
+        self.location = location
+        self.layout = layout
+        self.files = _part_files(location)
+        self.columns = [layout.key, STEPS, *(name for name, _ in layout.tensors)]
+        self._rows = 0
+        self._fingerprint = ""
+        # Every footer is checked before any entry is read; the files are reopened to stream.
+        for index, file in enumerate(self.files):
+            with _opened(file) as parquet_file:
+                metadata = parquet_file.metadata.metadata or {}
+                _check_metadata(file, metadata, layout)
+                _check_schema(file, parquet_file.schema_arrow, layout)
+                self._rows += parquet_file.metadata.num_rows
+            if index == 0:
+                self._fingerprint = metadata.get(b"seqscore.fingerprint", b"").decode(errors="replace")
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    def chunks(self) -> Iterator[StateChunk]:
+        """Chunks of at most ROWS_PER_CHUNK entries, checked to ascend across files."""
+        previous = None  # the last key yielded, whichever file it came from
+        for file in self.files:
+            row = 0  # of the file's first entry in this batch
+            for batch in self._batches(file):
+                chunk = self._chunk(file, batch, row)
+                if len(chunk):
+                    _check_order(file, chunk.keys, row, previous)
+                    previous = chunk.keys[-1]
+                    yield chunk
+                row += batch.num_rows
+
+    def _batches(self, file: str) -> Iterator[pa.RecordBatch]:
+        with _opened(file) as parquet_file:
+            try:  # only the reader's own failures: the caller's are not thrown in here
+                yield from parquet_file.iter_batches(batch_size=ROWS_PER_CHUNK, columns=self.columns)
+            except Exception as error:  # noqa: BLE001  (read_failure classifies every reader failure)
+                raise _named("--state-in", inputs.read_failure(file, error)) from None
+
+    def _chunk(self, file: str, batch: pa.RecordBatch, row: int) -> StateChunk:
+        for name in self.columns:
+            null = _first_null(batch.column(name))
+            if null is not None:
+                raise InvalidInput(f"--state-in {file}: row {row + null}: {name!r} is null; a "
+                                   f"state holds a key, its steps and every state tensor")
+        # uint64 counts beyond int64 wrap negative here and are refused with the negative ones.
+        steps = batch.column(STEPS).to_numpy().astype(np.int64, copy=False)
+        negative = np.flatnonzero(steps < 0)
+        if len(negative):
+            raise InvalidInput(f"--state-in {file}: row {row + negative[0]}: {STEPS!r} is "
+                               f"{batch.column(STEPS)[int(negative[0])]}; expected a count >= 0")
+        states = [_tensor(file, batch.column(name), name, units, row)
+                  for name, units in self.layout.tensors]
+        return StateChunk(key_numpy(batch.column(self.layout.key)), steps, states)
+
+
+def _tensor(file: str, column: pa.Array, name: str, units: int, row: int) -> np.ndarray:
+    """A (rows, units) float32 array of a fixed-size or plain list<float> column without nulls."""
+    if pa.types.is_list(column.type):
+        lengths = pc.list_value_length(column).to_numpy()
+        wrong = np.flatnonzero(lengths != units)
+        if len(wrong):
+            raise InvalidInput(f"--state-in {file}: row {row + wrong[0]}: {name!r} holds "
+                               f"{lengths[wrong[0]]} values; expected {units}, the width of this "
+                               f"model's state")
+    values = column.flatten()
+    null = _first_null(values)
+    if null is not None:
+        raise InvalidInput(f"--state-in {file}: row {row + null // units}: {name!r} holds a "
+                           f"null value; a state holds every value of each tensor")
+    return np.ascontiguousarray(values.to_numpy(zero_copy_only=False).reshape(len(column), units))
+
+
+def _check_order(file: str, keys: np.ndarray, row: int, previous) -> None:
+    """Keys strictly ascending within the chunk and after the previous chunk's last key."""
+    if previous is not None:
+        keys = np.concatenate([np.array([previous], keys.dtype), keys])
+        row -= 1  # of the previous key, now first
+    wrong = np.flatnonzero(keys[1:] <= keys[:-1])
+    if len(wrong):
+        key, before = (value.item() if isinstance(value, np.generic) else value
+                       for value in (keys[wrong[0] + 1], keys[wrong[0]]))
+        raise InvalidInput(f"--state-in {file}: row {row + wrong[0] + 1}: key {key!r} is not "
+                           f"after key {before!r}; a state holds each key once, in ascending order")
+
+
+class StateCursor:
+    """Merge-join helper: walks a StateReader's chunks in key order."""
+
+    def __init__(self, chunks: Iterator[StateChunk] | None, layout: StateLayout) -> None:
+        self.chunks = iter(chunks if chunks is not None else ())  # None: no --state-in
+        self.layout = layout
+        self.pending = layout.empty()  # the current reader chunk's entries not yet returned
+
+    def until(self, last_key, limit: int | None = None) -> StateChunk:
+        """Every entry not yet returned with key <= last_key, in order (may be empty); at most
+        ``limit`` of them, the others left for the next call."""
+        taken, count = [], 0
+        while True:
+            stop = int(np.searchsorted(self.pending.keys, last_key, side="right"))
+            if limit is not None:
+                stop = min(stop, limit - count)
+            taken.append(self.pending.take(slice(0, stop)))
+            self.pending = self.pending.take(slice(stop, None))
+            count += stop
+            if limit is not None and count >= limit:
+                return StateChunk.concat(taken, self.layout)
+            following = None if len(self.pending) else next(self.chunks, None)
+            if following is None:  # the next key is beyond last_key, or there is none
+                return StateChunk.concat(taken, self.layout)
+            self.pending = following
+
+    def rest(self) -> Iterator[StateChunk]:
+        """Every remaining entry, chunk by chunk."""
+        pending, self.pending = self.pending, self.layout.empty()
+        if len(pending):
+            yield pending
+        yield from self.chunks
+
+
+class StateWriter:
+    """Writes the state dataset atomically: the folder ``location`` appears complete or not at
+    all (local); on an object store (URI) the part file is one atomic upload and the manifest
+    follows it."""
+
+    def __init__(self, location: str, layout: StateLayout, lineage: dict[str, str]) -> None:
+        self.location = location
+        self.layout = layout
+        self.lineage = lineage
+        self._rows = 0
+        self._last = None  # the last key written, for the ascending-order invariant
+        self._pending: list[StateChunk] = []  # entries not yet written as a full row group
+        self._digest = hashlib.sha256()  # of the content written, row group by row group
+        self._fingerprint: str | None = None
+        self._finished = False  # committed or aborted
+        self._staging = self._sink = self._writer = None
+        with self._failing():
+            if storage.is_uri(location):
+                self._sink = sink.open_sink(storage.join(location, PART_NAME))
+                target = self._sink.target
+            else:
+                self._staging = _local_staging(location)
+                target = os.path.join(self._staging, PART_NAME)
+            # Page checksums: the reader verifies them, so a flipped bit is refused, not resumed.
+            self._writer = pq.ParquetWriter(target, layout.schema(), use_dictionary=[layout.key],
+                                            write_page_checksum=True)
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        """On any failure, remove what was staged; an I/O error becomes one named line."""
+        try:
+            yield
+        except (OSError, SeqscoreError) as error:
+            self.abort()
+            if isinstance(error, OSError):
+                error = storage.write_error(self.location, error)
+            raise _named("--state-out", error) from None
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    @property
+    def fingerprint(self) -> str:
+        assert self._fingerprint is not None, "the fingerprint is known after commit"
+        return self._fingerprint
+
+    def write(self, chunk: StateChunk) -> None:
+        """Add entries; they ascend and follow everything written before."""
+        if not len(chunk):
+            return
+        assert self._last is None or chunk.keys[0] > self._last, "state keys must ascend"
+        assert (chunk.keys[1:] > chunk.keys[:-1]).all(), "state keys must ascend"
+        assert [state.shape for state in chunk.states] == [(len(chunk), units)
+                                                           for _, units in self.layout.tensors]
+        self._last = chunk.keys[-1]
+        self._rows += len(chunk)
+        self._pending.append(chunk)
+        if sum(map(len, self._pending)) >= ROWS_PER_CHUNK:
+            with self._failing():
+                self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        """Write full row groups of what is pending (and the remainder when ``final``)."""
+        merged = StateChunk.concat(self._pending, self.layout)
+        full = len(merged) if final else len(merged) - len(merged) % ROWS_PER_CHUNK
+        for start in range(0, full, ROWS_PER_CHUNK):
+            self._write_group(merged.take(slice(start, min(start + ROWS_PER_CHUNK, full))))
+        self._pending = [merged.take(slice(full, None))]
+
+    def _write_group(self, chunk: StateChunk) -> None:
+        arrays = [key_arrow(chunk.keys, self.layout.key_type), pa.array(chunk.steps, pa.int64())]
+        arrays += [pa.FixedSizeListArray.from_arrays(pa.array(state.reshape(-1), pa.float32()), units)
+                   for state, (_, units) in zip(chunk.states, self.layout.tensors, strict=True)]
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.layout.schema()))
+        _update_digest(self._digest, chunk)
+
+    def commit(self) -> None:
+        """Close the part file with its metadata, add the manifest, and publish."""
+        assert not self._finished, "commit once, and not after abort"
+        with self._failing():
+            self._flush(final=True)
+            metadata = self._metadata()
+            manifest = json.dumps({**metadata, "status": "succeeded"}, indent=2) + "\n"
+            self._writer.add_key_value_metadata(metadata)
+            self._writer.close()
+            if self._sink is not None:
+                self._sink.commit(self._rows)
+                sink.write_small_file(storage.join(self.location, MANIFEST), manifest.encode())
+            else:
+                self._publish(manifest)
+        self._fingerprint = metadata["seqscore.fingerprint"]
+        self._finished = True
+
+    def _publish(self, manifest: str) -> None:
+        """Write the manifest into the staging folder and move the folder into place."""
+        with open(os.path.join(self._staging, MANIFEST), "w", encoding="utf-8") as stream:
+            stream.write(manifest)
+        with sink_common.signals_held():
+            atomic.replace_directory(self._staging, os.path.abspath(storage.local_path(self.location)))
+
+    def _metadata(self) -> dict[str, str]:
+        lineage = [self.lineage.get("input_fingerprint", ""), self.lineage.get("parent_fingerprint", "")]
+        parts = [self.layout.model_sha256, *lineage, str(self._rows), self._digest.hexdigest()]
+        tensors = [{"name": name, "units": units} for name, units in self.layout.tensors]
+        return {
+            f"{_META}state_format": str(STATE_FORMAT),
+            f"{_META}model_sha256": self.layout.model_sha256,
+            f"{_META}key_column": self.layout.key,
+            f"{_META}state_tensors": json.dumps(tensors),
+            f"{_META}rows": str(self._rows),
+            f"{_META}input_fingerprint": lineage[0],
+            f"{_META}parent_fingerprint": lineage[1],
+            f"{_META}fingerprint": hashlib.sha256("\n".join(parts).encode()).hexdigest(),
+            f"{_META}created_at": utc_now(),
+        }
+
+    def abort(self) -> None:
+        """Remove everything staged; safe to call twice and after commit."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._writer is not None:
+            with contextlib.suppress(Exception):  # already failing: the first error is the one reported
+                self._writer.close()
+        if self._sink is not None:
+            self._sink.abort()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def _local_staging(location: str) -> str:
+    """A hidden staging folder beside the state folder, whose parent is created if missing."""
+    path = os.path.abspath(storage.local_path(location))
+    if os.path.isfile(path):
+        raise OutputError(f"{location}: is a file; expected a folder for the state")
+    try:
+        return atomic.staging_directory(path)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return atomic.staging_directory(path)
+
+
+def _update_digest(digest, chunk: StateChunk) -> None:
+    """Feed the bytes of the entries to ``digest``; strings as their UTF-8 offsets and bytes."""
+    if chunk.keys.dtype == object:
+        _, offsets, data = pa.array(chunk.keys, pa.large_string()).buffers()
+        offsets = np.frombuffer(offsets, np.int64, count=len(chunk) + 1)
+        digest.update(offsets)
+        digest.update(memoryview(data)[: offsets[-1]] if data is not None else b"")
+    else:
+        digest.update(np.ascontiguousarray(chunk.keys))
+    digest.update(np.ascontiguousarray(chunk.steps, np.int64))
+    for state in chunk.states:
+        digest.update(np.ascontiguousarray(state, np.float32))
