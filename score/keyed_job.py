@@ -20,20 +20,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from score import inputs, keyed, state_store, storage
+from score import inputs, keyed, keyed_files, state_store, storage
 from score.batch import BatchStats
 from score.columns import check_input_schema
 from score.encoding import DUPLICATE_KEY, NULL_KEY
 from score.errors import InvalidInput, InvalidRow, ModelError, UsageError
-from score.job import SUCCESS_FILE, JobConfig, RunState, dictionary_columns, output_metadata
+from score.job import SUCCESS_FILE, JobConfig, RunState, output_metadata
+from score.keyed_files import READ_ROWS, KeyedOutput
 from score.model import Scorer
-from score.sink import open_sink, write_error, write_small_file
-from score.state_store import StateChunk, StateCursor, StateLayout, StateReader, StateWriter
+from score.sink import write_small_file
+from score.state_store import StateChunk, StateCursor, StateLayout, StateReader
+from score.state_writer import StateWriter
 from score.summary import utc_now
 
-READ_ROWS = 65_536  # rows per batch of the key column's first pass
 # Rows scored at a time when the input is held in memory, and entries of the state taken at a
 # time: each piece's states (in, out and merged) stay a few tens of MB for the benchmark's model.
 KEYED_BATCH_ROWS = 16_384
@@ -109,47 +109,6 @@ def check_model(scorer: Scorer) -> None:
         raise ModelError(f"--key: the model {scorer.location} cannot carry state: {why}")
 
 
-class _Output:
-    """One scored file: written as its rows come, published only when the whole run is done."""
-
-    def __init__(self, input_location: str, location: str, rows: int, schema: pa.Schema) -> None:
-        self.input, self.location, self.rows, self.schema = input_location, location, rows, schema
-        self.written = self.invalid = 0
-        self.sink = open_sink(location)
-        try:
-            self.writer = pq.ParquetWriter(self.sink.target, schema, use_dictionary=dictionary_columns(schema))
-        except OSError as error:
-            self.sink.abort()
-            raise write_error(location, error) from None
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        try:
-            self.writer.write_batch(batch)
-        except OSError as error:
-            raise write_error(self.location, error) from None
-        self.written += batch.num_rows
-        self.invalid += batch.num_rows - batch.column("error").null_count
-
-    def close(self, metadata: dict[str, str]) -> None:
-        if self.written != self.rows:
-            raise InvalidInput(f"{self.input}: corrupt Parquet file (the footer claims {self.rows} "
-                               f"rows but {self.written} were read)")
-        try:
-            self.writer.add_key_value_metadata(metadata)
-            self.writer.close()
-        except OSError as error:
-            raise write_error(self.location, error) from None
-        self.writer = None
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            try:
-                self.writer.close()
-            except Exception:  # noqa: BLE001  (the first error is the one to report)
-                pass
-        self.sink.abort()
-
-
 @dataclass
 class _File:
     """One input file of the run."""
@@ -169,7 +128,7 @@ class KeyedRun:
         self.record: KeyedRecord = state.keyed
         self.key = config.key
         self.column = config.options.column(scorer)
-        self.outputs: list[_Output] = []
+        self.outputs: list[KeyedOutput] = []
 
     # 1. The key column's first pass: types, order, fingerprint --------------------------------
     def scan(self, pairs: list[tuple[str, str, str]]) -> tuple[list[_File], bool]:
@@ -180,7 +139,7 @@ class KeyedRun:
         for input_location, output_location, relative in pairs:
             parquet = inputs.open_parquet(input_location)
             try:
-                schema = _schema(parquet, input_location)
+                schema = keyed_files.schema_of(parquet, input_location)
                 self._check_schema(schema, input_location)
                 key_type = state_store.check_key_type(schema.field(self.key).type, self.key, input_location)
                 if files and key_type != files[0].key_type:
@@ -188,7 +147,7 @@ class KeyedRun:
                         f"{input_location}: key column {self.key!r} is {key_type} but "
                         f"{files[0].input} has {files[0].key_type}; every file of a run needs one key type")
                 digest.update(relative.encode() + b"\0" + repr(parquet.metadata.to_dict()).encode())
-                for batch in _batches(parquet, input_location, READ_ROWS, [self.key]):
+                for batch in keyed_files.batches(parquet, input_location, READ_ROWS, [self.key]):
                     if not ascending:
                         break
                     column = batch.column(0)
@@ -232,8 +191,8 @@ class KeyedRun:
         for rest in cursor.rest():  # the keys after the input's last: carried as they were
             writer.write(rest)
 
-    def _open(self, file: _File) -> _Output:
-        output = _Output(file.input, file.output, file.rows, file.scored_schema)
+    def _open(self, file: _File) -> KeyedOutput:
+        output = KeyedOutput(file.input, file.output, file.rows, file.scored_schema)
         self.outputs.append(output)
         return output
 
@@ -244,7 +203,7 @@ class KeyedRun:
             parquet = inputs.open_parquet(file.input)
             try:
                 done = 0
-                for batch in _batches(parquet, file.input, self.config.batch_size or KEYED_BATCH_ROWS):
+                for batch in keyed_files.batches(parquet, file.input, self.config.batch_size or KEYED_BATCH_ROWS):
                     keys = state_store.key_numpy(batch.column(self.key))
                     problems = np.zeros(batch.num_rows, dtype=np.int8)
                     for scored in self._score(batch, keys, problems, None, None,
@@ -261,7 +220,7 @@ class KeyedRun:
         for file in files:
             parquet = inputs.open_parquet(file.input)
             try:
-                tables.append(_read_all(parquet, file.input))
+                tables.append(keyed_files.read_all(parquet, file.input))
             finally:
                 parquet.close()
         both = pa.concat_tables([table.select([self.key, self.column]) for table in tables],
@@ -413,34 +372,6 @@ class KeyedRun:
 
 def _show(key) -> str:
     return repr(key.item() if isinstance(key, np.generic) else key)
-
-
-def _schema(parquet: pq.ParquetFile, location: str) -> pa.Schema:
-    try:
-        return parquet.schema_arrow
-    except Exception as error:  # noqa: BLE001
-        raise inputs.read_failure(location, error) from None
-
-
-def _batches(parquet: pq.ParquetFile, location: str, rows: int, columns: list[str] | None = None):
-    """The file's record batches, every reader failure named (65 corrupt, 74 storage)."""
-    read = parquet.iter_batches(batch_size=rows, columns=columns, use_threads=True)
-    while True:
-        try:
-            batch = next(read)
-        except StopIteration:
-            return
-        except Exception as error:  # noqa: BLE001
-            raise inputs.read_failure(location, error) from None
-        yield batch
-
-
-def _read_all(parquet: pq.ParquetFile, location: str) -> pa.Table:
-    table = pa.Table.from_batches(list(_batches(parquet, location, READ_ROWS)), schema=_schema(parquet, location))
-    if table.num_rows != parquet.metadata.num_rows:
-        raise InvalidInput(f"{location}: corrupt Parquet file (the footer claims "
-                           f"{parquet.metadata.num_rows} rows but {table.num_rows} were read)")
-    return table
 
 
 def run(scorer: Scorer, config: JobConfig, state: RunState, pairs: list[tuple[str, str, str]],

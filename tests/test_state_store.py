@@ -25,11 +25,11 @@ from score.state_store import (
     StateCursor,
     StateLayout,
     StateReader,
-    StateWriter,
     check_key_type,
     key_arrow,
     key_numpy,
 )
+from score.state_writer import StateWriter
 
 CHUNK = 100  # ROWS_PER_CHUNK in these tests, so that a few hundred entries span chunks
 LINEAGE = {"input_fingerprint": "in-1", "parent_fingerprint": ""}
@@ -497,7 +497,8 @@ KILLED_WRITER = """
 import sys, time
 import numpy as np, pyarrow as pa
 from score.model import load
-from score.state_store import StateChunk, StateLayout, StateWriter
+from score.state_store import StateChunk, StateLayout
+from score.state_writer import StateWriter
 layout = StateLayout.for_model(load(sys.argv[1]), "id", pa.int64())
 writer = StateWriter(sys.argv[2], layout, {"input_fingerprint": "", "parent_fingerprint": ""})
 writer.write(StateChunk(np.arange(7), np.zeros(7, np.int64), [np.zeros((7, 16), np.float32)] * 2))

@@ -1,0 +1,181 @@
+"""Writing the state dataset (score.state_store) atomically: the folder appears complete or not
+at all, with its lineage in the part file's footer and in its _SUCCESS manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from score import atomic, sink, sink_common, storage
+from score import state_store as store
+from score.errors import OutputError, SeqscoreError
+from score.state_store import MANIFEST, PART_NAME, STATE_FORMAT, StateChunk, StateLayout
+from score.summary import utc_now
+
+
+class StateWriter:
+    """Writes the state dataset atomically: the folder ``location`` appears complete or not at
+    all (local); on an object store (URI) the part file is one atomic upload and the manifest
+    follows it."""
+
+    def __init__(self, location: str, layout: StateLayout, lineage: dict[str, str]) -> None:
+        self.location = location
+        self.layout = layout
+        self.lineage = lineage
+        self._rows = 0
+        self._last = None  # the last key written, for the ascending-order invariant
+        self._pending: list[StateChunk] = []  # entries not yet written as a full row group
+        self._digest = hashlib.sha256()  # of the content written, row group by row group
+        self._fingerprint: str | None = None
+        self._finished = False  # committed or aborted
+        self._staging = self._sink = self._writer = None
+        with self._failing():
+            if storage.is_uri(location):
+                self._sink = sink.open_sink(storage.join(location, PART_NAME))
+                target = self._sink.target
+            else:
+                self._staging = _local_staging(location)
+                target = os.path.join(self._staging, PART_NAME)
+            # Page checksums: the reader verifies them, so a flipped bit is refused, not resumed.
+            self._writer = pq.ParquetWriter(target, layout.schema(), use_dictionary=[layout.key],
+                                            write_page_checksum=True)
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        """On any failure, remove what was staged; an I/O error becomes one named line."""
+        try:
+            yield
+        except (OSError, SeqscoreError) as error:
+            self.abort()
+            if isinstance(error, OSError):
+                error = storage.write_error(self.location, error)
+            raise store.named("--state-out", error) from None
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    @property
+    def fingerprint(self) -> str:
+        assert self._fingerprint is not None, "the fingerprint is known after commit"
+        return self._fingerprint
+
+    def write(self, chunk: StateChunk) -> None:
+        """Add entries; they ascend and follow everything written before."""
+        if not len(chunk):
+            return
+        assert self._last is None or chunk.keys[0] > self._last, "state keys must ascend"
+        assert (chunk.keys[1:] > chunk.keys[:-1]).all(), "state keys must ascend"
+        assert [state.shape for state in chunk.states] == [(len(chunk), units)
+                                                           for _, units in self.layout.tensors]
+        self._last = chunk.keys[-1]
+        self._rows += len(chunk)
+        self._pending.append(chunk)
+        if sum(map(len, self._pending)) >= store.ROWS_PER_CHUNK:
+            with self._failing():
+                self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        """Write full row groups of what is pending (and the remainder when ``final``)."""
+        merged = StateChunk.concat(self._pending, self.layout)
+        full = len(merged) if final else len(merged) - len(merged) % store.ROWS_PER_CHUNK
+        for start in range(0, full, store.ROWS_PER_CHUNK):
+            self._write_group(merged.take(slice(start, min(start + store.ROWS_PER_CHUNK, full))))
+        self._pending = [merged.take(slice(full, None))]
+
+    def _write_group(self, chunk: StateChunk) -> None:
+        arrays = [store.key_arrow(chunk.keys, self.layout.key_type), pa.array(chunk.steps, pa.int64())]
+        arrays += [pa.FixedSizeListArray.from_arrays(pa.array(state.reshape(-1), pa.float32()), units)
+                   for state, (_, units) in zip(chunk.states, self.layout.tensors, strict=True)]
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.layout.schema()))
+        _update_digest(self._digest, chunk)
+
+    def commit(self) -> None:
+        """Close the part file with its metadata, add the manifest, and publish."""
+        assert not self._finished, "commit once, and not after abort"
+        with self._failing():
+            self._flush(final=True)
+            metadata = self._metadata()
+            manifest = json.dumps({**metadata, "status": "succeeded"}, indent=2) + "\n"
+            self._writer.add_key_value_metadata(metadata)
+            self._writer.close()
+            if self._sink is not None:
+                self._sink.commit(self._rows)
+                sink.write_small_file(storage.join(self.location, MANIFEST), manifest.encode())
+            else:
+                self._publish(manifest)
+        self._fingerprint = metadata["seqscore.fingerprint"]
+        self._finished = True
+
+    def _publish(self, manifest: str) -> None:
+        """Write the manifest into the staging folder and move the folder into place."""
+        with open(os.path.join(self._staging, MANIFEST), "w", encoding="utf-8") as stream:
+            stream.write(manifest)
+        with sink_common.signals_held():
+            atomic.replace_directory(self._staging, os.path.abspath(storage.local_path(self.location)))
+
+    def _metadata(self) -> dict[str, str]:
+        lineage = [self.lineage.get("input_fingerprint", ""), self.lineage.get("parent_fingerprint", "")]
+        parts = [self.layout.model_sha256, *lineage, str(self._rows), self._digest.hexdigest()]
+        tensors = [{"name": name, "units": units} for name, units in self.layout.tensors]
+        return {
+            f"{store.META}state_format": str(STATE_FORMAT),
+            f"{store.META}model_sha256": self.layout.model_sha256,
+            f"{store.META}key_column": self.layout.key,
+            f"{store.META}state_tensors": json.dumps(tensors),
+            f"{store.META}rows": str(self._rows),
+            f"{store.META}input_fingerprint": lineage[0],
+            f"{store.META}parent_fingerprint": lineage[1],
+            f"{store.META}fingerprint": hashlib.sha256("\n".join(parts).encode()).hexdigest(),
+            f"{store.META}created_at": utc_now(),
+        }
+
+    def abort(self) -> None:
+        """Remove everything staged; safe to call twice and after commit."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._writer is not None:
+            with contextlib.suppress(Exception):  # already failing: the first error is the one reported
+                self._writer.close()
+        if self._sink is not None:
+            self._sink.abort()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def _local_staging(location: str) -> str:
+    """A hidden staging folder beside the state folder, whose parent is created if missing."""
+    path = os.path.abspath(storage.local_path(location))
+    if os.path.isfile(path):
+        raise OutputError(f"{location}: is a file; expected a folder for the state")
+    try:
+        return atomic.staging_directory(path)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return atomic.staging_directory(path)
+
+
+def _update_digest(digest, chunk: StateChunk) -> None:
+    """Feed the bytes of the entries to ``digest``; strings as their UTF-8 offsets and bytes."""
+    if chunk.keys.dtype == object:
+        _, offsets, data = pa.array(chunk.keys, pa.large_string()).buffers()
+        offsets = np.frombuffer(offsets, np.int64, count=len(chunk) + 1)
+        digest.update(offsets)
+        digest.update(memoryview(data)[: offsets[-1]] if data is not None else b"")
+    else:
+        digest.update(np.ascontiguousarray(chunk.keys))
+    digest.update(np.ascontiguousarray(chunk.steps, np.int64))
+    for state in chunk.states:
+        digest.update(np.ascontiguousarray(state, np.float32))
