@@ -21,13 +21,17 @@ class ResultCache:
 
     MIN_HIT_RATE = 0.05
 
-    def __init__(self, steps: int, k: int, classes: int, max_bytes: int = 32 << 20) -> None:
+    def __init__(self, steps: int, k: int, classes: int, max_bytes: int = 32 << 20,
+                 state_width: int = 0) -> None:
         self.index_dtype = np.int16 if classes <= np.iinfo(np.int16).max else np.int32
-        entry_bytes = 8 + steps * k * (np.dtype(self.index_dtype).itemsize + 4)
+        entry_bytes = 8 + steps * k * (np.dtype(self.index_dtype).itemsize + 4) + 4 * state_width
         self.capacity = max_bytes // entry_bytes
         self.keys = np.empty(0, dtype=np.int64)  # sorted
         self.best = np.empty((0, steps, k), dtype=self.index_dtype)
         self.probabilities = np.empty((0, steps, k), dtype=np.float32)
+        # A run with --key also keeps the state each sequence ends in (every state tensor's
+        # values side by side), which the next run of its key starts from.
+        self.states = np.empty((0, state_width), dtype=np.float32)
         self.enabled = self.capacity > 0
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -40,8 +44,10 @@ class ResultCache:
     def get(self, slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.best[slot].astype(np.intp), self.probabilities[slot]
 
-    def add(self, keys: np.ndarray, best: np.ndarray, probabilities: np.ndarray) -> None:
-        """Remember new results (keys not cached yet), as many as there is room for."""
+    def add(self, keys: np.ndarray, best: np.ndarray, probabilities: np.ndarray,
+            states: np.ndarray | None = None) -> None:
+        """Remember new results (keys not cached yet), as many as there is room for; ``states``
+        (rows, state width) with a cache that keeps them."""
         room = self.capacity - self.keys.size
         if not self.enabled or room <= 0 or keys.size == 0:
             return
@@ -51,6 +57,8 @@ class ResultCache:
         self.keys = merged[order]
         self.best = np.concatenate([self.best, best.astype(self.index_dtype)])[order]
         self.probabilities = np.concatenate([self.probabilities, probabilities])[order]
+        if self.states.shape[1]:
+            self.states = np.concatenate([self.states, states[:room]])[order]
 
     def settle(self, hit_rate: float) -> None:
         """After a look-up: a cache that held results but served under MIN_HIT_RATE switches off."""
@@ -59,6 +67,7 @@ class ResultCache:
             self.keys = self.keys[:0]
             self.best = self.best[:0]
             self.probabilities = self.probabilities[:0]
+            self.states = self.states[:0]
 
 
 def ragged_key_length(scorer: Scorer, options: ScoreOptions) -> int:
@@ -66,13 +75,16 @@ def ragged_key_length(scorer: Scorer, options: ScoreOptions) -> int:
     return min(ragged.key_length(scorer.spec.x_classes), options.length_limit(scorer))
 
 
-def new_cache(scorer: Scorer, options: ScoreOptions) -> ResultCache | None:
+def new_cache(scorer: Scorer, options: ScoreOptions, states: bool = False) -> ResultCache | None:
     """The run's result cache, sized for the rows this model and these options key; None
-    without de-duplication (no keys) or with the cache switched off (ScoreOptions.cache)."""
+    without de-duplication (no keys) or with the cache switched off (ScoreOptions.cache).
+    ``states``: also keep the state each sequence ends in (a run with --key)."""
     if not (options.dedup and options.cache):
         return None
     spec = scorer.spec
     if options.ragged(scorer):
-        return ResultCache(ragged_key_length(scorer, options), options.top_k, spec.y_classes)
+        width = sum(scorer.state_units()) if states else 0
+        return ResultCache(ragged_key_length(scorer, options), options.top_k, spec.y_classes,
+                           state_width=width)
     steps = len(options.input_columns) if options.input_columns is not None else spec.seq_len
     return ResultCache(steps, options.top_k, spec.y_classes)

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from score import columns, prefix, ragged, resume
-from score.arrays import offsets_from_lengths, segment_gather
+from score.arrays import offsets_from_lengths, segment_gather, to_padded
 from score.batch import BatchStats, Inferred, batch_stats, refuse_non_finite
-from score.cache import ragged_key_length
+from score.cache import ResultCache, ragged_key_length
 from score.encoding import REASONS, TOO_LONG, VALID
 from score.errors import InvalidRow
 from score.model import Scorer
@@ -62,9 +62,10 @@ def output_schema(input_schema: pa.Schema, options: ScoreOptions) -> pa.Schema:
     return scored.append(STEPS_BEFORE_FIELD)
 
 
-def score_resumed(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, carried: Carried
-                  ) -> Resumed:
-    """Score one batch of rows that each continue their key's history.
+def score_resumed(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, carried: Carried,
+                  cache: ResultCache | None = None) -> Resumed:
+    """Score one batch of rows that each continue their key's history. ``cache``: the run's
+    results for sequences of new keys so far (new_cache(..., states=True)); None: none kept.
 
     Steps: 1. read and encode the new steps; the whole history (steps before plus new steps)
     must fit the length limit; 2. the first invalid row raises (--on-invalid error); 3. run the
@@ -107,7 +108,7 @@ def score_resumed(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, 
                                    initial, finals)
     new = np.flatnonzero(steps_before == 0)
     computed_new, distinct_new = _infer_new(scorer, flat, offsets, new, k, best, probabilities,
-                                            finite, finals, options)
+                                            finite, finals, options, cache)
     inferred = Inferred(best, probabilities, finite, known.size + distinct_new, computed + computed_new)
 
     # 4. NaN or infinity fails the row (its key's state stays as it was); assemble.
@@ -147,23 +148,35 @@ def score_resumed(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, 
 
 def _infer_new(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, new: np.ndarray, k: int,
                best: np.ndarray, probabilities: np.ndarray, finite: np.ndarray,
-               finals: list[np.ndarray], options: ScoreOptions) -> tuple[int, int]:
-    """Run the rows of new keys (``new``, from the zero state): equal rows once, rows with a
-    common beginning sharing it. Returns the steps computed and the distinct rows run."""
+               finals: list[np.ndarray], options: ScoreOptions, cache: ResultCache | None
+               ) -> tuple[int, int]:
+    """Run the rows of new keys (``new``, from the zero state) as a run without --key does:
+    equal rows once, rows found in the run's cache not at all, rows with a common beginning
+    sharing it. Returns the steps computed and the distinct rows the model ran."""
     if new.size == 0:
         return 0, 0
     lengths = np.diff(offsets)
-    leaders, inverse = new, None
+    leaders, inverse, keys = new, None, None
     if options.dedup:
         keys = ragged.row_keys(flat, offsets, scorer.spec.x_classes, ragged_key_length(scorer, options))
         first, inverse = ragged.distinct(keys[new])
         leaders = new[first]
+    run = leaders
+    use_cache = cache is not None and cache.enabled and keys is not None
+    if use_cache:
+        run = _from_cache(cache, keys, leaders, offsets, best, probabilities, finals)
     computed = None
     if options.share_prefixes:
-        computed = prefix.infer_shared(scorer, flat, offsets, leaders, k, best, probabilities, finite, finals)
+        computed = prefix.infer_shared(scorer, flat, offsets, run, k, best, probabilities, finite, finals)
     if computed is None:
-        computed = resume.infer_states(scorer, flat, offsets, leaders, k, best, probabilities, finite,
-                                       None, finals)
+        computed = resume.infer_states(scorer, flat, offsets, run, k, best, probabilities, finite, None, finals)
+    if use_cache and cache.enabled:
+        kept = run[finite[run] & (keys[run] >= 0)]
+        if kept.size:
+            width = cache.best.shape[1]
+            cache.add(keys[kept], to_padded(best, offsets, kept, width)[0],
+                      to_padded(probabilities, offsets, kept, width)[0],
+                      np.concatenate([final[kept] for final in finals], axis=1))
     if inverse is not None and leaders.size < new.size:  # each repeat takes its leader's results
         source_rows = leaders[inverse]
         source = segment_gather(offsets[source_rows], lengths[new])
@@ -173,7 +186,29 @@ def _infer_new(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, new: np.nd
         finite[new] = finite[source_rows]
         for final in finals:
             final[new] = final[source_rows]
-    return computed, int(leaders.size)
+    return computed, int(run.size)
+
+
+def _from_cache(cache: ResultCache, keys: np.ndarray, rows: np.ndarray, offsets: np.ndarray,
+                best: np.ndarray, probabilities: np.ndarray, finals: list[np.ndarray]) -> np.ndarray:
+    """Fill the rows the run's cache holds (their top-k and final states); the others, to run."""
+    lengths = np.diff(offsets)
+    found, slot = cache.lookup(keys[rows])
+    hit = found & (keys[rows] >= 0)
+    if hit.any():
+        rows_hit = rows[hit]
+        cached_best, cached_probabilities = cache.get(slot[hit])
+        mask = np.arange(cache.best.shape[1]) < lengths[rows_hit][:, None]
+        destination = segment_gather(offsets[:-1][rows_hit], lengths[rows_hit])
+        best[destination] = cached_best[mask]
+        probabilities[destination] = cached_probabilities[mask]
+        states = cache.states[slot[hit]]
+        start = 0
+        for final in finals:
+            final[rows_hit] = states[:, start : start + final.shape[1]]
+            start += final.shape[1]
+    cache.settle(float(hit.mean()) if rows.size else 1.0)
+    return rows[~hit]
 
 
 def _history_messages(column: str, lengths: np.ndarray, carried: Carried, history_long: np.ndarray,

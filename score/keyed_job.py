@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from score import inputs, keyed, keyed_files, state_store, storage
 from score.batch import BatchStats
+from score.cache import new_cache
 from score.columns import check_input_schema
 from score.encoding import DUPLICATE_KEY, NULL_KEY
 from score.errors import InvalidInput, InvalidRow, ModelError, UsageError
@@ -129,6 +130,9 @@ class KeyedRun:
         self.key = config.key
         self.column = config.options.column(scorer)
         self.outputs: list[KeyedOutput] = []
+        # One cache for the whole run, as without --key: a new key's sequence scored in one
+        # batch is not scored again in the next (with the state it ends in).
+        self.cache = new_cache(scorer, config.options, states=True)
 
     # 1. The key column's first pass: types, order, fingerprint --------------------------------
     def scan(self, pairs: list[tuple[str, str, str]]) -> tuple[list[_File], bool]:
@@ -343,7 +347,7 @@ class KeyedRun:
                   for state, units in zip(entries.states, self.scorer.state_units())]
         carried = keyed.Carried(steps_before, states, problems, messages, key_null)
         try:
-            resumed = keyed.score_resumed(self.scorer, batch, self.options, carried)
+            resumed = keyed.score_resumed(self.scorer, batch, self.options, carried, self.cache)
         except InvalidRow as error:
             self._count(None, error.row + 1)
             location, line = where(error.row)

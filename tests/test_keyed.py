@@ -350,3 +350,27 @@ def test_a_truncated_state_is_refused(tmp_path, yesterday):
     assert result.code == 65
     assert len(result.lines) == 1 and str(part) in result.lines[0]
     assert_nothing_published(tmp_path, tmp_path / "out2.parquet", tmp_path / "state2")
+
+
+def test_new_keys_share_work_as_rows_without_a_key_do(tmp_path):
+    """40 new keys whose rows are 3 distinct sequences, in batches of 8: the model runs each
+    sequence once (de-duplication, then the run's cache), and every key still ends in its state."""
+    sequences = [[1, 2, 3, 4], [1, 2, 3, 5], [7, 7]]
+    rows = {f"k{index:02d}": sequences[index % 3] for index in range(40)}
+    source = day(tmp_path, "day", rows, sort=False)
+    result = keyed_run(source, tmp_path / "out.parquet", "--state-out", tmp_path / "state",
+                       "--batch-size", "8", "--summary", tmp_path / "summary.json")
+    assert result.code == 0, result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["distinct_sequences_scored"] == 3
+    plain = Plain(str(RAGGED_MODEL))
+    state = pq.read_table(tmp_path / "state")
+    for position, key in enumerate(state.column("user").to_pylist()):
+        _, _, finals = plain.run(rows[key])
+        for column, final in zip(plain.state_columns, finals):
+            np.testing.assert_allclose(state.column(column)[position].as_py(), final, atol=1e-6, rtol=0)
+    scored = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    for row in scored:
+        values, probabilities, _ = plain.run(rows[row["user"]])
+        assert row["top_k_values"] == values.tolist()
+        np.testing.assert_allclose(row["top_k_probs"], probabilities, atol=1e-6, rtol=0)
