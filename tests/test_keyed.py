@@ -374,3 +374,65 @@ def test_new_keys_share_work_as_rows_without_a_key_do(tmp_path):
         values, probabilities, _ = plain.run(rows[row["user"]])
         assert row["top_k_values"] == values.tolist()
         np.testing.assert_allclose(row["top_k_probs"], probabilities, atol=1e-6, rtol=0)
+
+
+# Crashes: a SIGKILL at any moment leaves OUTPUT and --state-out as they were -----------------
+def folder_digest(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def big_day(path: Path, rows: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 12, rows)
+    keys = rng.permutation(rows * 2)[:rows]  # unsorted: the input is held in memory
+    pq.write_table(pa.table({"user": keys, "x": pa.array([rng.integers(0, 11, n).tolist() for n in lengths],
+                                                         pa.list_(pa.int64()))}), path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["state_staged", "output_staged", "after_a_while"])
+def test_a_sigkill_at_any_moment_leaves_output_and_state_as_they_were(tmp_path, moment):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    big_day(tmp_path / "day1.parquet", 20_000, seed=1)
+    big_day(tmp_path / "day2.parquet", 60_000, seed=2)
+    base = [sys.executable, "-m", "score", "--model", str(RAGGED_MODEL), "--key", "user", "--quiet"]
+    out, state = tmp_path / "out2.parquet", tmp_path / "state2"
+    assert run_score(tmp_path / "day1.parquet", tmp_path / "out1.parquet", "--model", RAGGED_MODEL,
+                     "--key", "user", "--state-out", tmp_path / "state1", "--quiet").code == 0
+    # A previous attempt published OUTPUT and --state-out (of a smaller input).
+    assert run_score(tmp_path / "day1.parquet", out, "--model", RAGGED_MODEL, "--key", "user",
+                     "--state-in", tmp_path / "state1", "--state-out", state, "--quiet").code == 0
+    before_output, before_state = out.read_bytes(), folder_digest(state)
+
+    command = [*base, str(tmp_path / "day2.parquet"), str(out), "--state-in", str(tmp_path / "state1"),
+               "--state-out", str(state), "--batch-size", "2048"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    started = time.monotonic()
+    while time.monotonic() < deadline and process.poll() is None:
+        hidden = [path.name for path in tmp_path.iterdir() if path.name.startswith(".")]
+        if moment == "state_staged" and any(name.startswith(".state2.") for name in hidden):
+            break
+        if moment == "output_staged" and any(name.startswith(".out2.parquet.") for name in hidden):
+            break
+        if moment == "after_a_while" and time.monotonic() - started > 1.5:
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.kill()
+    process.wait(timeout=30)
+    assert out.read_bytes() == before_output
+    assert folder_digest(state) == before_state
+
+    # The retry publishes both; a second retry of the same run gives the same rows and state.
+    assert subprocess.run(command, cwd=ROOT, capture_output=True).returncode == 0
+    first_rows, first_state = pq.read_table(out), pq.read_table(state)
+    assert subprocess.run(command, cwd=ROOT, capture_output=True).returncode == 0
+    assert pq.read_table(out).equals(first_rows)
+    assert pq.read_table(state).equals(first_state)
+    assert first_rows.num_rows == 60_000
