@@ -10,6 +10,7 @@ and a fingerprint over all of that chains one run's state to the next.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -231,6 +232,8 @@ class StateReader:
                 self._rows += parquet_file.metadata.num_rows
             if index == 0:
                 self._fingerprint = metadata.get(b"seqscore.fingerprint", b"").decode(errors="replace")
+        # A state of several parts (Spark's) has its fingerprint in its manifest only.
+        self._fingerprint = _manifest_fingerprint(location) or self._fingerprint
 
     @property
     def fingerprint(self) -> str:
@@ -339,3 +342,16 @@ class StateCursor:
         if len(pending):
             yield pending
         yield from self.chunks
+
+
+def _manifest_fingerprint(location: str) -> str:
+    """The fingerprint the state folder's manifest records, or "" (no manifest, or a file)."""
+    try:
+        if storage.kind(location) != "directory":
+            return ""
+        text = storage.read_bytes(storage.join(location, MANIFEST))
+        payload = json.loads(text)
+    except (SeqscoreError, ValueError):
+        return ""
+    value = payload.get("seqscore.fingerprint") if isinstance(payload, dict) else None
+    return value if isinstance(value, str) else ""

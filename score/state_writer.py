@@ -24,21 +24,31 @@ from score.summary import utc_now
 class StateWriter:
     """Writes the state dataset atomically: the folder ``location`` appears complete or not at
     all (local); on an object store (URI) the part file is one atomic upload and the manifest
-    follows it."""
+    follows it.
 
-    def __init__(self, location: str, layout: StateLayout, lineage: dict[str, str]) -> None:
+    ``part``: write only this part file into the existing folder ``location`` (a Spark task's
+    share of a state sorted across tasks); commit() then renames the complete file into place
+    and publishes nothing: the driver writes the manifest (publish_parts).
+    """
+
+    def __init__(self, location: str, layout: StateLayout, lineage: dict[str, str],
+                 part: str | None = None) -> None:
         self.location = location
         self.layout = layout
         self.lineage = lineage
+        self.part = part
         self._rows = 0
         self._last = None  # the last key written, for the ascending-order invariant
         self._pending: list[StateChunk] = []  # entries not yet written as a full row group
         self._digest = hashlib.sha256()  # of the content written, row group by row group
         self._fingerprint: str | None = None
         self._finished = False  # committed or aborted
-        self._staging = self._sink = self._writer = None
+        self._staging = self._sink = self._writer = self._staging_part = None
         with self._failing():
-            if storage.is_uri(location):
+            if part is not None:
+                target = os.path.join(storage.local_path(location), atomic.hidden_name(part))
+                self._staging_part = target
+            elif storage.is_uri(location):
                 self._sink = sink.open_sink(storage.join(location, PART_NAME))
                 target = self._sink.target
             else:
@@ -110,7 +120,10 @@ class StateWriter:
             manifest = json.dumps({**metadata, "status": "succeeded"}, indent=2) + "\n"
             self._writer.add_key_value_metadata(metadata)
             self._writer.close()
-            if self._sink is not None:
+            if self.part is not None:
+                atomic.fsync_file(self._staging_part)
+                os.replace(self._staging_part, os.path.join(storage.local_path(self.location), self.part))
+            elif self._sink is not None:
                 self._sink.commit(self._rows)
                 sink.write_small_file(storage.join(self.location, MANIFEST), manifest.encode())
             else:
@@ -125,21 +138,16 @@ class StateWriter:
         with sink_common.signals_held():
             atomic.replace_directory(self._staging, os.path.abspath(storage.local_path(self.location)))
 
+    @property
+    def digest(self) -> str:
+        """The sha256 of the entries written so far (of a part: its share of the dataset's)."""
+        return self._digest.hexdigest()
+
     def _metadata(self) -> dict[str, str]:
-        lineage = [self.lineage.get("input_fingerprint", ""), self.lineage.get("parent_fingerprint", "")]
-        parts = [self.layout.model_sha256, *lineage, str(self._rows), self._digest.hexdigest()]
-        tensors = [{"name": name, "units": units} for name, units in self.layout.tensors]
-        return {
-            f"{store.META}state_format": str(STATE_FORMAT),
-            f"{store.META}model_sha256": self.layout.model_sha256,
-            f"{store.META}key_column": self.layout.key,
-            f"{store.META}state_tensors": json.dumps(tensors),
-            f"{store.META}rows": str(self._rows),
-            f"{store.META}input_fingerprint": lineage[0],
-            f"{store.META}parent_fingerprint": lineage[1],
-            f"{store.META}fingerprint": hashlib.sha256("\n".join(parts).encode()).hexdigest(),
-            f"{store.META}created_at": utc_now(),
-        }
+        metadata = dataset_metadata(self.layout, self.lineage, self._rows, [self.digest])
+        if self.part is not None:  # the dataset's fingerprint is the driver's, in the manifest
+            metadata[f"{store.META}fingerprint"] = ""
+        return metadata
 
     def abort(self) -> None:
         """Remove everything staged; safe to call twice and after commit."""
@@ -153,6 +161,48 @@ class StateWriter:
             self._sink.abort()
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
+        if self._staging_part is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._staging_part)
+
+
+def dataset_metadata(layout: StateLayout, lineage: dict[str, str], rows: int, digests: list[str]
+                     ) -> dict[str, str]:
+    """The state's metadata: what wrote it, from what, and its fingerprint, a sha256 over the
+    model, the input's and the parent state's fingerprints, the rows and the parts' contents."""
+    chain = [lineage.get("input_fingerprint", ""), lineage.get("parent_fingerprint", "")]
+    fingerprint = hashlib.sha256("\n".join([layout.model_sha256, *chain, str(rows), *digests]).encode())
+    tensors = [{"name": name, "units": units} for name, units in layout.tensors]
+    return {
+        f"{store.META}state_format": str(STATE_FORMAT),
+        f"{store.META}model_sha256": layout.model_sha256,
+        f"{store.META}key_column": layout.key,
+        f"{store.META}state_tensors": json.dumps(tensors),
+        f"{store.META}rows": str(rows),
+        f"{store.META}input_fingerprint": chain[0],
+        f"{store.META}parent_fingerprint": chain[1],
+        f"{store.META}fingerprint": fingerprint.hexdigest(),
+        f"{store.META}created_at": utc_now(),
+    }
+
+
+def publish_parts(staging: str, location: str, layout: StateLayout, lineage: dict[str, str],
+                  parts: list[tuple[int, str]]) -> dict[str, str]:
+    """Write the manifest of a staging folder of part files (rows, digest in key order) and move
+    the folder into place at ``location``, atomically; returns the dataset's metadata."""
+    metadata = dataset_metadata(layout, lineage, sum(rows for rows, _ in parts),
+                                [digest for _, digest in parts])
+    manifest = json.dumps({**metadata, "status": "succeeded", "parts": len(parts)}, indent=2) + "\n"
+    with open(os.path.join(staging, MANIFEST), "w", encoding="utf-8") as stream:
+        stream.write(manifest)
+    with sink_common.signals_held():
+        atomic.replace_directory(staging, os.path.abspath(storage.local_path(location)))
+    return metadata
+
+
+def staging_folder(location: str) -> str:
+    """A new hidden folder beside the state folder (made if missing) for a writer's parts."""
+    return _local_staging(location)
 
 
 def _local_staging(location: str) -> str:

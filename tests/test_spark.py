@@ -583,3 +583,96 @@ def test_importing_score_spark_does_not_import_pyspark():
 def run_module_code(code: str):
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, check=False)
+
+
+# Scheduled runs that remember (--key) ----------------------------------------------------------
+def keyed_day(path: Path, keys: list, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    rows = [rng.integers(0, 11, int(rng.integers(1, 7))).tolist() for _ in keys]
+    pq.write_table(pa.table({"user": keys, "x": pa.array(rows, pa.list_(pa.int64()))}), path)
+    return path
+
+
+@pytest.mark.slow
+@needs_spark
+def test_a_chain_of_keyed_runs_on_spark_equals_the_local_jobs(spark, tmp_path):
+    """Three runs (keys new, skipping a run, back again), in Spark and locally, each from its
+    own previous state: the same rows, steps_before, states and summary counts; and each
+    reads the other's state."""
+    from score.keyed_job import KeyedRecord
+
+    model = str(RAGGED_MODEL)
+    days = [keyed_day(tmp_path / "day0.parquet", [f"u{i:02d}" for i in range(12)], 0),
+            keyed_day(tmp_path / "day1.parquet", [f"u{i:02d}" for i in range(6, 20)][::-1], 1),
+            keyed_day(tmp_path / "day2.parquet", [f"u{i:02d}" for i in (0, 1, 2, 15, 21, 22)], 2)]
+    for index, day in enumerate(days):
+        extra = ["--state-in", tmp_path / f"local-state{index - 1}"] if index else []
+        result = run_score(day, tmp_path / f"local{index}.parquet", "--model", model, "--key", "user",
+                           "--state-out", tmp_path / f"local-state{index}", "--quiet", *extra,
+                           "--summary", tmp_path / f"local{index}.json")
+        assert result.code == 0, result.stderr
+        config = scale.SparkJobConfig(str(day), str(tmp_path / f"spark{index}"), model, key="user",
+                                      state_in=str(tmp_path / f"spark-state{index - 1}") if index else None,
+                                      state_out=str(tmp_path / f"spark-state{index}"))
+        state = scale.run(spark, config, load(model), scale.SparkRunState(keyed=KeyedRecord()))
+        local, remote = pq.read_table(tmp_path / f"local{index}.parquet"), pq.read_table(tmp_path / f"spark{index}")
+        assert remote.column_names == local.column_names
+        for name in ("user", "x", "y_pred", "top_k_values", "error", "steps_before"):
+            assert remote.column(name).to_pylist() == local.column(name).to_pylist(), name
+        np.testing.assert_allclose(np.array(remote.column("top_k_probs").combine_chunks().flatten().flatten()),
+                                   np.array(local.column("top_k_probs").combine_chunks().flatten().flatten()),
+                                   atol=1e-6, rtol=0)
+        local_state = pq.read_table(tmp_path / f"local-state{index}")
+        spark_state = pq.read_table(tmp_path / f"spark-state{index}")
+        assert spark_state.column("user").to_pylist() == local_state.column("user").to_pylist()
+        assert spark_state.column("steps").to_pylist() == local_state.column("steps").to_pylist()
+        for name in ("initial_h_0", "initial_c_0"):
+            np.testing.assert_allclose(np.array(spark_state.column(name).to_pylist()),
+                                       np.array(local_state.column(name).to_pylist()), atol=1e-6, rtol=0)
+        counts = json.loads((tmp_path / f"local{index}.json").read_text())
+        assert state.keyed.to_dict()["keys_scored"] == counts["keys_scored"]
+        for name in ("keys_in_state", "keys_new", "keys_carried_unchanged", "keys_in_state_out",
+                     "steps_resumed"):
+            assert getattr(state.keyed, name) == counts[name], name
+        assert state.stats.rows == len(local)
+    # Each reads the other's state: the local job from Spark's parts, Spark from the local file.
+    result = run_score(days[2], tmp_path / "crossed.parquet", "--model", model, "--key", "user",
+                       "--state-in", tmp_path / "spark-state1", "--state-out", tmp_path / "crossed-state",
+                       "--quiet")
+    assert result.code == 0, result.stderr
+    assert pq.read_table(tmp_path / "crossed.parquet").equals(pq.read_table(tmp_path / "local2.parquet"))
+
+
+@pytest.mark.slow
+@needs_spark
+def test_a_repeated_key_fails_a_spark_run_with_the_local_jobs_line(spark, tmp_path):
+    from score.keyed_job import KeyedRecord
+
+    day = keyed_day(tmp_path / "day.parquet", ["a", "b", "c", "b"], 0)
+    local = run_score(day, tmp_path / "local.parquet", "--model", RAGGED_MODEL, "--key", "user",
+                      "--state-out", tmp_path / "local-state", "--quiet")
+    assert local.code == 65
+    config = scale.SparkJobConfig(str(day), str(tmp_path / "spark"), str(RAGGED_MODEL), key="user",
+                                  state_out=str(tmp_path / "spark-state"))
+    with pytest.raises(InvalidInput) as refused:
+        scale.run(spark, config, load(str(RAGGED_MODEL)), scale.SparkRunState(keyed=KeyedRecord()))
+    assert f"error: {refused.value}" == local.lines[0]
+    assert not (tmp_path / "spark").exists() and not (tmp_path / "spark-state").exists()
+
+
+@pytest.mark.parametrize("flags,code,line", [
+    pytest.param(["--key", "user", "--state-out", "s3://bucket/state"], 2,
+                 "--state-out s3://bucket/state: on Spark the state must be a path the driver and "
+                 "every executor reach (a shared mount); URIs are for the local job", id="state_uri"),
+    pytest.param(["--key", "user"], 2, "--key needs --state-out PATH (where the run writes every key's "
+                 "state)", id="no_state_out"),
+])
+def test_spark_refuses_keyed_flags_before_spark_starts(tmp_path, flags, code, line):
+    from conftest import run_main
+
+    from score.spark.__main__ import main
+
+    day = keyed_day(tmp_path / "day.parquet", ["a"], 0)
+    result = run_main(main, day, tmp_path / "out", "--model", RAGGED_MODEL, *flags)
+    assert result.code == code
+    assert result.lines == [f"error: {line}"]

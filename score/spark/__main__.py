@@ -16,7 +16,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING
 
-from score import cli, errors, monitor, storage, summary
+from score import cli, errors, keyed_job, monitor, storage, summary
 from score import model as models
 from score.core import empty_stats, length_warnings
 from score.errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOFTWARE, Interrupted, SeqscoreError
@@ -32,6 +32,7 @@ from score.spark.job import (
     run,
     summary_of,
 )
+from score.spark.keyed import check_state_locations
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -79,12 +80,13 @@ def parser() -> argparse.ArgumentParser:
                 "OUTPUT only within the limit (default: off)",
         quiet="no line when the job is done",
     )
+    cli.add_state_flags(p)
     return p
 
 
 def _config(args: argparse.Namespace) -> SparkJobConfig:
-    return SparkJobConfig(**cli.run_fields(args), threads=args.threads, master=args.master,
-                          quiet=args.quiet)
+    return SparkJobConfig(**cli.run_fields(args), **cli.state_fields(args), threads=args.threads,
+                          master=args.master, quiet=args.quiet)
 
 
 class _Signals:
@@ -140,7 +142,14 @@ def _main(args: argparse.Namespace, signals: _Signals) -> int:
     try:
         config = _config(args)
         check_locations(config)
+        keyed_job.check_flags(config.key, config.state_in, config.state_out, config.output,
+                              config.options.input_columns)
+        if config.key is not None:
+            check_state_locations(config.state_in, config.state_out)
         scorer = models.load(config.model, models.SessionConfig(threads=1))
+        if config.key is not None:
+            keyed_job.check_model(scorer)
+            state.keyed = keyed_job.KeyedRecord()
         state.scorer, state.stats = scorer, empty_stats(scorer)
         config.options.validate(scorer)
         check_baseline(config, scorer)

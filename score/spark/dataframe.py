@@ -38,13 +38,13 @@ def spark_output_schema(input_schema: StructType, options: ScoreOptions) -> Stru
     from pyspark.sql.pandas.types import from_arrow_type
     from pyspark.sql.types import StructField, StructType
 
-    arrow_input = _arrow_schema(input_schema)
+    arrow_input = arrow_schema(input_schema)
     added = list(output_schema(arrow_input, options))[len(arrow_input) :]
     fields = [StructField(f.name, from_arrow_type(f.type), f.nullable) for f in added]
     return StructType(list(input_schema.fields) + fields)
 
 
-def _arrow_schema(schema: StructType) -> pa.Schema:
+def arrow_schema(schema: StructType) -> pa.Schema:
     from pyspark.sql.pandas.types import to_arrow_schema
 
     try:
@@ -70,7 +70,7 @@ def ship_model(session: SparkSession, location: str) -> str | None:
     return name
 
 
-def _with_row_location(df: DataFrame) -> DataFrame | None:
+def with_row_location(df: DataFrame) -> DataFrame | None:
     """df plus the file and row index of every row, or None when Spark cannot tell them."""
     from pyspark.errors import PySparkException
     from pyspark.sql import functions
@@ -110,12 +110,12 @@ def score_frame(
     if threads < 1:
         raise UsageError(f"--threads {threads}: expected a positive integer")
     options.validate(scorer)
-    check_input_schema(_arrow_schema(df.schema), scorer, options)
+    check_input_schema(arrow_schema(df.schema), scorer, options)
     schema = spark_output_schema(df.schema, options)
 
     # 2-3. The model travels by SparkFiles; row locations only matter when a row stops the job.
     shipped_name = ship_model(df.sparkSession, model_path)
-    located = _with_row_location(df) if options.on_invalid == "error" else None
+    located = with_row_location(df) if options.on_invalid == "error" else None
     plan = WorkerPlan(model_path, shipped_name, scorer.sha256, threads, options,
                       locate=located is not None, stats=stats)
 

@@ -20,6 +20,8 @@ from score.spark.worker import StatsParam
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from score.keyed_job import KeyedRecord
+
 
 @dataclass(frozen=True)
 class SparkJobConfig:
@@ -35,6 +37,9 @@ class SparkJobConfig:
     quiet: bool = False  # no line when done
     summary: str | None = None  # where the driver writes the JSON summary (as python -m score)
     max_psi: float | None = None  # publish only when no step's input or prediction PSI exceeds it
+    key: str | None = None  # --key: scheduled runs that carry each key's state (score.spark.keyed)
+    state_in: str | None = None
+    state_out: str | None = None
 
 
 @dataclass
@@ -52,6 +57,7 @@ class SparkRunState:
     # removes them. Never anything that existed before the run.
     created: list[str] = field(default_factory=list)
     published: bool = False  # OUTPUT holds this run's dataset, _SUCCESS included
+    keyed: KeyedRecord | None = None  # a run with --key: its keys and state
 
     @property
     def rows(self) -> int:
@@ -122,6 +128,8 @@ def run(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
                        spark_version=session.version)
     if config.batch_size is not None:
         session.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.batch_size))
+    if config.key is not None:
+        return _run_keyed(session, config, scorer, state)
     gated = config.max_psi is not None
     target = staging_location(config.output, context.applicationId) if gated else config.output
     accumulator = context.accumulator(empty_stats(scorer), StatsParam(empty_stats(scorer)))
@@ -160,6 +168,85 @@ def run(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
             state.created.remove(target)
             raise
         publish(session, target, config.output, state)
+    state.published = True
+    return state
+
+
+def _run_keyed(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
+               state: SparkRunState) -> SparkRunState:
+    """A run with --key (score.spark.keyed): stage the scored rows with their new states, write
+    OUTPUT from them in the input's order and the new state sorted by key, both hidden; then,
+    within --max-psi, publish the state and OUTPUT, as the local job does.
+
+    Steps: 1. stage the scored rows (the one write whose tasks add the stats); 2. OUTPUT's rows
+    in the input's order; 3. the state's parts; 4. the drift gate; 5. publish the state, then
+    OUTPUT; 6. remove the staged rows.
+    """
+    from pyspark.sql import functions as F  # noqa: N812
+
+    from score import keyed as keyed_rows
+    from score import state_writer
+    from score.spark import keyed
+    from score.spark.worker import FILE_COLUMN, ROW_COLUMN
+
+    application = session.sparkContext.applicationId
+    accumulator = session.sparkContext.accumulator(empty_stats(scorer), StatsParam(empty_stats(scorer)))
+    rows_stage = staging_location(config.output, application + "-rows")
+    output_stage = staging_location(config.output, application)
+    record = state.keyed
+    try:
+        # 1. Score, with each row's state joined to it.
+        staged, layout = keyed.score_keyed(session, config, scorer, state, accumulator)
+        state.spark["partitions"] = staged.rdd.getNumPartitions()
+        if exists(session, config.output):
+            raise output_exists(config.output)
+        state.created.append(rows_stage)
+        staged.write.mode("errorifexists").parquet(rows_stage)
+        state.stats = accumulator.value
+        staged = session.read.parquet(rows_stage)
+        # 2. OUTPUT: the input's columns and the scored ones, in the input's order.
+        helpers = [keyed.MOVED, keyed.ORDER, FILE_COLUMN, ROW_COLUMN,
+                   *(keyed.NEW + name for name in (state_writer.store.STEPS, *(t for t, _ in layout.tensors)))]
+        state.created.append(output_stage)
+        (staged.orderBy(keyed.ORDER).drop(*[name for name in helpers if name in staged.columns])
+         .write.mode("errorifexists").parquet(output_stage))
+        counts = staged.filter(F.col(keyed.MOVED)).agg(
+            F.count(F.lit(1)).alias("scored"),
+            F.sum(F.when(F.col(keyed_rows.STEPS_BEFORE) == 0, 1).otherwise(0)).alias("new"),
+            F.sum(keyed_rows.STEPS_BEFORE).alias("resumed")).first()
+        record.keys_scored, record.keys_new = int(counts["scored"]), int(counts["new"] or 0)
+        record.steps_resumed = int(counts["resumed"] or 0)
+        # 3. The new state: the moved keys and every other key of --state-in, sorted by key.
+        folder, parts = keyed.write_state(session, staged, config, layout, record)
+        state.created.append(folder)
+    except SeqscoreError:
+        raise
+    except Exception as error:  # Py4J and PySpark exceptions, translated below
+        translated = spark_error(error)
+        if translated is None:
+            raise
+        raise translated from None
+    finally:
+        state.stats = accumulator.value
+        state.drift = job.drift_report(scorer, state.stats)
+    # 4-5. Decide, then publish the state and OUTPUT.
+    try:
+        job.check_max_psi(config.input, scorer, state.stats, config.max_psi)
+    except InvalidInput:
+        for location in (output_stage, folder):
+            remove_output(session, location)
+        raise
+    lineage = {"input_fingerprint": record.input_fingerprint,
+               "parent_fingerprint": record.state_in_fingerprint}
+    metadata = state_writer.publish_parts(folder, config.state_out, layout, lineage, parts)
+    state.created.remove(folder)
+    record.keys_in_state_out = int(metadata["seqscore.rows"])
+    record.keys_carried_unchanged = record.keys_in_state_out - record.keys_scored
+    record.state_out_fingerprint = metadata["seqscore.fingerprint"]
+    publish(session, output_stage, config.output, state)
+    # 6. The staged rows served their purpose.
+    remove_output(session, rows_stage)
+    state.created.remove(rows_stage)
     state.published = True
     return state
 
@@ -210,4 +297,5 @@ def summary_of(config: SparkJobConfig, state: SparkRunState, exit_code: int,
     return summary.build(state, exit_code=exit_code, error=error, input_location=config.input,
                          output_location=config.output, options=config.options,
                          rows_in=state.rows, rows_out=state.rows if state.published else 0,
-                         run={"spark": spark})
+                         run={"spark": spark, **(state.keyed.to_dict() if state.keyed else {})},
+                         keyed=state.keyed is not None)

@@ -136,7 +136,7 @@ def _row_location(
 ) -> str:
     """`FILE: row N` (N counts from 0 in the file) when known, else the partition and its row."""
     if plan.locate:
-        location = _display_path(batch.column(FILE_COLUMN)[batch_row].as_py())
+        location = display_path(batch.column(FILE_COLUMN)[batch_row].as_py())
         return f"{location}: row {batch.column(ROW_COLUMN)[batch_row].as_py()}"
     from pyspark import TaskContext
 
@@ -145,7 +145,7 @@ def _row_location(
     return f"partition {partition}: row {partition_row} of the partition"
 
 
-def _display_path(location: str) -> str:
+def display_path(location: str) -> str:
     """Spark's percent-encoded URI (file:/a%20b/c.parquet) as the path a person typed."""
     location = urllib.parse.unquote(location)
     for prefix in ("file://", "file:"):
