@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from score import inputs, keyed, keyed_files, state_store, storage
 from score.batch import BatchStats
@@ -27,7 +28,14 @@ from score.cache import new_cache
 from score.columns import check_input_schema
 from score.encoding import DUPLICATE_KEY, NULL_KEY
 from score.errors import InvalidInput, InvalidRow, ModelError, UsageError
-from score.job import SUCCESS_FILE, JobConfig, RunState, output_metadata
+from score.job import (
+    STEPS_PER_BATCH,
+    SUCCESS_FILE,
+    JobConfig,
+    RunState,
+    batch_rows,
+    output_metadata,
+)
 from score.keyed_files import READ_ROWS, KeyedOutput
 from score.model import Scorer
 from score.sink import write_small_file
@@ -35,8 +43,9 @@ from score.state_store import StateChunk, StateCursor, StateLayout, StateReader
 from score.state_writer import StateWriter
 from score.summary import utc_now
 
-# Rows scored at a time when the input is held in memory, and entries of the state taken at a
-# time: each piece's states (in, out and merged) stay a few tens of MB for the benchmark's model.
+# Rows scored at a time (at most; long rows fewer, as many as hold the job's STEPS_PER_BATCH
+# steps), and entries of the state taken at a time: each piece's states (in, out and merged)
+# stay a few MB for the benchmark's model.
 KEYED_BATCH_ROWS = 16_384
 STATE_ROWS = state_store.ROWS_PER_CHUNK
 
@@ -207,7 +216,9 @@ class KeyedRun:
             parquet = inputs.open_parquet(file.input)
             try:
                 done = 0
-                for batch in keyed_files.batches(parquet, file.input, self.config.batch_size or KEYED_BATCH_ROWS):
+                rows = self.config.batch_size or min(batch_rows(parquet, self.scorer, self.config),
+                                                     KEYED_BATCH_ROWS)
+                for batch in keyed_files.batches(parquet, file.input, rows):
                     keys = state_store.key_numpy(batch.column(self.key))
                     problems = np.zeros(batch.num_rows, dtype=np.int8)
                     for scored in self._score(batch, keys, problems, None, None,
@@ -245,7 +256,9 @@ class KeyedRun:
         problems, messages = self._key_problems(keys, null, order, where)
 
         pieces, positions = [], []
-        step = self.config.batch_size or KEYED_BATCH_ROWS
+        steps = pc.sum(pc.list_value_length(both.column(1))).as_py() or 0
+        mean = max(steps / max(both.num_rows, 1), 1.0)
+        step = self.config.batch_size or int(min(max(STEPS_PER_BATCH // mean, 1024), KEYED_BATCH_ROWS))
         chunks = [order[start : start + step] for start in range(0, order.size, step)]
         for chunk, nulls in [(chunk, None) for chunk in chunks] + [(np.flatnonzero(null), True)]:
             if chunk.size == 0:
