@@ -35,7 +35,7 @@ from score.sink import open_sink, write_error, write_small_file
 from score.summary import utc_now
 
 if TYPE_CHECKING:
-    from score.keyed_job import KeyedRecord
+    from score.keyed_checks import KeyedRecord
 
 DEFAULT_BATCH_SIZE = 65_536  # from the benchmark: with the run cache, memory stays ~300 MB at 5M rows
 # Rows of any length: memory follows the steps of a batch, not its rows, so the default batch
@@ -323,12 +323,12 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
     Steps: 1. load and verify the model (before any data is read); 2. plan the files;
     3. score each file; 4. in directory mode, write _SUCCESS last.
     """
-    from score import keyed_job
+    from score import keyed_checks
 
     state = state if state is not None else RunState()
     if config.batch_size is not None and config.batch_size < 1:
         raise UsageError(f"--batch-size {config.batch_size}: expected a positive integer")
-    keyed_job.check_flags(config.key, config.state_in, config.state_out, config.output,
+    keyed_checks.check_flags(config.key, config.state_in, config.state_out, config.output,
                           config.options.input_columns)
     scorer = models.load(config.model, config.session)
     state.scorer = scorer
@@ -338,8 +338,8 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
 
     pairs, directory_mode = inputs.plan(config.input, config.output)
     if config.key is not None:
-        keyed_job.check_model(scorer)
-        state.keyed = keyed_job.KeyedRecord()
+        keyed_checks.check_model(scorer)
+        state.keyed = keyed_checks.KeyedRecord()
     if directory_mode:
         _prepare_output_directory(config.output)
     if config.key is not None:

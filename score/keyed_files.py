@@ -76,8 +76,12 @@ def batches(parquet: pq.ParquetFile, location: str, rows: int, columns: list[str
         yield batch
 
 
-def read_all(parquet: pq.ParquetFile, location: str) -> pa.Table:
-    table = pa.Table.from_batches(list(batches(parquet, location, READ_ROWS)), schema=schema_of(parquet, location))
+def read_all(parquet: pq.ParquetFile, location: str, columns: list[str] | None = None) -> pa.Table:
+    """The whole file (or ``columns`` of it), its rows checked against the footer's count."""
+    schema = schema_of(parquet, location)
+    if columns is not None:
+        schema = pa.schema([schema.field(name) for name in columns])
+    table = pa.Table.from_batches(list(batches(parquet, location, READ_ROWS, columns)), schema=schema)
     if table.num_rows != parquet.metadata.num_rows:
         raise InvalidInput(f"{location}: corrupt Parquet file (the footer claims "
                            f"{parquet.metadata.num_rows} rows but {table.num_rows} were read)")

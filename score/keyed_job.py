@@ -22,12 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from score import inputs, keyed, keyed_files, state_store, storage
+from score import inputs, keyed, keyed_files, keyed_spill, state_store, storage
 from score.batch import BatchStats
 from score.cache import new_cache
 from score.columns import check_input_schema
 from score.encoding import DUPLICATE_KEY, NULL_KEY
-from score.errors import InvalidInput, InvalidRow, ModelError, UsageError
+from score.errors import InvalidInput, InvalidRow
 from score.job import (
     STEPS_PER_BATCH,
     SUCCESS_FILE,
@@ -36,6 +36,7 @@ from score.job import (
     batch_rows,
     output_metadata,
 )
+from score.keyed_checks import KeyedRecord, check_model
 from score.keyed_files import READ_ROWS, KeyedOutput
 from score.model import Scorer
 from score.sink import write_small_file
@@ -47,76 +48,10 @@ from score.summary import utc_now
 # steps), and entries of the state taken at a time: each piece's states (in, out and merged)
 # stay a few MB for the benchmark's model.
 KEYED_BATCH_ROWS = 16_384
+# Rows per window when the spilled rows are merged back in input order: each window is held
+# about four times (the window, in order, the file's batch beside it, the writer's row group).
+MERGE_ROWS = 8_192
 STATE_ROWS = state_store.ROWS_PER_CHUNK
-
-
-@dataclass
-class KeyedRecord:
-    """What a run with --key adds to the summary."""
-
-    keys_in_state: int = 0  # keys in --state-in
-    keys_scored: int = 0  # keys whose row was scored: their state moved on
-    keys_new: int = 0  # of those, keys --state-in did not hold
-    keys_carried_unchanged: int = 0  # keys of --state-in carried into --state-out as they were
-    keys_in_state_out: int = 0
-    steps_resumed: int = 0  # history steps the run did not compute again
-    input_sorted: bool | None = None  # streamed in key order (True) or held in memory (False)
-    state_in_fingerprint: str = ""
-    state_out_fingerprint: str = ""
-    input_fingerprint: str = ""
-
-    def to_dict(self) -> dict:
-        return {
-            "keys_in_state": self.keys_in_state,
-            "keys_scored": self.keys_scored,
-            "keys_new": self.keys_new,
-            "keys_carried_unchanged": self.keys_carried_unchanged,
-            "keys_in_state_out": self.keys_in_state_out,
-            "steps_resumed": self.steps_resumed,
-            "input_sorted_by_key": self.input_sorted,
-            "state_lineage": {"input": self.input_fingerprint, "state_in": self.state_in_fingerprint,
-                              "state_out": self.state_out_fingerprint},
-        }
-
-
-def check_flags(key: str | None, state_in: str | None, state_out: str | None, output: str,
-                input_columns: object) -> None:
-    """The usage rules of --key, --state-in and --state-out (exit 2), before anything is read."""
-    if key is None:
-        if state_in or state_out:
-            flag = "--state-in" if state_in else "--state-out"
-            raise UsageError(f"{flag} needs --key COL (the column naming each row's entity)")
-        return
-    if not state_out:
-        raise UsageError("--key needs --state-out PATH (where the run writes every key's state)")
-    if state_in and state_in.rstrip("/") == state_out.rstrip("/"):
-        raise UsageError(
-            f"--state-in and --state-out are both {state_out}; a retried run must find its input "
-            f"state, so give each run its own state folder (for example state/2026-12-03/)")
-    if state_out.rstrip("/") == output.rstrip("/"):
-        raise UsageError(f"--state-out is OUTPUT ({output}); choose another path")
-    if input_columns is not None:
-        raise UsageError("--key takes the sequences from a list column, not --input-columns")
-
-
-def check_model(scorer: Scorer) -> None:
-    """Only a causal model that exposes its states, at any length, can carry state (exit 78)."""
-    spec = scorer.spec
-    why = None
-    if not spec.causal:
-        why = "it is not causal (it reads later steps), so a history cannot be resumed"
-    elif not spec.variable_length:
-        why = (f"it takes sequences of exactly {spec.seq_len} steps (fixed length), so a history "
-               f"that grows run after run does not fit it; train it on rows of any length")
-    elif not spec.states:
-        why = "its file does not expose its LSTM states; export it again with `make export`"
-    elif not scorer.exact_states:
-        why = ("it is quantised (int8), and a run resumed from a carried state is not exactly "
-               "the whole run; use the float model")
-    elif not scorer.graph_top_k:
-        why = "its file lacks the top-k heads a resumed run needs; export it again with `make export`"
-    if why:
-        raise ModelError(f"--key: the model {scorer.location} cannot carry state: {why}")
 
 
 @dataclass
@@ -229,17 +164,18 @@ class KeyedRun:
                 parquet.close()
 
     def _run_in_memory(self, files: list[_File]) -> None:
-        """Input in any order: read whole, find null and repeated keys, score in key order, and
-        put each scored row back in its place."""
-        tables = []
+        """Input in any order: hold its keys and sequences (not its other columns), find null
+        and repeated keys, score in key order, spill the scored rows (score.keyed_spill), and
+        write each file in its own order from the spill and a second read of the file."""
+        parts = []
         for file in files:
             parquet = inputs.open_parquet(file.input)
             try:
-                tables.append(keyed_files.read_all(parquet, file.input))
+                parts.append(keyed_files.read_all(parquet, file.input, [self.key, self.column]))
             finally:
                 parquet.close()
-        both = pa.concat_tables([table.select([self.key, self.column]) for table in tables],
-                                promote_options="permissive").combine_chunks()
+        both = pa.concat_tables(parts, promote_options="permissive").combine_chunks()
+        del parts
         starts = np.cumsum([0] + [file.rows for file in files])
 
         def where(position: int) -> tuple[str, int]:
@@ -255,34 +191,49 @@ class KeyedRun:
         order = present[np.argsort(present_keys, kind="stable")]
         problems, messages = self._key_problems(keys, null, order, where)
 
-        pieces, positions = [], []
         steps = pc.sum(pc.list_value_length(both.column(1))).as_py() or 0
         mean = max(steps / max(both.num_rows, 1), 1.0)
         step = self.config.batch_size or int(min(max(STEPS_PER_BATCH // mean, 1024), KEYED_BATCH_ROWS))
         chunks = [order[start : start + step] for start in range(0, order.size, step)]
-        for chunk, nulls in [(chunk, None) for chunk in chunks] + [(np.flatnonzero(null), True)]:
-            if chunk.size == 0:
-                continue
-            taken = pa.array(chunk)
-            scored = self._score(both.take(taken).combine_chunks().to_batches()[0], keys[chunk],
-                                 problems[chunk], None if messages is None else messages.take(taken),
-                                 np.ones(chunk.size, dtype=bool) if nulls else None,
-                                 lambda row, c=chunk: where(int(c[row])))
-            pieces.extend(piece.drop_columns([self.key, self.column]) for piece in scored)
-            positions.append(chunk)
-        inverse = np.empty(both.num_rows, dtype=np.int64)
-        if positions:
-            inverse[np.concatenate(positions)] = np.arange(both.num_rows)
-        scored = pa.Table.from_batches(pieces).take(pa.array(inverse)) if pieces else None
-        for index, (file, table) in enumerate(zip(files, tables)):
+        spill = keyed_spill.Spill()
+        try:
+            for chunk, nulls in [(chunk, None) for chunk in chunks] + [(np.flatnonzero(null), True)]:
+                if chunk.size == 0:
+                    continue
+                taken = pa.array(chunk)
+                scored = self._score(both.take(taken).combine_chunks().to_batches()[0], keys[chunk],
+                                     problems[chunk], None if messages is None else messages.take(taken),
+                                     np.ones(chunk.size, dtype=bool) if nulls else None,
+                                     lambda row, c=chunk: where(int(c[row])))
+                # One run of the spill per chunk (its pieces together): the merge holds a row
+                # group of every run at once, so runs are few and long.
+                spill.add(pa.Table.from_batches([piece.drop_columns([self.key, self.column])
+                                                 for piece in scored]), chunk)
+            del both, keys, problems, messages
+            self._write_in_order(files, starts, spill.reader())
+        finally:
+            spill.close()
+
+    def _write_in_order(self, files: list[_File], starts: np.ndarray, merge) -> None:
+        """Each file read again, batch by batch, beside its scored rows from the spill."""
+        for index, file in enumerate(files):
             output = self._open(file)
-            if scored is not None:
-                own = scored.slice(int(starts[index]), file.rows)
-                for name in own.column_names:
-                    table = table.append_column(own.schema.field(name), own.column(name))
-                for batch in table.cast(file.scored_schema).to_batches(max_chunksize=READ_ROWS):
-                    output.write(batch)
-            tables[index] = None  # its memory goes as soon as it is written
+            parquet = inputs.open_parquet(file.input)
+            try:
+                position = int(starts[index])
+                for batch in keyed_files.batches(parquet, file.input, MERGE_ROWS):
+                    position += batch.num_rows
+                    own = merge.until(position)
+                    if own is None or own.num_rows != batch.num_rows:
+                        raise InvalidInput(f"{file.input}: the file changed while the run read it "
+                                           f"(its rows differ from the first read); run again")
+                    table = pa.Table.from_batches([batch])
+                    for name in own.column_names:
+                        table = table.append_column(own.schema.field(name), own.column(name))
+                    for part in table.cast(file.scored_schema).to_batches():
+                        output.write(part)
+            finally:
+                parquet.close()
 
     def _key_problems(self, keys: np.ndarray, null: np.ndarray, order: np.ndarray, where
                       ) -> tuple[np.ndarray, pa.Array | None]:

@@ -599,7 +599,7 @@ def test_a_chain_of_keyed_runs_on_spark_equals_the_local_jobs(spark, tmp_path):
     """Three runs (keys new, skipping a run, back again), in Spark and locally, each from its
     own previous state: the same rows, steps_before, states and summary counts; and each
     reads the other's state."""
-    from score.keyed_job import KeyedRecord
+    from score.keyed_checks import KeyedRecord
 
     model = str(RAGGED_MODEL)
     days = [keyed_day(tmp_path / "day0.parquet", [f"u{i:02d}" for i in range(12)], 0),
@@ -646,7 +646,7 @@ def test_a_chain_of_keyed_runs_on_spark_equals_the_local_jobs(spark, tmp_path):
 @pytest.mark.slow
 @needs_spark
 def test_a_repeated_key_fails_a_spark_run_with_the_local_jobs_line(spark, tmp_path):
-    from score.keyed_job import KeyedRecord
+    from score.keyed_checks import KeyedRecord
 
     day = keyed_day(tmp_path / "day.parquet", ["a", "b", "c", "b"], 0)
     local = run_score(day, tmp_path / "local.parquet", "--model", RAGGED_MODEL, "--key", "user",

@@ -16,7 +16,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING
 
-from score import cli, errors, keyed_job, monitor, storage, summary
+from score import cli, errors, keyed_checks, monitor, storage, summary
 from score import model as models
 from score.core import empty_stats, length_warnings
 from score.errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOFTWARE, Interrupted, SeqscoreError
@@ -142,14 +142,14 @@ def _main(args: argparse.Namespace, signals: _Signals) -> int:
     try:
         config = _config(args)
         check_locations(config)
-        keyed_job.check_flags(config.key, config.state_in, config.state_out, config.output,
+        keyed_checks.check_flags(config.key, config.state_in, config.state_out, config.output,
                               config.options.input_columns)
         if config.key is not None:
             check_state_locations(config.state_in, config.state_out)
         scorer = models.load(config.model, models.SessionConfig(threads=1))
         if config.key is not None:
-            keyed_job.check_model(scorer)
-            state.keyed = keyed_job.KeyedRecord()
+            keyed_checks.check_model(scorer)
+            state.keyed = keyed_checks.KeyedRecord()
         state.scorer, state.stats = scorer, empty_stats(scorer)
         config.options.validate(scorer)
         check_baseline(config, scorer)

@@ -20,7 +20,7 @@ from score.spark.worker import StatsParam
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from score.keyed_job import KeyedRecord
+    from score.keyed_checks import KeyedRecord
 
 
 @dataclass(frozen=True)

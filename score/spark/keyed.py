@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from score import inputs, keyed, keyed_job, state_store, state_writer, storage
+from score import inputs, keyed, keyed_checks, state_store, state_writer, storage
 from score.cache import new_cache
 from score.encoding import DUPLICATE_KEY, NULL_KEY
 from score.errors import InvalidInput, InvalidRow, UsageError
@@ -69,7 +69,7 @@ def score_keyed(session: SparkSession, config, scorer, state, accumulator
     from pyspark.sql import Window
     from pyspark.sql import functions as F  # noqa: N812
 
-    keyed_job.check_model(scorer)
+    keyed_checks.check_model(scorer)
     options, key = config.options, config.key
     df = session.read.parquet(config.input)
     arrow = arrow_schema(df.schema)
