@@ -12,9 +12,10 @@ from bench.workloads import REPO, BenchError
 
 HERE = os.path.join(REPO, "bench")
 EPILOG = """sections: main (every fixed-length section: side by side, de-duplication, batch size,
-threads, cold start, variants), ragged (rows of any length, issue 12) and prefix (prefix
-sharing, issue 13). With --only, the report keeps the sections this run did not measure from
-the report it replaces, and the plot (drawn from the main section) is left as it is unless main
+threads, cold start, variants), ragged (rows of any length, issue 12), prefix (prefix sharing,
+issue 13) and keyed (scheduled runs that carry each key's state: --key, --state-in,
+--state-out). With --only, the report keeps the sections this run did not measure from the
+report it replaces, and the plot (drawn from the main section) is left as it is unless main
 ran."""
 
 
@@ -45,10 +46,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only",
         action="append",
-        choices=("main", "ragged", "prefix"),
+        choices=("main", "ragged", "prefix", "keyed"),
         default=None,
         metavar="SECTION",
-        help="run only this section (main, ragged or prefix; repeatable; default: all)",
+        help="run only this section (main, ragged, prefix or keyed; repeatable; default: all)",
     )
     p.add_argument(
         "--work",

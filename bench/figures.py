@@ -13,11 +13,13 @@ from bench.workloads import REPO, Workload
 
 # The parts of a run: "main", every fixed-length section (side by side, de-duplication, batch
 # size, threads, cold start, variants); "ragged", rows of any length (issue 12); "prefix",
-# prefix-shared inference (issue 13).
+# prefix-shared inference (issue 13); "keyed", a chain of scheduled runs that carry each key's
+# state (--key, --state-in, --state-out).
 MAIN = "main"
 RAGGED = "ragged"
 PREFIX = "prefix"
-SECTIONS = (MAIN, RAGGED, PREFIX)
+KEYED = "keyed"
+SECTIONS = (MAIN, RAGGED, PREFIX, KEYED)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,14 @@ class BenchConfig:
     profile_rows: int = 12  # functions the ragged job's profile lists when it misses a target
     prefix_rows: int = 1_000_000  # the uniform and skewed workloads (the all-distinct model's)
     prefix_default_rounds: int = 3  # default workload: alternate runs with and without sharing
+    keyed_keys: int = 200_000  # the scheduled chain: keys, each with a history and a day's steps
+    keyed_lengths: tuple[int, int] = (20, 300)  # shortest and longest history
+    keyed_mean_length: float = 100.0  # mean history length (a truncated geometric distribution)
+    keyed_day_steps: int = 8  # new steps per key in the day's file
+    keyed_max_length: int = 400  # --max-length of every keyed run: above any history plus a day
+    keyed_state_keys: int = 1_000_000  # the large state: keys 0..N-1, written directly
+    keyed_state_steps: int = 50  # the steps each key of the large state has consumed
+    keyed_lookup_rows: int = 200_000  # the input against the large state: a random subset of keys
 
 
 # A smoke test of the whole pipeline in about a minute: small files, few points, no repeats.
@@ -63,6 +73,9 @@ QUICK = BenchConfig(
     ragged_in_memory_rows=50_000,
     prefix_rows=100_000,
     prefix_default_rounds=1,
+    keyed_keys=20_000,
+    keyed_state_keys=100_000,
+    keyed_lookup_rows=20_000,
 )
 
 
@@ -206,6 +219,124 @@ class PrefixResults:
         ]
 
 
+# The keyed section's runs (KeyedResults.runs), in the order they run.
+BUILD = "build"  # the histories, keyed from the zero state: the state the chain starts from
+INCREMENTAL = "incremental"  # the day's steps only, from that state
+FULL = "full"  # each whole history plus the day, without --key: what users run today
+FULL_KEYED = "full-keyed"  # the same rows with --key from the zero state: the state to match
+LARGE_RANDOM = "large-random"  # a day's rows against the large state, keys in random order
+LARGE_SORTED = "large-sorted"  # the same rows sorted by key
+ONE_ROW = "one-row"  # one key's day from the zero state: the memory probe's baseline
+KEYED_SPEEDUP = 8.0  # the incremental run over the full rescoring, at least
+KEYED_RSS_MB = 400  # peak RSS of the incremental run and of the runs on the large state, at most
+KEYED_DIFF = 1e-6  # the largest |difference| between the two states' tensors, at most
+
+
+@dataclass(frozen=True)
+class StateDiff:
+    """Two state datasets compared entry by entry."""
+
+    rows: tuple[int, int]  # entries of each
+    keys_equal: bool  # the same keys in the same order
+    steps_equal: bool  # and the same steps for each
+    max_abs_diff: dict[str, float]  # per state tensor column: the largest |difference|
+
+    @property
+    def exact(self) -> bool:
+        """Keys and steps equal, entry for entry."""
+        return self.rows[0] == self.rows[1] and self.keys_equal and self.steps_equal
+
+    @property
+    def largest(self) -> float:
+        return max(self.max_abs_diff.values(), default=float("nan"))
+
+
+@dataclass(frozen=True)
+class MemoryPeak:
+    """Where one run's memory stood at its peak (bench.memory), and which allocations of Python
+    and numpy held the most at their own peak (bench.memory --sites, a run of its own)."""
+
+    largest: int  # bytes: the largest VmRSS of the run
+    resident: int  # VmRSS when it first came within 3% of that: where the memory rose
+    anonymous: int  # of which RssAnon: the heap, Arrow's pool, numpy's buffers
+    file_backed: int  # and RssFile: the libraries' code and anything mapped from files
+    arrow: int  # bytes Arrow's memory pool held then
+    arrow_peak: int  # the pool's own peak over the run
+    where: str  # the job's frames (and the innermost) then
+    traced_peak: int  # the --sites run: the most bytes of Python objects and numpy buffers
+    sites: list[tuple[str, int]]  # then: allocation site (repository frames), bytes
+
+
+@dataclass
+class KeyedResults:
+    """The keyed section: a scheduled run resumed from the state of every key's history against
+    rescoring each whole history, and runs against a large state."""
+
+    workload: Workload  # the histories file (one row per key)
+    history_steps: int  # the steps of all the histories
+    day_steps: int  # new steps per key in the day's file
+    state_floats: int  # float32 values of one key's state (h and c of every layer)
+    state_keys: int  # keys of the large state
+    state_bytes: int  # its size on disk
+    lookup_rows: int  # rows of the input against the large state
+    runs: dict[str, measure.JobRun]  # BUILD, INCREMENTAL, FULL, FULL_KEYED, LARGE_RANDOM, ...
+    summaries: dict[str, dict]  # each run's --summary: its key and step counts
+    diff: StateDiff  # the incremental run's state against the full keyed run's
+    source: str = ""  # the code measured: its commit, and whether score/ differed from it
+    profiled: str = ""  # the run profiled because it missed a target, if any
+    profile: dict[str, float] = field(default_factory=dict)  # category -> seconds
+    profile_functions: list[tuple[str, str, float, float]] = field(default_factory=list)
+    profile_total: float = 0.0  # seconds the profiler saw
+    profile_seconds: float = 0.0  # wall time of the profiled run
+    memory: dict[str, MemoryPeak] = field(default_factory=dict)  # ONE_ROW, runs over KEYED_RSS_MB
+
+    @property
+    def keys(self) -> int:
+        return self.workload.rows
+
+    @property
+    def speedup(self) -> float:
+        """The full rescoring's seconds over the incremental run's."""
+        return self.runs[FULL].seconds / self.runs[INCREMENTAL].seconds
+
+    def targets(self) -> list[tuple[str, str, bool]]:
+        """The scheduled chain's targets: (target, measured, met)."""
+        incremental = self.runs[INCREMENTAL].peak_rss_mb
+        diff = self.diff
+        measured = f"{diff.largest:.2e}" + ("" if diff.exact else "; keys or steps differ")
+        large = f"{self.state_keys:,}-key state, {self.lookup_rows:,} rows"
+        return [
+            (
+                f"incremental run >= {KEYED_SPEEDUP:.0f}x faster than rescoring each whole history"
+                f" (without --key), {self.keys:,} keys",
+                f"{self.speedup:.2f}x",
+                self.speedup >= KEYED_SPEEDUP,
+            ),
+            (
+                f"incremental run peak RSS <= {KEYED_RSS_MB} MB",
+                f"{incremental:.0f} MB",
+                incremental <= KEYED_RSS_MB,
+            ),
+            (
+                f"incremental state = whole-history state: keys and steps equal, max |diff| <="
+                f" {KEYED_DIFF:g}",
+                measured,
+                diff.exact and diff.largest <= KEYED_DIFF,
+            ),
+            *[
+                (
+                    f"peak RSS <= {KEYED_RSS_MB} MB, {large} {order}",
+                    f"{self.runs[name].peak_rss_mb:.0f} MB",
+                    self.runs[name].peak_rss_mb <= KEYED_RSS_MB,
+                )
+                for name, order in (
+                    (LARGE_RANDOM, "in random order"),
+                    (LARGE_SORTED, "sorted by key"),
+                )
+            ],
+        ]
+
+
 @dataclass
 class Results:
     """Everything the report shows. Rates are rows per second; memory is peak RSS in MB."""
@@ -223,6 +354,7 @@ class Results:
     variants: dict[str, dict[str, measure.JobRun | str]] = field(default_factory=dict)  # name -> w
     ragged: RaggedResults | None = None  # the ragged section, when it ran
     prefix: PrefixResults | None = None  # the prefix section, when it ran
+    keyed: KeyedResults | None = None  # the keyed section, when it ran
 
 
 # Workload names. The job's sweeps and variants use DEFAULT and SWEEP_DISTINCT.

@@ -1,7 +1,7 @@
 """bench/results.md, bench/throughput.png and the printed ratios, from one run's Results.
 
-The main section is written here; the sections on rows of any length and on prefix sharing in
-bench.report_ragged and bench.report_prefix.
+The main section is written here; the sections on rows of any length, on prefix sharing and on
+scheduled runs that carry state in bench.report_ragged, bench.report_prefix and bench.report_keyed.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from bench.report_common import (
     machine_lines,
     short_count,
 )
+from bench.report_keyed import KEYED_HEADING, keyed_markdown
+from bench.report_keyed import summary_lines as keyed_summary_lines
 from bench.report_prefix import PREFIX_HEADING, prefix_label, prefix_markdown, step_share
 from bench.report_ragged import RAGGED_HEADING, ragged_markdown
 
@@ -220,13 +222,16 @@ def markdown(results: Results, quick: bool, previous: str | None = None) -> str:
     if results.workloads:
         document = main_markdown(results, quick)
     elif previous:
-        document = without_section(without_section(previous, RAGGED_HEADING), PREFIX_HEADING)
+        document = previous
+        for heading in (RAGGED_HEADING, PREFIX_HEADING, KEYED_HEADING):
+            document = without_section(document, heading)
     else:
         document = "# Benchmark: the scoring job against Keras predict and raw onnxruntime\n"
     parts = [document]
     for heading, lines in (
         (RAGGED_HEADING, ragged_markdown(results, quick) if results.ragged else None),
         (PREFIX_HEADING, prefix_markdown(results, quick) if results.prefix else None),
+        (KEYED_HEADING, keyed_markdown(results, quick) if results.keyed else None),
     ):
         part = "\n".join(lines) + "\n" if lines is not None else section(previous or "", heading)
         if part:
@@ -400,4 +405,6 @@ def summary_lines(results: Results) -> list[str]:
             )
         for target, measured, met in prefix.targets():
             lines.append(f"{format_met(met)}  {target}: {measured}")
+    if results.keyed is not None:
+        lines += keyed_summary_lines(results.keyed)
     return lines

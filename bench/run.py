@@ -14,6 +14,7 @@ from bench.figures import (
     DEFAULT,
     DISTINCT,
     FILE_ORDER_PATH,
+    KEYED,
     LARGE,
     MAIN,
     PREFIX,
@@ -26,6 +27,7 @@ from bench.figures import (
     RaggedResults,
     Results,
 )
+from bench.run_keyed import run_keyed
 from bench.run_prefix import run_prefix
 from bench.workloads import (
     DEFAULT_MODEL,
@@ -87,6 +89,8 @@ def run_benchmark(config: BenchConfig, log=print) -> Results:
         results.ragged = run_ragged(config, log)
     if PREFIX in config.sections:
         results.prefix = run_prefix(results, config, log)
+    if KEYED in config.sections:
+        results.keyed = run_keyed(config, log)
     return results
 
 
