@@ -436,3 +436,27 @@ def test_a_sigkill_at_any_moment_leaves_output_and_state_as_they_were(tmp_path, 
     assert pq.read_table(out).equals(first_rows)
     assert pq.read_table(state).equals(first_state)
     assert first_rows.num_rows == 60_000
+
+
+def test_new_keys_that_begin_alike_share_their_beginning_and_end_in_their_own_state(tmp_path):
+    """300 new keys whose 24-step rows share their first 18 steps in 3 groups: the prefix tree
+    cuts (fewer steps computed than scored), and every key's outputs and state are still exact."""
+    rng = np.random.default_rng(5)
+    stems = [rng.integers(0, 11, 18).tolist() for _ in range(3)]
+    rows = {index: stems[index % 3] + rng.integers(0, 11, 6).tolist() for index in range(300)}
+    source = day(tmp_path, "day", rows)
+    result = keyed_run(source, tmp_path / "out.parquet", "--state-out", tmp_path / "state",
+                       "--summary", tmp_path / "summary.json")
+    assert result.code == 0, result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps_computed"] < summary["steps_scored"] / 2
+    plain = Plain(str(RAGGED_MODEL))
+    state = pq.read_table(tmp_path / "state")
+    scored = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    for position, (key, row) in enumerate(zip(state.column("user").to_pylist(), scored)):
+        assert row["user"] == key
+        values, probabilities, finals = plain.run(rows[key])
+        assert row["top_k_values"] == values.tolist()
+        np.testing.assert_allclose(row["top_k_probs"], probabilities, atol=1e-6, rtol=0)
+        for column, final in zip(plain.state_columns, finals):
+            np.testing.assert_allclose(state.column(column)[position].as_py(), final, atol=1e-6, rtol=0)
