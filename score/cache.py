@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from score import ragged
+from score.arrays import segment_gather, to_padded
 from score.model import Scorer
 from score.options import ScoreOptions
 
@@ -59,6 +60,40 @@ class ResultCache:
         self.probabilities = np.concatenate([self.probabilities, probabilities])[order]
         if self.states.shape[1]:
             self.states = np.concatenate([self.states, states[:room]])[order]
+
+    def serve(self, keys: np.ndarray, rows: np.ndarray, offsets: np.ndarray, best: np.ndarray,
+              probabilities: np.ndarray, finals: list[np.ndarray] | None = None) -> np.ndarray:
+        """Fill the flat top-k of the ``rows`` (of ``offsets``) it holds, and with ``finals`` the
+        state each ends in (a cache that keeps states); return the rows left to run."""
+        lengths = offsets[rows + 1] - offsets[rows]
+        found, slot = self.lookup(keys[rows])
+        hit = found & (keys[rows] >= 0)
+        if hit.any():
+            cached_best, cached_probabilities = self.get(slot[hit])
+            mask = np.arange(self.best.shape[1]) < lengths[hit][:, None]
+            destination = segment_gather(offsets[rows[hit]], lengths[hit])
+            best[destination] = cached_best[mask]
+            probabilities[destination] = cached_probabilities[mask]
+            start = 0
+            for final in finals or []:
+                final[rows[hit]] = self.states[slot[hit], start : start + final.shape[1]]
+                start += final.shape[1]
+        self.settle(float(hit.mean()) if rows.size else 1.0)
+        return rows[~hit]
+
+    def remember(self, keys: np.ndarray, rows: np.ndarray, offsets: np.ndarray, best: np.ndarray,
+                 probabilities: np.ndarray, finite: np.ndarray,
+                 finals: list[np.ndarray] | None = None) -> None:
+        """Keep the results of the ``rows`` just run (those with a key and a finite output), and
+        with ``finals`` the state each ends in."""
+        if not self.enabled:
+            return
+        kept = rows[finite[rows] & (keys[rows] >= 0)]
+        if kept.size:
+            width = self.best.shape[1]
+            states = np.concatenate([final[kept] for final in finals], axis=1) if finals else None
+            self.add(keys[kept], to_padded(best, offsets, kept, width)[0],
+                     to_padded(probabilities, offsets, kept, width)[0], states)
 
     def settle(self, hit_rate: float) -> None:
         """After a look-up: a cache that held results but served under MIN_HIT_RATE switches off."""

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from score import columns, prefix, ragged, resume
-from score.arrays import offsets_from_lengths, segment_gather, to_padded
+from score.arrays import offsets_from_lengths, segment_gather
 from score.batch import BatchStats, Inferred, batch_stats, refuse_non_finite
 from score.cache import ResultCache, ragged_key_length
 from score.encoding import REASONS, TOO_LONG, VALID
@@ -164,19 +164,14 @@ def _infer_new(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, new: np.nd
     run = leaders
     use_cache = cache is not None and cache.enabled and keys is not None
     if use_cache:
-        run = _from_cache(cache, keys, leaders, offsets, best, probabilities, finals)
+        run = cache.serve(keys, leaders, offsets, best, probabilities, finals)
     computed = None
     if options.share_prefixes:
         computed = prefix.infer_shared(scorer, flat, offsets, run, k, best, probabilities, finite, finals)
     if computed is None:
         computed = resume.infer_states(scorer, flat, offsets, run, k, best, probabilities, finite, None, finals)
-    if use_cache and cache.enabled:
-        kept = run[finite[run] & (keys[run] >= 0)]
-        if kept.size:
-            width = cache.best.shape[1]
-            cache.add(keys[kept], to_padded(best, offsets, kept, width)[0],
-                      to_padded(probabilities, offsets, kept, width)[0],
-                      np.concatenate([final[kept] for final in finals], axis=1))
+    if use_cache:
+        cache.remember(keys, run, offsets, best, probabilities, finite, finals)
     if inverse is not None and leaders.size < new.size:  # each repeat takes its leader's results
         source_rows = leaders[inverse]
         source = segment_gather(offsets[source_rows], lengths[new])
@@ -187,28 +182,6 @@ def _infer_new(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, new: np.nd
         for final in finals:
             final[new] = final[source_rows]
     return computed, int(run.size)
-
-
-def _from_cache(cache: ResultCache, keys: np.ndarray, rows: np.ndarray, offsets: np.ndarray,
-                best: np.ndarray, probabilities: np.ndarray, finals: list[np.ndarray]) -> np.ndarray:
-    """Fill the rows the run's cache holds (their top-k and final states); the others, to run."""
-    lengths = np.diff(offsets)
-    found, slot = cache.lookup(keys[rows])
-    hit = found & (keys[rows] >= 0)
-    if hit.any():
-        rows_hit = rows[hit]
-        cached_best, cached_probabilities = cache.get(slot[hit])
-        mask = np.arange(cache.best.shape[1]) < lengths[rows_hit][:, None]
-        destination = segment_gather(offsets[:-1][rows_hit], lengths[rows_hit])
-        best[destination] = cached_best[mask]
-        probabilities[destination] = cached_probabilities[mask]
-        states = cache.states[slot[hit]]
-        start = 0
-        for final in finals:
-            final[rows_hit] = states[:, start : start + final.shape[1]]
-            start += final.shape[1]
-    cache.settle(float(hit.mean()) if rows.size else 1.0)
-    return rows[~hit]
 
 
 def _history_messages(column: str, lengths: np.ndarray, carried: Carried, history_long: np.ndarray,

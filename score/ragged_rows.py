@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from score import columns, prefix, ragged
-from score.arrays import offsets_from_lengths, segment_gather, take_items, to_padded
+from score.arrays import offsets_from_lengths, segment_gather, take_items
 from score.batch import BatchStats, Inferred, batch_stats, refuse_non_finite, valid_rows
 from score.cache import ResultCache, ragged_key_length
 from score.model import Scorer
@@ -86,23 +86,13 @@ def infer(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, keys: np.ndarra
     ``merge_in_tree``: the rows were not de-duplicated; the prefix tree merges equal ones.
     """
     rows = offsets.size - 1
-    lengths = np.diff(offsets)
     best = np.empty((flat.size, k), dtype=np.int32)  # class indices; half the bytes of intp
     probabilities = np.empty((flat.size, k), dtype=np.float32)
     finite = np.ones(rows, dtype=bool)
     use_cache = cache is not None and cache.enabled and keys is not None
-    hit = np.zeros(rows, dtype=bool)
+    run = np.arange(rows)
     if use_cache:
-        found, slot = cache.lookup(keys)
-        hit = found & (keys >= 0)
-        if hit.any():
-            cached_best, cached_probabilities = cache.get(slot[hit])
-            mask = np.arange(cache.best.shape[1]) < lengths[hit][:, None]
-            destination = segment_gather(offsets[:-1][hit], lengths[hit])
-            best[destination] = cached_best[mask]
-            probabilities[destination] = cached_probabilities[mask]
-        cache.settle(float(hit.mean()) if rows else 1.0)
-    run = np.flatnonzero(~hit)
+        run = cache.serve(keys, run, offsets, best, probabilities)
     model_rows = int(run.size)
     if merge_in_tree:
         computed, model_rows = prefix.infer_merged(scorer, flat, offsets, run, k, best, probabilities, finite)
@@ -111,11 +101,6 @@ def infer(scorer: Scorer, flat: np.ndarray, offsets: np.ndarray, keys: np.ndarra
                     if share_prefixes else None)
     if computed is None:  # nothing shared (or worth sharing): runs of similar length
         computed = ragged.infer(scorer, flat, offsets, run, k, best, probabilities, finite)
-    if use_cache and cache.enabled:
-        new = run[finite[run] & (keys[run] >= 0)]
-        if new.size:
-            width = cache.best.shape[1]
-            padded_best, _ = to_padded(best, offsets, new, width)
-            padded_probabilities, _ = to_padded(probabilities, offsets, new, width)
-            cache.add(keys[new], padded_best, padded_probabilities)
+    if use_cache:
+        cache.remember(keys, run, offsets, best, probabilities, finite)
     return Inferred(best, probabilities, finite, model_rows, computed)
