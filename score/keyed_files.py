@@ -86,3 +86,9 @@ def read_all(parquet: pq.ParquetFile, location: str, columns: list[str] | None =
         raise InvalidInput(f"{location}: corrupt Parquet file (the footer claims "
                            f"{parquet.metadata.num_rows} rows but {table.num_rows} were read)")
     return table
+
+
+def fingerprint_part(relative: str, parquet: pq.ParquetFile) -> bytes:
+    """One input file's share of the input fingerprint the state records (its name within
+    INPUT and its Parquet footer: row groups, sizes, statistics), the local job's and Spark's."""
+    return relative.encode() + b"\0" + repr(parquet.metadata.to_dict()).encode()

@@ -94,7 +94,7 @@ class KeyedRun:
                     raise InvalidInput(
                         f"{input_location}: key column {self.key!r} is {key_type} but "
                         f"{files[0].input} has {files[0].key_type}; every file of a run needs one key type")
-                digest.update(relative.encode() + b"\0" + repr(parquet.metadata.to_dict()).encode())
+                digest.update(keyed_files.fingerprint_part(relative, parquet))
                 for batch in keyed_files.batches(parquet, input_location, READ_ROWS, [self.key]):
                     if not ascending:
                         break

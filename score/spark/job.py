@@ -148,13 +148,10 @@ def run(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
         scored.write.mode("errorifexists").parquet(target)
     except SeqscoreError:
         raise
-    except Exception as error:  # Py4J and PySpark exceptions, translated below
+    except Exception as error:  # noqa: BLE001  (Py4J and PySpark exceptions, raised again translated)
         if condition(error) == "PATH_ALREADY_EXISTS" and target in state.created:
             state.created.remove(target)  # Spark refused before writing: not ours to remove
-        translated = spark_error(error)
-        if translated is None:
-            raise
-        raise translated from None
+        raise_translated(error)
     finally:
         # 3. Every finished task's stats are in: the scheduler applies them before the job ends.
         state.stats = accumulator.value
@@ -202,7 +199,6 @@ def _run_keyed(session: SparkSession, config: SparkJobConfig, scorer: models.Sco
             raise output_exists(config.output)
         state.created.append(rows_stage)
         staged.write.mode("errorifexists").parquet(rows_stage)
-        state.stats = accumulator.value
         staged = session.read.parquet(rows_stage)
         # 2. OUTPUT: the input's columns and the scored ones, in the input's order.
         helpers = [keyed.MOVED, keyed.ORDER, FILE_COLUMN, ROW_COLUMN,
@@ -217,15 +213,13 @@ def _run_keyed(session: SparkSession, config: SparkJobConfig, scorer: models.Sco
         record.keys_scored, record.keys_new = int(counts["scored"]), int(counts["new"] or 0)
         record.steps_resumed = int(counts["resumed"] or 0)
         # 3. The new state: the moved keys and every other key of --state-in, sorted by key.
-        folder, parts = keyed.write_state(session, staged, config, layout, record)
-        state.created.append(folder)
+        folder = state_writer.staging_folder(config.state_out)
+        state.created.append(folder)  # also when a task fails while it writes its part
+        parts = keyed.write_state(session, staged, config, layout, record, folder)
     except SeqscoreError:
         raise
-    except Exception as error:  # Py4J and PySpark exceptions, translated below
-        translated = spark_error(error)
-        if translated is None:
-            raise
-        raise translated from None
+    except Exception as error:  # noqa: BLE001  (Py4J and PySpark exceptions, raised again translated)
+        raise_translated(error)
     finally:
         state.stats = accumulator.value
         state.drift = job.drift_report(scorer, state.stats)
@@ -249,6 +243,14 @@ def _run_keyed(session: SparkSession, config: SparkJobConfig, scorer: models.Sco
     state.created.remove(rows_stage)
     state.published = True
     return state
+
+
+def raise_translated(error: Exception) -> None:
+    """Raise Spark's failure as the SeqscoreError it means, or as it is when it means none."""
+    translated = spark_error(error)
+    if translated is None:
+        raise error
+    raise translated from None
 
 
 def staging_location(output: str, application_id: str) -> str:

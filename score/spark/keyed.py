@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from score import inputs, keyed, keyed_checks, state_store, state_writer, storage
+from score import inputs, keyed, keyed_checks, keyed_files, state_store, state_writer, storage
 from score.cache import new_cache
 from score.encoding import DUPLICATE_KEY, NULL_KEY
 from score.errors import InvalidInput, InvalidRow, UsageError
@@ -132,7 +132,7 @@ def input_fingerprint(location: str) -> str:
     for file, relative in files:
         parquet = inputs.open_parquet(file)
         try:
-            digest.update(relative.encode() + b"\0" + repr(parquet.metadata.to_dict()).encode())
+            digest.update(keyed_files.fingerprint_part(relative, parquet))
         finally:
             parquet.close()
     return digest.hexdigest()
@@ -187,10 +187,10 @@ def _staged_schema(df: DataFrame, options, layout):
     return StructType(kept + added)
 
 
-def write_state(session: SparkSession, staged: DataFrame, config, layout, record
-                ) -> tuple[str, list[tuple[int, str]]]:
-    """Write the new state's parts into a staging folder beside --state-out; return the folder
-    and (rows, digest) per part in key order."""
+def write_state(session: SparkSession, staged: DataFrame, config, layout, record, folder: str
+                ) -> list[tuple[int, str]]:
+    """Write the new state's parts into ``folder`` (a staging folder beside --state-out); return
+    (rows, digest) per part in key order."""
     from pyspark.sql import functions as F  # noqa: N812
 
     key = config.key
@@ -202,7 +202,6 @@ def write_state(session: SparkSession, staged: DataFrame, config, layout, record
     if config.state_in:
         prior = session.read.parquet(config.state_in).select(key, state_store.STEPS, *tensors)
         new_state = moved.unionByName(prior.join(moved.select(key), on=key, how="left_anti"))
-    folder = state_writer.staging_folder(config.state_out)
     lineage = (("input_fingerprint", record.input_fingerprint),
                ("parent_fingerprint", record.state_in_fingerprint))
     plan = KeyedPlan(WorkerPlan("", None, "", 1, config.options), layout, folder, lineage)
@@ -213,7 +212,7 @@ def write_state(session: SparkSession, staged: DataFrame, config, layout, record
         warnings.filterwarnings("ignore", message=PANDAS_WARNING)
         parts = ordered.mapInArrow(functools.partial(write_partition, plan), schema).collect()
     parts = sorted((row["part"], row["rows"], row["digest"]) for row in parts if row["rows"])
-    return folder, [(rows, digest) for _, rows, digest in parts]
+    return [(rows, digest) for _, rows, digest in parts]
 
 
 # The tasks ------------------------------------------------------------------------------------
@@ -265,11 +264,11 @@ def _carried(batch: pa.RecordBatch, layout, units: list[int]) -> keyed.Carried:
     problems[key_null] = NULL_KEY
     messages = None
     if problems.any():
-        keys = batch.column(layout.key).to_pylist()
+        bad = np.flatnonzero(problems)
         texts = [None] * rows
-        for row in np.flatnonzero(problems):
-            texts[row] = (f"the key column {layout.key!r} is null; every row needs a key" if key_null[row]
-                          else f"key {keys[row]!r} has more than one row in this run's input; a run "
+        for row, key in zip(bad, batch.column(layout.key).take(pa.array(bad)).to_pylist()):
+            texts[row] = (f"the key column {layout.key!r} is null; every row needs a key" if key is None
+                          else f"key {key!r} has more than one row in this run's input; a run "
                                f"takes one row per key")
         messages = pa.array(texts, pa.string())
     return keyed.Carried(steps, states, problems, messages, key_null if key_null.any() else None)
