@@ -9,9 +9,11 @@ import numpy as np
 
 from score.encoding import NON_FINITE_OUTPUT, REASONS, VALID, Encoded, EncodedRagged
 from score.errors import InvalidRow
+from score.labels import Labels
 from score.model import Scorer
 from score.monitor import Profile
 from score.options import ScoreOptions
+from score.quality import QualityStats
 from score.sequences import RaggedSequences, RawSequences
 
 
@@ -37,6 +39,8 @@ class BatchStats:
     scored_steps: int = 0
     distinct_rows: int = 0  # sequences actually run through the model
     steps_computed: int = 0  # steps the model ran, padding of rows of any length included
+    confidence_sum: float = 0.0  # sum of the top-1 probability of the scored steps (estimated accuracy)
+    quality: QualityStats | None = None  # a run with --labels: its labelled steps' figures
 
     def merge(self, other: BatchStats) -> None:
         self.rows += other.rows
@@ -46,6 +50,12 @@ class BatchStats:
         self.scored_steps += other.scored_steps
         self.distinct_rows += other.distinct_rows
         self.steps_computed += other.steps_computed
+        self.confidence_sum += other.confidence_sum
+        if other.quality is not None:
+            if self.quality is None:
+                self.quality = QualityStats(other.quality.top_k, other.quality.length_bins,
+                                            classes=other.quality.classes)
+            self.quality.merge(other.quality)
 
 
 def empty_stats(scorer: Scorer) -> BatchStats:
@@ -53,9 +63,15 @@ def empty_stats(scorer: Scorer) -> BatchStats:
 
 
 def valid_rows(scorer: Scorer, raw: RawSequences | RaggedSequences,
-               encoded: Encoded | EncodedRagged, options: ScoreOptions) -> np.ndarray:
-    """The valid rows' numbers; with --on-invalid error, the first invalid row raises."""
+               encoded: Encoded | EncodedRagged, options: ScoreOptions,
+               labelled: Labels | None = None) -> np.ndarray:
+    """The valid rows' numbers (by sequence, and by labels with ``labelled``); with
+    --on-invalid error, the first invalid row raises."""
+    if labelled is not None:
+        labelled.mark(encoded.reasons)
     if options.on_invalid == "error":
+        if labelled is not None:
+            labelled.raise_first(encoded.reasons, scorer)
         scorer.encoder.raise_first_invalid(raw, encoded)
     return np.flatnonzero(encoded.reasons == VALID)
 
@@ -80,6 +96,7 @@ def batch_stats(scorer: Scorer, options: ScoreOptions, rows: int, reasons: np.nd
     stats.reason_counts = np.bincount(reasons, minlength=len(REASONS) + 1).astype(np.int64)
     stats.low_confidence_steps = int((confidence < options.low_confidence).sum())
     stats.scored_steps = int(confidence.size)
+    stats.confidence_sum = float(confidence.sum(dtype=np.float64))
     stats.distinct_rows = int(inferred.model_rows)
     stats.steps_computed = int(inferred.steps_computed)
     return stats

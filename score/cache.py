@@ -119,7 +119,7 @@ def new_cache(scorer: Scorer, options: ScoreOptions, states: bool = False) -> Re
     spec = scorer.spec
     if options.ragged(scorer):
         width = sum(scorer.state_units()) if states else 0
-        return ResultCache(ragged_key_length(scorer, options), options.top_k, spec.y_classes,
+        return ResultCache(ragged_key_length(scorer, options), options.run_k(scorer), spec.y_classes,
                            state_width=width)
     steps = len(options.input_columns) if options.input_columns is not None else spec.seq_len
-    return ResultCache(steps, options.top_k, spec.y_classes)
+    return ResultCache(steps, options.run_k(scorer), spec.y_classes)

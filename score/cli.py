@@ -102,7 +102,8 @@ def add_scoring_flags(parser: argparse.ArgumentParser, *, threads_default: int |
                       **helps: str) -> None:
     """Add the flags every scoring command takes: --model, --top-k, --on-invalid, the input
     columns, --max-length, --batch-size, --threads (default ``threads_default``), --summary,
-    --low-confidence, --max-psi and --quiet. ``helps`` replaces SCORING_HELP's words by flag."""
+    --low-confidence, --max-psi, --quiet, --labels, --min-accuracy and
+    --min-estimated-accuracy. ``helps`` replaces SCORING_HELP's words by flag."""
     unknown = set(helps) - set(SCORING_HELP)
     assert not unknown, f"no scoring flag {sorted(unknown)}"
     text = {**SCORING_HELP, **helps}
@@ -129,6 +130,17 @@ def add_scoring_flags(parser: argparse.ArgumentParser, *, threads_default: int |
     parser.add_argument("--max-psi", type=non_negative, default=None, metavar="X",
                         help=text["max_psi"])
     parser.add_argument("--quiet", action="store_true", help=text["quiet"])
+    quality = parser.add_argument_group("is the model still right (accuracy and calibration)")
+    quality.add_argument("--labels", metavar="COL",
+                         help="list column of true y values, one per step of the sequence: the "
+                              "summary measures accuracy, log loss and calibration, and the output "
+                              "gains label_prob and correct")
+    quality.add_argument("--min-accuracy", type=probability, default=None, metavar="X",
+                         help="fail (exit 65, nothing published) if the top-1 accuracy over the "
+                              "labelled steps is below X; needs --labels")
+    quality.add_argument("--min-estimated-accuracy", type=probability, default=None, metavar="X",
+                         help="fail (exit 65, nothing published) if the estimated accuracy (mean "
+                              "top-1 probability over valid steps) is below X")
 
 
 def add_state_flags(parser: argparse.ArgumentParser) -> None:
@@ -153,7 +165,7 @@ def state_fields(args: argparse.Namespace) -> dict:
 def run_fields(args: argparse.Namespace) -> dict:
     """The fields of a scoring run's config that the scoring flags fill, by name: input,
     output, model (--model, else $SCORE_MODEL, else DEFAULT_MODEL), options, batch_size,
-    summary, max_psi."""
+    summary, max_psi, min_accuracy, min_estimated_accuracy."""
     return {
         "input": args.input,
         "output": args.output,
@@ -162,6 +174,8 @@ def run_fields(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "summary": args.summary,
         "max_psi": args.max_psi,
+        "min_accuracy": args.min_accuracy,
+        "min_estimated_accuracy": args.min_estimated_accuracy,
     }
 
 
@@ -177,7 +191,8 @@ def score_options(args: argparse.Namespace) -> ScoreOptions:
             raise UsageError(f"--input-columns {args.input_columns!r}: a column name is empty")
     return ScoreOptions(top_k=args.top_k, on_invalid=args.on_invalid,
                         input_column=args.input_column, input_columns=input_columns,
-                        low_confidence=args.low_confidence, max_length=args.max_length)
+                        low_confidence=args.low_confidence, max_length=args.max_length,
+                        labels=args.labels)
 
 
 class WithoutPandas:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from score import labels
 from score.arrays import offsets_from_lengths
-from score.encoding import VALID, Encoded, EncodedRagged
+from score.encoding import LABEL_REASONS, VALID, Encoded, EncodedRagged
 from score.errors import InvalidInput, UsageError
 from score.model import Scorer
 from score.options import ScoreOptions
@@ -24,14 +26,16 @@ _EXTENSION_KEY = b"ARROW:extension:name"
 
 
 # Schemas --------------------------------------------------------------------------------------
-def output_fields(top_k: int) -> list[pa.Field]:
+def output_fields(top_k: int, labelled: bool = False) -> list[pa.Field]:
+    """The scored columns; with --labels also label_prob and correct (score.labels)."""
     del top_k  # K is a property of the data (list lengths), recorded in the file metadata
-    return [
+    fields = [
         pa.field("y_pred", pa.list_(pa.int64())),
         pa.field("top_k_values", pa.list_(pa.list_(pa.int64()))),
         pa.field("top_k_probs", pa.list_(pa.list_(pa.float32()))),
         pa.field("error", pa.string()),
     ]
+    return fields + list(labels.LABEL_FIELDS) if labelled else fields
 
 
 def _extension_field(data_type: pa.DataType, field_: pa.Field) -> bool:
@@ -62,6 +66,8 @@ def check_input_schema(schema: pa.Schema, scorer: Scorer, options: ScoreOptions)
                 f"the input already has a column named {name!r}, which the output adds; "
                 f"rename or drop it"
             )
+    if options.labels is not None:
+        labels.check_schema(schema, options.labels, options.input_columns or (options.column(scorer),))
     if options.input_columns is not None:
         for name in options.input_columns:
             _require_column(schema, name, "--input-columns")
@@ -88,19 +94,22 @@ def _require_column(schema: pa.Schema, name: str, flag: str) -> None:
 
 
 def output_schema(input_schema: pa.Schema, options: ScoreOptions) -> pa.Schema:
-    return pa.schema(list(input_schema) + output_fields(options.top_k), metadata=input_schema.metadata)
+    fields = output_fields(options.top_k, options.labels is not None)
+    return pa.schema(list(input_schema) + fields, metadata=input_schema.metadata)
 
 
 # Columns --------------------------------------------------------------------------------------
 def assemble(batch: pa.RecordBatch, scorer: Scorer, options: ScoreOptions,
              raw: RawSequences | RaggedSequences, encoded: Encoded | EncodedRagged,
-             best: np.ndarray, probabilities: np.ndarray, lengths: int | np.ndarray
+             best: np.ndarray, probabilities: np.ndarray, lengths: int | np.ndarray,
+             labelled: labels.Labels | None = None, resolved: labels.Resolved | None = None
              ) -> pa.RecordBatch:
-    """Every input column, then y_pred, top_k_values, top_k_probs and error.
+    """Every input column, then y_pred, top_k_values, top_k_probs and error; with --labels
+    also label_prob and correct.
 
     ``best`` and ``probabilities`` hold the top-k of every step of the valid rows, in row order
     (any shape that ends in k); ``lengths`` says how many steps each row has (one count for
-    every row, or one per row).
+    every row, or one per row). ``labelled``: the batch's labels; ``resolved``: its valid steps'.
     """
     k = options.top_k
     valid = encoded.reasons == VALID
@@ -109,8 +118,11 @@ def assemble(batch: pa.RecordBatch, scorer: Scorer, options: ScoreOptions,
         _list_array(pa.array(top_values[:, 0]), valid, lengths),
         _nested_list_array(top_values, valid, lengths, k),
         _nested_list_array(probabilities.astype(np.float32, copy=False), valid, lengths, k),
-        _error_column(raw, encoded, scorer),
+        _error_column(raw, encoded, scorer, labelled),
     ]
+    if labelled is not None:
+        columns += [_list_array(pa.array(resolved.probability.astype(np.float32, copy=False)), valid, lengths),
+                    _list_array(pa.array(resolved.correct), valid, lengths)]
     return pa.RecordBatch.from_arrays(list(batch.columns) + columns,
                                       schema=output_schema(batch.schema, options))
 
@@ -134,12 +146,19 @@ def _nested_list_array(values: np.ndarray, valid: np.ndarray, lengths: int | np.
 
 
 def _error_column(raw: RawSequences | RaggedSequences, encoded: Encoded | EncodedRagged,
-                  scorer: Scorer) -> pa.Array:
+                  scorer: Scorer, labelled: labels.Labels | None = None) -> pa.Array:
     rows = encoded.reasons.size
     bad = np.flatnonzero(encoded.reasons)
     if bad.size == 0:
         return pa.nulls(rows, pa.string())
     messages = scorer.encoder.messages(raw, encoded, bad)
+    if labelled is not None:
+        for_labels = np.isin(encoded.reasons[bad], list(LABEL_REASONS))
+        if for_labels.any():
+            label_messages = labelled.messages(bad[for_labels], scorer)
+            slot = np.cumsum(for_labels) - 1
+            taken = label_messages.take(pa.array(np.where(for_labels, slot, 0)))
+            messages = pc.if_else(pa.array(for_labels), taken, messages)
     slot = np.full(rows, bad.size, dtype=np.int64)
     slot[bad] = np.arange(bad.size)
     with_null = pa.concat_arrays([messages, pa.nulls(1, pa.string())])

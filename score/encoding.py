@@ -27,6 +27,9 @@ TOO_LONG = 6  # variable-length models: longer than the longest training length 
 EMPTY_SEQUENCE = 7  # variable-length models: an empty list
 NULL_KEY = 8  # runs with --key: the row's key is null
 DUPLICATE_KEY = 9  # runs with --key: the key has another row in the same run's input
+LABEL_LENGTH = 10  # runs with --labels: not one label per step of the row's sequence
+UNKNOWN_LABEL = 11  # runs with --labels: a label is not one of the model's y values
+NULL_LABEL = 12  # runs with --labels: the label list or one of its labels is null
 REASONS = {
     NULL_ROW: "null_row",
     WRONG_LENGTH: "wrong_length",
@@ -37,16 +40,23 @@ REASONS = {
     EMPTY_SEQUENCE: "empty_sequence",
     NULL_KEY: "null_key",
     DUPLICATE_KEY: "duplicate_key",
+    LABEL_LENGTH: "label_length",
+    UNKNOWN_LABEL: "unknown_label",
+    NULL_LABEL: "null_label",
 }
 KEY_REASONS = frozenset({NULL_KEY, DUPLICATE_KEY})
+LABEL_REASONS = frozenset({LABEL_LENGTH, UNKNOWN_LABEL, NULL_LABEL})
 
 
-def reasons_for(spec: Spec, keyed: bool = False) -> dict[int, str]:
+def reasons_for(spec: Spec, keyed: bool = False, labelled: bool = False) -> dict[int, str]:
     """The reasons a row can fail for this model: a length is wrong for a fixed-length model,
-    too long or empty for a variable-length one; a key is null or repeated only with --key."""
+    too long or empty for a variable-length one; a key is null or repeated only with --key;
+    labels are wrong only with --labels."""
     excluded = {TOO_LONG, EMPTY_SEQUENCE} if not spec.variable_length else {WRONG_LENGTH}
     if not keyed:
         excluded |= KEY_REASONS
+    if not labelled:
+        excluded |= LABEL_REASONS
     return {code: name for code, name in REASONS.items() if code not in excluded}
 
 
@@ -96,6 +106,7 @@ class Encoder:
             self._table = np.full(span, -1, dtype=np.int64)
             self._table[self.x_values - self.x_min] = np.arange(len(self.x_values))
         self._x_description = spec.describe_x()
+        self._y_encoder: Encoder | None = None
 
     # Raw values -> class indices -------------------------------------------------------------
     def _lookup(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,6 +130,13 @@ class Encoder:
             indices = np.where(self.x_values[position] == clipped, position, -1)
         known = in_range & (indices >= 0)
         return np.where(known, indices, 0), known
+
+    def lookup_y(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class index of each raw y value (labels) and whether it is one of the model's y values."""
+        if self._y_encoder is None:
+            y_spec = Spec(self.spec.y_values, self.spec.y_values, self.spec.seq_len)
+            self._y_encoder = Encoder(y_spec, self.index_dtype)
+        return self._y_encoder._lookup(values)
 
     def encode(self, raw: RawSequences, seq_len: int | None = None) -> Encoded:
         """Validate and encode; invalid rows get index 0 and a reason. Rows must have
@@ -241,9 +259,10 @@ class Encoder:
         non_finite = constant("the model's output is NaN or infinite for this row")
         null_key = constant("the key is null")
         duplicate_key = constant("the key has another row in this run's input")
+        codes = [code for code in REASONS if code not in LABEL_REASONS]  # score.labels says those
         choices = pa.StructArray.from_arrays(
-            [pa.array(reasons == code) for code in REASONS],
-            names=[REASONS[code] for code in REASONS],
+            [pa.array(reasons == code) for code in codes],
+            names=[REASONS[code] for code in codes],
         )
         return pc.case_when(choices, null_row, wrong_length, element_null, unknown, non_finite,
                             too_long, empty, null_key, duplicate_key)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from score import columns, prefix, ragged
+from score import columns, labels, prefix, ragged
 from score.batch import BatchStats, Inferred, batch_stats, refuse_non_finite, valid_rows
 from score.cache import ResultCache
 from score.model import Scorer
@@ -50,7 +50,9 @@ def score(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, cache: R
     raw = read_sequences(batch, scorer, options)
     steps = raw.values.shape[1]  # the spec's length; the wide layout's columns
     encoded = scorer.encoder.encode(raw, steps)
-    rows = valid_rows(scorer, raw, encoded, options)
+    labelled = (labels.read(batch, options.labels, raw.column, raw.lengths, scorer)
+                if options.labels is not None else None)
+    rows = valid_rows(scorer, raw, encoded, options, labelled)
     indices = encoded.indices[rows]
 
     # 3. Inference on distinct sequences only (and only those the run's cache has not seen);
@@ -63,7 +65,7 @@ def score(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, cache: R
         distinct_input = indices[first]
         if first.size == indices.shape[0]:  # no two rows alike: the rows as they are, no scatter
             keys, inverse, distinct_input = keys[inverse], None, indices
-    inferred = infer(scorer, distinct_input, keys, options.top_k, cache, options.share_prefixes)
+    inferred = infer(scorer, distinct_input, keys, options.run_k(scorer), cache, options.share_prefixes)
     best, probabilities = inferred.best, inferred.probabilities
 
     # 4. NaN or infinity in the output fails the row, never reaches the file.
@@ -76,13 +78,29 @@ def score(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, cache: R
         else:
             best, probabilities = best[row_finite], probabilities[row_finite]
 
-    # 5-6. Scatter the distinct rows' top-k to every row; assemble.
+    # 5-6. With labels, where each step's true class ranks (from every class), then the top K;
+    # scatter the distinct rows' top-k to every row; assemble.
+    resolved = None
+    if labelled is not None:
+        kept = np.flatnonzero(encoded.reasons == 0)
+        gather = None if inverse is None else (inverse[:, None] * steps + np.arange(steps)).reshape(-1)
+        truth = labelled.truth(kept, np.full(kept.size, steps, dtype=np.int64))
+        width = best.shape[-1]
+        resolved = labels.resolve(best.reshape(-1, width), probabilities.reshape(-1, width), gather, truth)
+        best = np.ascontiguousarray(best[..., : options.top_k])
+        probabilities = np.ascontiguousarray(probabilities[..., : options.top_k])
     if inverse is not None:
         best, probabilities = best[inverse], probabilities[inverse]
-    scored = columns.assemble(batch, scorer, options, raw, encoded, best, probabilities, steps)
+    scored = columns.assemble(batch, scorer, options, raw, encoded, best, probabilities, steps,
+                              labelled, resolved)
     confidence = probabilities[..., 0]
     stats = batch_stats(scorer, options, batch.num_rows, encoded.reasons, confidence, inferred)
     stats.profile.add(indices, best[..., 0], confidence)
+    if resolved is not None:
+        rows_kept = indices.shape[0]
+        stats.quality = labels.measure(
+            scorer, options.top_k, resolved, best[..., 0].reshape(-1), confidence.reshape(-1),
+            np.tile(np.arange(steps, dtype=np.int64), rows_kept), np.full(rows_kept, steps, dtype=np.int64))
     return scored, stats
 
 

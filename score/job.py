@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from score import __version__, inputs, monitor, pipeline, storage, summary
+from score import __version__, inputs, monitor, pipeline, quality, storage, summary
 from score import model as models
 from score.core import (
     BatchStats,
@@ -60,6 +60,8 @@ class JobConfig:
     summary: str | None = None  # where to write the JSON summary
     progress: str = "lines"  # 'bar' on a terminal, 'lines' for logs, 'none' with --quiet
     max_psi: float | None = None  # fail (65) when any step's input or prediction PSI exceeds it
+    min_accuracy: float | None = None  # fail (65) below this top-1 accuracy (needs options.labels)
+    min_estimated_accuracy: float | None = None  # fail (65) below this mean top-1 probability
     # A benchmark switch, never off for users: False reads and writes each batch in the scoring
     # thread (no prefetch thread, no background writer), to measure what the overlap pays.
     threaded_io: bool = True
@@ -148,6 +150,14 @@ def check_max_psi(location: str, scorer: models.Scorer, stats: BatchStats, max_p
             f"{location}: drift in {where}: PSI {worst:.3f} exceeds --max-psi {max_psi:g}; "
             f"nothing was published"
         )
+
+
+def check_gates(location: str, scorer: models.Scorer, stats: BatchStats, config) -> None:
+    """The run's floors before anything is published (InvalidInput, 65): --max-psi, then
+    --min-accuracy and --min-estimated-accuracy (a JobConfig or Spark's config)."""
+    check_max_psi(location, scorer, stats, config.max_psi)
+    quality.check_floors(location, stats.quality, stats.confidence_sum, stats.scored_steps,
+                         config.min_accuracy, config.min_estimated_accuracy)
 
 
 def dictionary_columns(schema: pa.Schema) -> list[str]:
@@ -261,7 +271,7 @@ def score_file(
         except OSError as error:
             raise write_error(output_location, error) from None
         writer = None
-        check_max_psi(input_location, scorer, stats, config.max_psi)
+        check_gates(input_location, scorer, stats, config)
         sink.commit(stats.rows)
     except BaseException:
         reporter.close()
@@ -330,6 +340,7 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
         raise UsageError(f"--batch-size {config.batch_size}: expected a positive integer")
     keyed_checks.check_flags(config.key, config.state_in, config.state_out, config.output,
                           config.options.input_columns)
+    quality.check_gate_flags(config.options.labels, config.min_accuracy)
     scorer = models.load(config.model, config.session)
     state.scorer = scorer
     config.options.validate(scorer)
@@ -382,7 +393,7 @@ def _run_keyed(scorer: models.Scorer, config: JobConfig, state: RunState,
     started = time.perf_counter()
     try:
         done = keyed_job.run(scorer, config, state, pairs, directory_mode,
-                             lambda stats: check_max_psi(config.input, scorer, stats, config.max_psi))
+                             lambda stats: check_gates(config.input, scorer, stats, config))
     finally:
         state.drift = drift_report(scorer, state.stats)
     seconds = time.perf_counter() - started

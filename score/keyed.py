@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from score import columns, prefix, ragged, resume
+from score import columns, labels, prefix, ragged, resume
 from score.arrays import offsets_from_lengths, segment_gather
 from score.batch import BatchStats, Inferred, batch_stats, refuse_non_finite
 from score.cache import ResultCache, ragged_key_length
@@ -82,8 +82,14 @@ def score_resumed(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, 
     keyed_problem = carried.key_reasons != VALID
     reasons[keyed_problem] = carried.key_reasons[keyed_problem]
     messages = _history_messages(raw.column, raw.lengths, carried, history_long, limit, scorer)
+    labelled = (labels.read(batch, options.labels, name, raw.lengths, scorer)
+                if options.labels is not None else None)
+    if labelled is not None:
+        labelled.mark(reasons)
 
     # 2. With --on-invalid error the first invalid row stops the run.
+    if options.on_invalid == "error" and labelled is not None:
+        labelled.raise_first(reasons, scorer)
     if options.on_invalid == "error" and reasons.any():
         row = int(np.flatnonzero(reasons)[0])
         message = messages[row].as_py() if messages is not None else None
@@ -96,7 +102,7 @@ def score_resumed(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, 
     lengths = raw.gathered_lengths[rows]
     offsets = offsets_from_lengths(lengths)
     flat = encoded.indices[segment_gather(raw.offsets[rows], lengths)]
-    k = options.top_k
+    k = options.run_k(scorer)
     best = np.empty((flat.size, k), dtype=np.int32)
     probabilities = np.empty((flat.size, k), dtype=np.float32)
     finite = np.ones(rows.size, dtype=bool)
@@ -119,9 +125,15 @@ def score_resumed(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, 
         rows, lengths, steps_before = rows[finite], lengths[finite], steps_before[finite]
         finals = [state[finite] for state in finals]
         offsets = offsets_from_lengths(lengths)
+    resolved = None
+    if labelled is not None:  # where each step's true class ranks (from every class); the top K
+        resolved = labels.resolve(best, probabilities, None, labelled.truth(rows, lengths))
+        best = np.ascontiguousarray(best[:, : options.top_k])
+        probabilities = np.ascontiguousarray(probabilities[:, : options.top_k])
     row_lengths = np.zeros(raw.rows, dtype=np.int64)
     row_lengths[rows] = lengths
-    scored = columns.assemble(batch, scorer, options, raw, encoded, best, probabilities, row_lengths)
+    scored = columns.assemble(batch, scorer, options, raw, encoded, best, probabilities, row_lengths,
+                              labelled, resolved)
     if messages is not None:
         error = scored.column("error")
         scored = scored.set_column(scored.schema.get_field_index("error"), "error",
@@ -135,6 +147,9 @@ def score_resumed(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, 
                          + np.repeat(steps_before, lengths))
     stats.profile.add_flat_inputs(history_positions, flat, steps_before + lengths)
     stats.profile.add_flat_predictions(history_positions, best[:, 0], probabilities[:, 0])
+    if resolved is not None:
+        stats.quality = labels.measure(scorer, options.top_k, resolved, best[:, 0], probabilities[:, 0],
+                                       history_positions, lengths, steps_before + lengths)
 
     moved = np.zeros(raw.rows, dtype=bool)
     moved[rows] = True

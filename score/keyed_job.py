@@ -164,14 +164,16 @@ class KeyedRun:
                 parquet.close()
 
     def _run_in_memory(self, files: list[_File]) -> None:
-        """Input in any order: hold its keys and sequences (not its other columns), find null
+        """Input in any order: hold its keys and sequences (and labels; not its other columns), find null
         and repeated keys, score in key order, spill the scored rows (score.keyed_spill), and
         write each file in its own order from the spill and a second read of the file."""
         parts = []
+        labels = self.config.options.labels
+        held = [self.key, self.column] + ([labels] if labels is not None else [])  # and no other
         for file in files:
             parquet = inputs.open_parquet(file.input)
             try:
-                parts.append(keyed_files.read_all(parquet, file.input, [self.key, self.column]))
+                parts.append(keyed_files.read_all(parquet, file.input, held))
             finally:
                 parquet.close()
         both = pa.concat_tables(parts, promote_options="permissive").combine_chunks()
@@ -207,7 +209,7 @@ class KeyedRun:
                                      lambda row, c=chunk: where(int(c[row])))
                 # One run of the spill per chunk (its pieces together): the merge holds a row
                 # group of every run at once, so runs are few and long.
-                spill.add(pa.Table.from_batches([piece.drop_columns([self.key, self.column])
+                spill.add(pa.Table.from_batches([piece.drop_columns(held)
                                                  for piece in scored]), chunk)
             del both, keys, problems, messages
             self._write_in_order(files, starts, spill.reader())

@@ -28,6 +28,7 @@ class ScoreOptions:
     max_length: int | None = None  # variable-length models: longest row scored (None: trained max)
     share_prefixes: bool = True  # compute each distinct prefix of a batch once (score.prefix)
     cache: bool = True  # keep results across batches (score.cache); needs dedup
+    labels: str | None = None  # list column of true y values, one per step: measure accuracy
 
     def validate(self, scorer: Scorer) -> None:
         spec = scorer.spec
@@ -60,6 +61,11 @@ class ScoreOptions:
                 )
         if not 0.0 <= self.low_confidence <= 1.0:
             raise UsageError(f"--low-confidence {self.low_confidence}: expected a probability in [0, 1]")
+
+    def run_k(self, scorer: Scorer) -> int:
+        """Classes asked of the model per step: the top K, or with labels every class (the
+        true class's probability and rank come from the full distribution, score.labels)."""
+        return scorer.spec.y_classes if self.labels is not None else self.top_k
 
     def column(self, scorer: Scorer) -> str:
         return self.input_column or scorer.spec.input_column

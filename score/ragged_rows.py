@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from score import columns, prefix, ragged
+from score import columns, labels, prefix, ragged
 from score.arrays import offsets_from_lengths, segment_gather, take_items
 from score.batch import BatchStats, Inferred, batch_stats, refuse_non_finite, valid_rows
 from score.cache import ResultCache, ragged_key_length
@@ -26,7 +26,9 @@ def score(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, cache: R
     name = options.column(scorer)
     raw = ragged_from_list(batch.column(name), name, options.length_limit(scorer))
     encoded = scorer.encoder.encode_ragged(raw)
-    rows = valid_rows(scorer, raw, encoded, options)
+    labelled = (labels.read(batch, options.labels, name, raw.lengths, scorer)
+                if options.labels is not None else None)
+    rows = valid_rows(scorer, raw, encoded, options, labelled)
     lengths = raw.gathered_lengths[rows]
     offsets = offsets_from_lengths(lengths)
     if rows.size == raw.rows:
@@ -49,31 +51,45 @@ def score(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, cache: R
         distinct_keys = keys[first]
     else:  # no two rows alike (or no de-duplication): the rows as they are, nothing to scatter
         inverse, distinct_offsets, distinct_flat, distinct_keys = None, offsets, flat, keys
-    inferred = infer(scorer, distinct_flat, distinct_offsets, distinct_keys, options.top_k, cache,
+    inferred = infer(scorer, distinct_flat, distinct_offsets, distinct_keys, options.run_k(scorer), cache,
                      options.share_prefixes, merge_in_tree)
     best, probabilities = inferred.best, inferred.probabilities
 
-    # 4-5. Scatter each distinct row's top-k to every row equal to it; NaN or infinity fails the row.
+    # 4-5. NaN or infinity fails the row; with labels, where each step's true class ranks (from
+    # every class), then the top K; scatter each distinct row's top-k to every row equal to it.
     row_finite = inferred.finite[inverse] if inverse is not None else inferred.finite
-    if inverse is not None:
-        gather = segment_gather(distinct_offsets[inverse], lengths)
-        best, probabilities = take_items(best, gather), take_items(probabilities, gather)
+    gather = segment_gather(distinct_offsets[inverse], lengths) if inverse is not None else None
     if not row_finite.all():
         refuse_non_finite(encoded, rows, row_finite, options)
         kept_steps = np.repeat(row_finite, lengths)
-        flat, best, probabilities = flat[kept_steps], best[kept_steps], probabilities[kept_steps]
+        flat = flat[kept_steps]
+        if gather is not None:
+            gather = gather[kept_steps]
+        else:
+            best, probabilities = best[kept_steps], probabilities[kept_steps]
         rows, lengths = rows[row_finite], lengths[row_finite]
         offsets = offsets_from_lengths(lengths)
+    resolved = None
+    if labelled is not None:
+        resolved = labels.resolve(best, probabilities, gather, labelled.truth(rows, lengths))
+        best = np.ascontiguousarray(best[:, : options.top_k])
+        probabilities = np.ascontiguousarray(probabilities[:, : options.top_k])
+    if gather is not None:
+        best, probabilities = take_items(best, gather), take_items(probabilities, gather)
 
     # 6. Assemble: one value (and one list of K) per step of each row.
     row_lengths = np.zeros(raw.rows, dtype=np.int64)
     row_lengths[rows] = lengths
-    scored = columns.assemble(batch, scorer, options, raw, encoded, best, probabilities, row_lengths)
+    scored = columns.assemble(batch, scorer, options, raw, encoded, best, probabilities, row_lengths,
+                              labelled, resolved)
     confidence = probabilities[:, 0]
     stats = batch_stats(scorer, options, batch.num_rows, encoded.reasons, confidence, inferred)
     positions = np.arange(flat.size, dtype=np.int64) - np.repeat(offsets[:-1], lengths)
     stats.profile.add_flat_inputs(positions, flat, lengths)
     stats.profile.add_flat_predictions(positions, best[:, 0], confidence)
+    if resolved is not None:
+        stats.quality = labels.measure(scorer, options.top_k, resolved, best[:, 0], confidence,
+                                       positions, lengths)
     return scored, stats
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from score import __version__, monitor
+from score import __version__, monitor, quality
 from score import model as models
 from score.encoding import reasons_for
 from score.sink import write_small_file
@@ -107,8 +107,9 @@ def _figures(options: ScoreOptions, scorer: models.Scorer | None, stats: BatchSt
     rows = stats.rows
     invalid = int(rows - stats.reason_counts[0])
     payload["rows_invalid"] = invalid
-    payload["invalid_by_reason"] = {name: int(stats.reason_counts[code])
-                                    for code, name in reasons_for(spec, keyed).items()}
+    payload["invalid_by_reason"] = {
+        name: int(stats.reason_counts[code])
+        for code, name in reasons_for(spec, keyed, options.labels is not None).items()}
     payload["predicted_class_distribution"] = _per_step(spec.y_values, stats.profile.prediction_counts)
     payload["input_value_histogram"] = _per_step(spec.x_values, stats.profile.input_counts)
     report = dict(drift or {})
@@ -128,6 +129,23 @@ def _figures(options: ScoreOptions, scorer: models.Scorer | None, stats: BatchSt
     payload["steps_computed"] = stats.steps_computed
     payload["max_length"] = options.length_limit(scorer)
     payload["sequence_length_histogram"] = length_histogram(stats.profile)
+    payload.update(quality_figures(options, scorer, stats, baseline))
+    return payload
+
+
+def quality_figures(options: ScoreOptions, scorer: models.Scorer, stats: BatchStats,
+                    baseline: dict | None) -> dict:
+    """Is the model still right: the estimated accuracy of every run, the test split's measured
+    quality the export embedded ('none' in an older file), and with --labels the run's own."""
+    calibrated = probabilities(scorer) == SOFTMAX
+    payload = {
+        "estimated_accuracy": quality.estimate(stats.confidence_sum, stats.scored_steps, calibrated),
+        "baseline_quality": (baseline or {}).get("quality") or "none",
+    }
+    if options.labels is not None:
+        measured = stats.quality or quality.QualityStats(options.top_k, scorer.spec.seq_len + 1,
+                                                         classes=scorer.spec.y_classes)
+        payload["quality"] = {"labels": options.labels, **measured.figures(scorer.spec.y_values)}
     return payload
 
 

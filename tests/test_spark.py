@@ -404,8 +404,12 @@ def test_the_spark_summary_of_a_file_equals_the_local_jobs_summary(spark, monito
     assert monitored_file["partitions"] >= 2
     # Every shared count and histogram, exactly: status, rows in, out and invalid, invalid rows
     # by reason, the per-step input and prediction histograms, lengths, the model's sha256...
-    shared = set(local) - PER_RUN - PER_PARTITION - {"files", "drift"}
+    shared = set(local) - PER_RUN - PER_PARTITION - {"files", "drift", "estimated_accuracy"}
     assert {key: summary[key] for key in shared} == {key: local[key] for key in shared}
+    # A sum of probabilities, added in another order: equal within 1e-9.
+    estimate, local_estimate = summary["estimated_accuracy"], local["estimated_accuracy"]
+    assert estimate["value"] == pytest.approx(local_estimate["value"], abs=1e-9)
+    assert {**estimate, "value": None} == {**local_estimate, "value": None}
     assert summary["rows_in"] == summary["rows_out"] == 5000
     assert summary["rows_invalid"] == 500
     # ... and the drift: the same profiles and shares; the PSI figures within 1e-9.
@@ -676,3 +680,69 @@ def test_spark_refuses_keyed_flags_before_spark_starts(tmp_path, flags, code, li
     result = run_main(main, day, tmp_path / "out", "--model", RAGGED_MODEL, *flags)
     assert result.code == code
     assert result.lines == [f"error: {line}"]
+
+
+# --labels on Spark ---------------------------------------------------------------------------
+@pytest.mark.slow
+@needs_spark
+def test_the_quality_figures_on_spark_equal_the_plain_reference_and_the_local_job(spark, tmp_path):
+    from test_quality import assert_quality, full_probabilities, noisy_labels, reference_quality
+
+    generator = np.random.default_rng(12)
+    lengths = generator.integers(1, 33, size=2000)
+    x = [generator.integers(0, 11, size=n).tolist() for n in lengths]
+    x[100:200] = x[0:100]  # repeats with other labels
+    y = noisy_labels(x, seed=13, noise=0.3)
+    y[5], y[6], y[7] = y[5] + [1], [99] * len(y[6]), None
+    table = pa.table({"id": np.arange(2000, dtype=np.int64), "x": pa.array(x, pa.list_(pa.int64())),
+                      "y": pa.array(y, pa.list_(pa.int64()))})
+    source = tmp_path / "labelled.parquet"
+    pq.write_table(table, source, row_group_size=250)
+    local = tmp_path / "local.json"
+    result = run_score(source, tmp_path / "local.parquet", "--model", RAGGED_MODEL, "--labels", "y",
+                       "--on-invalid", "null", "--summary", local, "--quiet")
+    assert result.code == 0, result.stderr
+    options = ScoreOptions(on_invalid="null", labels="y")
+    config = scale.SparkJobConfig(str(source), str(tmp_path / "spark"), str(RAGGED_MODEL), options)
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "16384")  # several tasks to merge
+    try:
+        summary = spark_summary(spark, config, tmp_path / "spark.json")
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    valid = [i for i in range(2000) if i not in (5, 6, 7)]
+    probabilities, spec = full_probabilities(RAGGED_MODEL, [x[i] for i in valid])
+    expected = reference_quality(probabilities, [y[i] for i in valid], spec, 3)
+    assert_quality(summary["quality"], expected)
+    local_quality = json.loads(local.read_text())["quality"]
+    assert {key: value for key, value in summary["quality"].items() if key not in ("log_loss", "ece",
+            "estimated_accuracy", "bins")} == {key: value for key, value in local_quality.items()
+                                               if key not in ("log_loss", "ece", "estimated_accuracy", "bins")}
+    for key in ("log_loss", "ece", "estimated_accuracy"):
+        assert summary["quality"][key] == pytest.approx(local_quality[key], abs=1e-9)
+    reasons = summary["invalid_by_reason"]
+    assert (reasons["label_length"], reasons["unknown_label"], reasons["null_label"]) == (1, 1, 1)
+    scored = pq.read_table(tmp_path / "spark").sort_by("id")
+    assert scored.column_names[-2:] == ["label_prob", "correct"]
+    np.testing.assert_allclose(np.concatenate([scored.column("label_prob")[i].as_py() for i in valid]),
+                               expected["label_prob"], atol=1e-6)
+
+
+@pytest.mark.slow
+@needs_spark
+def test_min_accuracy_on_spark_exits_65_and_leaves_no_output(model_path, tmp_path):
+    x = random_x(1000, seed=21)
+    shifted = (np.cumsum(x, axis=1) + 1) % 25  # labels of another rule
+    source = write_x(tmp_path / "shifted.parquet", x, y=list_array(shifted))
+    output, summary_path = tmp_path / "scored", tmp_path / "summary.json"
+    result = run_module("score.spark", source, output, "--model", model_path, "--master", "local[2]",
+                        "--labels", "y", "--min-accuracy", "0.9", "--summary", summary_path, env=QUICK_JVM)
+    assert result.returncode == 65, result.stderr
+    summary = json.loads(summary_path.read_text())
+    accuracy = summary["quality"]["accuracy"]
+    message = (f"{source}: accuracy {accuracy:.4f} over 4000 labelled steps is below --min-accuracy "
+               f"0.9; nothing was published")
+    assert result.stderr.splitlines()[-1] == f"error: {message}"
+    assert accuracy < 0.2
+    assert not output.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["shifted.parquet", "summary.json"]
+    assert (summary["status"], summary["exit_code"], summary["error"]) == ("failed", 65, message)

@@ -16,7 +16,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING
 
-from score import cli, errors, keyed_checks, monitor, storage, summary
+from score import cli, errors, keyed_checks, monitor, quality, storage, summary
 from score import model as models
 from score.core import empty_stats, length_warnings
 from score.errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOFTWARE, Interrupted, SeqscoreError
@@ -144,6 +144,7 @@ def _main(args: argparse.Namespace, signals: _Signals) -> int:
         check_locations(config)
         keyed_checks.check_flags(config.key, config.state_in, config.state_out, config.output,
                               config.options.input_columns)
+        quality.check_gate_flags(config.options.labels, config.min_accuracy)
         if config.key is not None:
             check_state_locations(config.state_in, config.state_out)
         scorer = models.load(config.model, models.SessionConfig(threads=1))

@@ -37,6 +37,8 @@ class SparkJobConfig:
     quiet: bool = False  # no line when done
     summary: str | None = None  # where the driver writes the JSON summary (as python -m score)
     max_psi: float | None = None  # publish only when no step's input or prediction PSI exceeds it
+    min_accuracy: float | None = None  # publish only at or above this top-1 accuracy (--labels)
+    min_estimated_accuracy: float | None = None  # publish only at or above this mean top-1 probability
     key: str | None = None  # --key: scheduled runs that carry each key's state (score.spark.keyed)
     state_in: str | None = None
     state_out: str | None = None
@@ -130,7 +132,7 @@ def run(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
         session.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.batch_size))
     if config.key is not None:
         return _run_keyed(session, config, scorer, state)
-    gated = config.max_psi is not None
+    gated = (config.max_psi, config.min_accuracy, config.min_estimated_accuracy) != (None, None, None)
     target = staging_location(config.output, context.applicationId) if gated else config.output
     accumulator = context.accumulator(empty_stats(scorer), StatsParam(empty_stats(scorer)))
     try:
@@ -159,7 +161,7 @@ def run(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
     if gated:
         # 4. The local job's decision, on the merged stats, before anything is published.
         try:
-            job.check_max_psi(config.input, scorer, state.stats, config.max_psi)
+            job.check_gates(config.input, scorer, state.stats, config)
         except InvalidInput:
             remove_output(session, target)
             state.created.remove(target)
@@ -225,7 +227,7 @@ def _run_keyed(session: SparkSession, config: SparkJobConfig, scorer: models.Sco
         state.drift = job.drift_report(scorer, state.stats)
     # 4-5. Decide, then publish the state and OUTPUT.
     try:
-        job.check_max_psi(config.input, scorer, state.stats, config.max_psi)
+        job.check_gates(config.input, scorer, state.stats, config)
     except InvalidInput:
         for location in (output_stage, folder):
             remove_output(session, location)
