@@ -71,7 +71,9 @@ def parser() -> argparse.ArgumentParser:
                                "says time, seq, step or length, else 1; a Keras model's is 1)")
     imported.add_argument("--reference", metavar="DATA.parquet",
                           help="rows (list column x of raw values) to check on and to take the "
-                               "drift baseline from (default: none, no drift monitoring)")
+                               "drift baseline from; an optional list column y of true y values "
+                               "(one per step of x) adds the accuracy and calibration to it "
+                               "(default: none, no drift monitoring)")
     imported.add_argument("--max-length", type=positive_int, metavar="N",
                           help=f"the longest sequence accepted when the time axis is dynamic; a "
                                f"model that reads later steps is scored at exactly N "

@@ -41,8 +41,17 @@ from export.source import (
     source_session,
 )
 from export.wrapping import wrap
+from score.arrays import to_padded
+from score.encoding import NULL_ELEMENT, UNKNOWN_VALUE, EncodedRagged, Encoder
 from score.errors import InputMissing, InvalidInput
 from score.monitor import Profile
+from score.quality import baseline_quality
+from score.sequences import (
+    RaggedSequences,
+    column_type_error,
+    integer_list_value_type,
+    ragged_from_list,
+)
 from score.spec import Spec
 
 
@@ -56,7 +65,7 @@ class ImportConfig:
     output: str = "artifacts/model.onnx"  # where the wrapped model goes (the scorer's default)
     outputs: str | None = None  # 'probabilities' or 'logits'; None: detect from a probe run
     time_axis: int | None = None  # the source input's time axis (0 or 1); None: from its names
-    reference: str | None = None  # Parquet rows (list column 'x' of raw values) to check and profile
+    reference: str | None = None  # Parquet rows (list column 'x'; optional 'y': labels) to check and profile
     max_length: int = 64  # the longest sequence accepted when the source's time axis is dynamic
     random_rows: int = 256  # random valid sequences checked
     seed: int = 0  # for the random sequences
@@ -117,15 +126,20 @@ def import_onnx_model(config: ImportConfig, source_bytes: bytes, source_proto: o
     interface = graph.add_scoring_interface(wrapped, withheld)
     spec = replace(spec, states=interface.states)
     inputs = {"random": random_rows(spec, config.random_rows, generator)}
+    labels = None
     if reference_path is not None:
         try:
             inputs["reference"] = read_rows(reference_path, spec)
+            labels = read_labels(reference_path, spec, inputs["reference"])
         except InvalidInput as error:
             raise InvalidInput(f"--reference {reference_path}: {error}") from None
     expected = {name: run_by_length(predict_source, rows) for name, rows in inputs.items()}
     baseline = None
     if "reference" in inputs:
         baseline = baseline_profile(spec, inputs["reference"], expected["reference"]).to_dict()
+        if labels is not None:
+            baseline["quality"] = baseline_quality(expected["reference"], labels,
+                                                   inputs["reference"].mask)
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
     metadata.embed_metadata(wrapped, spec, metadata.import_entries(provenance), provenance["sha256"], created,
                             baseline, interface, layout.renormalized)
@@ -149,7 +163,7 @@ def import_onnx_model(config: ImportConfig, source_bytes: bytes, source_proto: o
         "length": _describe_length(spec, layout, causality),
         "checks": checks,
         "scoring_interface": metadata.interface_report(interface),
-        "baseline": "from --reference" if baseline is not None else None,
+        "baseline": _describe_baseline(baseline),
         "created_at": created.isoformat(timespec="seconds"),
         "bytes": len(model_bytes),
     }
@@ -208,3 +222,58 @@ def baseline_profile(spec: Spec, rows: ParityRows, probabilities: np.ndarray) ->
     profile.add_inputs(rows.indices, rows.mask)
     profile.add_predictions(probabilities.argmax(axis=-1), probabilities.max(axis=-1), rows.mask)
     return profile
+
+
+def _describe_baseline(baseline: dict | None) -> str | None:
+    """Where the baseline came from, for the report."""
+    if baseline is None:
+        return None
+    if "quality" in baseline:
+        return "from --reference (with labels: accuracy and calibration)"
+    return "from --reference"
+
+
+def read_labels(path: str, spec: Spec, rows: ParityRows) -> np.ndarray | None:
+    """The reference file's target column (y: one true y value per step of x) as class indices,
+    right-padded with 0 like ``rows``; None when the file has no such column.
+
+    A column that is there must hold integer lists, each as long as its row of x, of the
+    model's y values only: anything else raises InvalidInput naming the first bad row.
+    """
+    import pyarrow.parquet as pq
+
+    column = spec.target_column
+    schema = pq.read_schema(path)
+    if column not in schema.names:
+        return None
+    if integer_list_value_type(schema.field(column).type) is None:
+        raise column_type_error(column, schema.field(column).type, "list")
+    width = rows.indices.shape[1]
+    steps = rows.lengths if rows.lengths is not None else np.full(len(rows.indices), width)
+    # Rows longer than x are not gathered: their length alone refuses them.
+    raw = ragged_from_list(pq.read_table(path, columns=[column]).column(column), column, width)
+    y_spec = Spec(spec.y_values, spec.y_values, spec.seq_len, min_len=1)
+    encoded = Encoder(y_spec, np.int32).encode_ragged(raw)
+    wrong_length = ~raw.row_null & (raw.lengths != steps)
+    bad_label = (encoded.reasons == NULL_ELEMENT) | (encoded.reasons == UNKNOWN_VALUE)
+    bad = np.flatnonzero(raw.row_null | wrong_length | bad_label)
+    if bad.size:
+        row = int(bad[0])
+        raise InvalidInput(f"row {row}: {_label_problem(spec, raw, encoded, row, int(steps[row]))}")
+    return to_padded(encoded.indices, raw.offsets, np.arange(raw.rows), width)[0]
+
+
+def _label_problem(spec: Spec, raw: RaggedSequences, encoded: EncodedRagged, row: int,
+                   steps: int) -> str:
+    """What is wrong with one row's labels, in the order a row is refused for."""
+    column, x_column = raw.column, spec.input_column
+    if raw.row_null[row]:
+        return f"{column} is null; expected one label per step of {x_column}"
+    if raw.lengths[row] != steps:
+        return (f"{column} has {int(raw.lengths[row])} labels but {x_column} has {steps} steps; "
+                f"expected one label per step")
+    position = int(encoded.positions[row])
+    if encoded.reasons[row] == NULL_ELEMENT:
+        return f"{column}[{position}] is null; expected one of the model's y values ({spec.describe_y()})"
+    value = raw.values[raw.offsets[row] + position]
+    return f"{column}[{position}] = {value} is not one of the model's y values ({spec.describe_y()})"

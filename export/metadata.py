@@ -24,7 +24,7 @@ RENORMALIZED = ("renormalised scores: sigmoid outputs divided by their sum per s
 METRICS_KEYS = (
     "token_accuracy", "token_accuracy_per_step", "sequence_accuracy", "top1_accuracy",
     "top2_accuracy", "top3_accuracy", "majority_baseline_accuracy", "epochs_run", "test_rows",
-    "token_accuracy_by_length", "min_len", "max_len",
+    "token_accuracy_by_length", "min_len", "max_len", "ece",
 )
 
 

@@ -80,17 +80,20 @@ def score(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, cache: R
 
     # 5-6. With labels, where each step's true class ranks (from every class), then the top K;
     # scatter the distinct rows' top-k to every row; assemble.
-    resolved = None
-    if labelled is not None:
-        kept = np.flatnonzero(encoded.reasons == 0)
-        gather = None if inverse is None else (inverse[:, None] * steps + np.arange(steps)).reshape(-1)
-        truth = labelled.truth(kept, np.full(kept.size, steps, dtype=np.int64))
-        width = best.shape[-1]
-        resolved = labels.resolve(best.reshape(-1, width), probabilities.reshape(-1, width), gather, truth)
+    every = None
+    if labelled is not None:  # asked for every class: the top K go on, every class stays here
+        every = best.reshape(-1, best.shape[-1]), probabilities.reshape(-1, best.shape[-1])
         best = np.ascontiguousarray(best[..., : options.top_k])
         probabilities = np.ascontiguousarray(probabilities[..., : options.top_k])
     if inverse is not None:
         best, probabilities = best[inverse], probabilities[inverse]
+    resolved = None
+    if labelled is not None:
+        kept = np.flatnonzero(encoded.reasons == 0)
+        truth = labelled.truth(kept, np.full(kept.size, steps, dtype=np.int64))
+        locate = None if inverse is None else (lambda step: inverse[step // steps] * steps + step % steps)
+        resolved = labels.resolve(best.reshape(-1, options.top_k), probabilities.reshape(-1, options.top_k),
+                                  truth, *every, locate)
     scored = columns.assemble(batch, scorer, options, raw, encoded, best, probabilities, steps,
                               labelled, resolved)
     confidence = probabilities[..., 0]

@@ -127,9 +127,10 @@ def score_resumed(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, 
         offsets = offsets_from_lengths(lengths)
     resolved = None
     if labelled is not None:  # where each step's true class ranks (from every class); the top K
-        resolved = labels.resolve(best, probabilities, None, labelled.truth(rows, lengths))
+        every = best, probabilities
         best = np.ascontiguousarray(best[:, : options.top_k])
         probabilities = np.ascontiguousarray(probabilities[:, : options.top_k])
+        resolved = labels.resolve(best, probabilities, labelled.truth(rows, lengths), *every)
     row_lengths = np.zeros(raw.rows, dtype=np.int64)
     row_lengths[rows] = lengths
     scored = columns.assemble(batch, scorer, options, raw, encoded, best, probabilities, row_lengths,

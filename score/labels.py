@@ -11,6 +11,7 @@ read from there, and only the top K travel on to the output.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,10 +139,11 @@ def read(batch: pa.RecordBatch, column: str, sequence_column: str, sequence_leng
 
 @dataclass
 class Resolved:
-    """Each labelled step's true class, where it ranks and its probability (flat, row order)."""
+    """Each labelled step's true class, where it ranks (up to K) and its probability (flat,
+    row order)."""
 
     truth: np.ndarray  # (steps,) class index
-    rank: np.ndarray  # (steps,) 0 = the top-1 class
+    rank: np.ndarray  # (steps,) int8: 0 = the top-1 class, ..., K = not among the top K
     probability: np.ndarray  # (steps,) float32
 
     @property
@@ -149,21 +151,30 @@ class Resolved:
         return self.rank == 0
 
 
-def resolve(best: np.ndarray, probabilities: np.ndarray, gather: np.ndarray | None,
-            truth: np.ndarray) -> Resolved:
-    """Where each labelled step's true class ranks and its probability.
+def resolve(top_best: np.ndarray, top_probabilities: np.ndarray, truth: np.ndarray,
+            every_best: np.ndarray, every_probability: np.ndarray,
+            locate: Callable[[np.ndarray], np.ndarray] | None = None) -> Resolved:
+    """Where each labelled step's true class stands among its top K, and its probability.
 
-    ``best`` and ``probabilities``: (computed steps, every class), best first; ``gather``: the
-    computed step of each labelled step (None: the same steps, in order); ``truth``: each
-    labelled step's true class.
+    ``top_best`` and ``top_probabilities``: (labelled steps, K), best first, in the labelled
+    steps' order; ``every_best`` and ``every_probability``: (computed steps, every class) as
+    the model gave them; ``locate``: the computed step of given labelled steps (None: the
+    same). A true class among the top K takes its probability from there; only the others
+    look theirs up among every class.
     """
-    classes = best.shape[1]
-    rank_of = np.empty(best.shape, dtype=np.int32)
-    np.put_along_axis(rank_of, best.astype(np.intp, copy=False),
-                      np.broadcast_to(np.arange(classes, dtype=np.int32), best.shape), axis=1)
-    steps = np.arange(truth.size) if gather is None else gather
-    rank = rank_of[steps, truth]
-    return Resolved(truth, rank, probabilities[steps, rank])
+    top_k = top_best.shape[1]
+    rank = np.full(truth.size, top_k, dtype=np.int8)
+    for position in reversed(range(top_k)):
+        rank[top_best[:, position] == truth] = position
+    probability = np.empty(truth.size, dtype=np.float32)
+    inside = np.flatnonzero(rank < top_k)
+    probability[inside] = top_probabilities[inside, rank[inside]]
+    outside = np.flatnonzero(rank == top_k)
+    if outside.size:
+        computed = outside if locate is None else locate(outside)
+        column = (every_best[computed] == truth[outside, None]).argmax(axis=1)
+        probability[outside] = every_probability[computed, column]
+    return Resolved(truth, rank, probability)
 
 
 def measure(scorer: Scorer, top_k: int, resolved: Resolved, best: np.ndarray,

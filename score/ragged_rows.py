@@ -69,13 +69,17 @@ def score(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, cache: R
             best, probabilities = best[kept_steps], probabilities[kept_steps]
         rows, lengths = rows[row_finite], lengths[row_finite]
         offsets = offsets_from_lengths(lengths)
-    resolved = None
-    if labelled is not None:
-        resolved = labels.resolve(best, probabilities, gather, labelled.truth(rows, lengths))
+    every = None
+    if labelled is not None:  # asked for every class: the top K go on, every class stays here
+        every = best, probabilities
         best = np.ascontiguousarray(best[:, : options.top_k])
         probabilities = np.ascontiguousarray(probabilities[:, : options.top_k])
     if gather is not None:
         best, probabilities = take_items(best, gather), take_items(probabilities, gather)
+    resolved = None
+    if labelled is not None:
+        resolved = labels.resolve(best, probabilities, labelled.truth(rows, lengths), *every,
+                                  None if gather is None else gather.__getitem__)
 
     # 6. Assemble: one value (and one list of K) per step of each row.
     row_lengths = np.zeros(raw.rows, dtype=np.int64)

@@ -144,9 +144,9 @@ def ragged_rows(rows: int, seed: int, lengths: tuple[int, int]) -> list[list[int
             for _ in range(rows)]
 
 
-def write_rows(path, rows: list[list[int]]) -> str:
+def write_rows(path, rows: list[list[int]], **columns) -> str:
     table = pa.table({"id": np.arange(len(rows), dtype=np.int64),
-                      "x": pa.array(rows, type=pa.list_(pa.int64()))})
+                      "x": pa.array(rows, type=pa.list_(pa.int64())), **columns})
     pq.write_table(table, str(path))
     return str(path)
 
@@ -342,6 +342,7 @@ def test_reference_rows_are_checked_and_give_the_drift_baseline(tmp_path):
         expected.add(indices, probabilities.argmax(-1)[None, :], probabilities.max(-1)[None, :])
     baseline = json.loads(metadata(model_path)["baseline"])
     assert baseline == expected.to_dict()
+    assert "quality" not in baseline and report["baseline"] == "from --reference"  # no y column
     # Scoring the reference rows themselves drifts nowhere.
     summary = tmp_path / "summary.json"
     scored = run_score(reference, tmp_path / "scored.parquet", "--model", model_path, "--quiet",
@@ -350,6 +351,57 @@ def test_reference_rows_are_checked_and_give_the_drift_baseline(tmp_path):
     drift = json.loads(summary.read_text())["drift"]
     assert drift["has_baseline"] is True
     assert max(value for value in drift["input_psi"] if value is not None) < 1e-9
+
+
+def plain_quality(probabilities: np.ndarray, truth: np.ndarray, bins: int = 15) -> dict:
+    """Accuracy, ECE and bins the textbook way over flat steps: (steps, classes) probabilities
+    and each step's true class; bins of equal width over the top-1 probability (1.0 in the last)."""
+    confidence = probabilities.max(axis=-1).astype(np.float64)
+    correct = probabilities.argmax(axis=-1) == truth
+    which = np.minimum(np.floor(confidence * bins).astype(int), bins - 1)
+    table = []
+    for b in range(bins):
+        inside = which == b
+        table.append({"low": b / bins, "high": (b + 1) / bins, "steps": int(inside.sum()),
+                      "mean_confidence": confidence[inside].mean() if inside.any() else None,
+                      "accuracy": correct[inside].mean() if inside.any() else None})
+    ece = sum(entry["steps"] / truth.size * abs(entry["accuracy"] - entry["mean_confidence"])
+              for entry in table if entry["steps"])
+    return {"steps": truth.size, "accuracy": correct.mean(), "ece": ece,
+            "mean_confidence": confidence.mean(), "bins": table}
+
+
+LABELLED = [
+    pytest.param(Source(), (1, MAX_LENGTH), id="causal_rows_of_any_length"),
+    pytest.param(Source(direction="bidirectional"), (MAX_LENGTH, MAX_LENGTH), id="not_causal_fixed_length"),
+]
+
+
+@pytest.mark.parametrize(("source", "lengths"), LABELLED)
+def test_reference_labels_give_the_baseline_accuracy_and_calibration(tmp_path, source, lengths):
+    rows = ragged_rows(40, seed=5, lengths=lengths)
+    generator = np.random.default_rng(7)
+    labels = [list(generator.choice(Y_VALUES, size=len(row))) for row in rows]
+    reference = write_rows(tmp_path / "reference.parquet", rows, y=pa.array(labels, pa.list_(pa.int64())))
+    result, model_path = import_source(tmp_path, source, "--reference", reference)
+    assert result.code == 0, result.stderr
+    report = json.loads((tmp_path / "published" / "export_report.json").read_text())
+    assert report["baseline"] == "from --reference (with labels: accuracy and calibration)"
+    baseline = load(model_path).metadata["baseline"]
+    quality = json.loads(baseline)["quality"]
+    # The source's own probabilities on each reference row, run by onnxruntime.
+    model = build(source)
+    probabilities = np.concatenate([source_by_hand(model, source, row) for row in rows])
+    truth = np.searchsorted(Y_VALUES, np.concatenate(labels))
+    expected = plain_quality(probabilities, truth)
+    assert quality["steps"] == expected["steps"] == sum(len(row) for row in rows)
+    assert quality["accuracy"] == expected["accuracy"]
+    assert quality["ece"] == pytest.approx(expected["ece"], abs=1e-6)
+    assert quality["mean_confidence"] == pytest.approx(expected["mean_confidence"], abs=1e-6)
+    assert quality["bins"] == [pytest.approx(entry, abs=1e-6) for entry in expected["bins"]]
+    # The drift baseline beside it is the one a reference without labels gives.
+    assert Profile.from_dict(json.loads(baseline)).to_dict() == {
+        key: value for key, value in json.loads(baseline).items() if key != "quality"}
 
 
 def test_a_model_without_a_baseline_scores_and_its_summary_says_so(tmp_path):
@@ -486,6 +538,55 @@ def test_a_reference_value_outside_the_x_values_is_exit_65(tmp_path):
     assert result.lines == [f"error: --reference {reference}: row 1: x[1] = 99 is not one of the model's "
                             f"input values (10..14)"]
     assert not (tmp_path / "published").exists()
+
+
+GOOD_ROWS = [[10, 11], [12], [13, 14, 10], [11, 12, 13], [14]]
+GOOD_LABELS = [[0, 2], [4], [2, 2, 0], [4, 0, 2], [0]]
+
+
+def with_label_row(number: int, row) -> list:
+    return [row if index == number else labels for index, labels in enumerate(GOOD_LABELS)]
+
+
+BAD_LABELS = [
+    pytest.param(pa.array(with_label_row(3, [4, 0]), pa.list_(pa.int64())),
+                 "row 3: y has 2 labels but x has 3 steps; expected one label per step", id="short_row"),
+    pytest.param(pa.array(with_label_row(3, [4, 0, 2, 2]), pa.list_(pa.int64())),
+                 "row 3: y has 4 labels but x has 3 steps; expected one label per step", id="long_row"),
+    pytest.param(pa.array(with_label_row(2, [2, 3, 0]), pa.list_(pa.int64())),
+                 "row 2: y[1] = 3 is not one of the model's y values (0, 2, 4)", id="unknown_value"),
+    pytest.param(pa.array(with_label_row(2, [2, 2, 2 ** 64 - 1]), pa.list_(pa.uint64())),
+                 f"row 2: y[2] = {2 ** 64 - 1} is not one of the model's y values (0, 2, 4)",
+                 id="unknown_uint64_value"),
+    pytest.param(pa.array(with_label_row(1, [None]), pa.list_(pa.int64())),
+                 "row 1: y[0] is null; expected one of the model's y values (0, 2, 4)", id="null_label"),
+    pytest.param(pa.array(with_label_row(4, None), pa.list_(pa.int64())),
+                 "row 4: y is null; expected one label per step of x", id="null_row"),
+    pytest.param(pa.array(with_label_row(3, [4, 0]), pa.list_(pa.int64())).cast(pa.list_(pa.int8())),
+                 "row 3: y has 2 labels but x has 3 steps; expected one label per step", id="int8_short_row"),
+    pytest.param(pa.array([[float(v) for v in row] for row in GOOD_LABELS], pa.list_(pa.float64())),
+                 "column 'y' is list<element: double>; expected a list of integers (list, large_list or "
+                 "fixed_size_list of int8..int64 or uint8..uint64); floating-point values are refused "
+                 "rather than truncated: cast them to integers", id="floats"),
+    pytest.param(pa.array(["0,2", "4", "2,2,0", "4,0,2", "0"]),
+                 "column 'y' is string; expected a list of integers (list, large_list or "
+                 "fixed_size_list of int8..int64 or uint8..uint64)", id="strings"),
+]
+
+
+@pytest.mark.parametrize(("labels", "detail"), BAD_LABELS)
+def test_a_bad_reference_y_column_is_exit_65(tmp_path, labels, detail):
+    reference = write_rows(tmp_path / "reference.parquet", GOOD_ROWS, y=labels)
+    result, _ = import_source(tmp_path, Source(), "--reference", reference)
+    assert_refused(result, 65, f"error: --reference {reference}: {detail}", tmp_path / "published")
+
+
+def test_good_reference_labels_of_any_integer_list_type_are_taken(tmp_path):
+    labels = pa.array(GOOD_LABELS, pa.large_list(pa.uint8()))
+    reference = write_rows(tmp_path / "reference.parquet", GOOD_ROWS, y=labels)
+    result, model_path = import_source(tmp_path, Source(), "--reference", reference)
+    assert result.code == 0, result.stderr
+    assert json.loads(metadata(model_path)["baseline"])["quality"]["steps"] == 10
 
 
 def test_a_custom_operator_domain_is_refused(tmp_path):

@@ -19,7 +19,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, CliResult, list_array, read_json, run_module, run_train, small_default
+from conftest import (
+    ROOT,
+    CliResult,
+    list_array,
+    read_json,
+    run_export,
+    run_module,
+    run_train,
+    small_default,
+)
 
 from score.encoding import Encoder
 from score.monitor import CONFIDENCE_BINS, Profile
@@ -106,7 +115,7 @@ def test_artifacts_are_all_there_and_nothing_else(trained):
     assert result.stderr == ""
     assert re.fullmatch(
         r"test token accuracy 0\.\d{4} \(per step: (\d\.\d{4}, ){3}\d\.\d{4}\); whole sequence "
-        r"0\.\d{4}; top-3 0\.\d{4}; majority-class baseline 0\.0803\n"
+        r"0\.\d{4}; top-3 0\.\d{4}; majority-class baseline 0\.0803; ECE 0\.\d{4}\n"
         rf"2 epochs \(best [12]\) in \d+\.\d s; artifacts in {re.escape(str(artifacts))}\n",
         result.stdout,
     )
@@ -139,6 +148,8 @@ def test_metrics_json_has_every_figure(trained):
     # Step 0 is x_0 mod 25: the identity, learnt at once. The baseline is far below.
     assert metrics["token_accuracy_per_step"][0] > 0.9
     assert metrics["majority_baseline_accuracy"] == pytest.approx(majority_baseline_of_default())
+    assert metrics["ece"] == read_json(artifacts / "baseline.json")["quality"]["ece"]
+    assert 0 < metrics["ece"] < 1
     assert metrics["epochs_run"] == 2 and metrics["best_epoch"] in (1, 2)
     assert 0 < metrics["wall_seconds"] < 300
     assert metrics["data_fingerprint"] == data.default_dataset().fingerprint()
@@ -184,6 +195,66 @@ def test_baseline_json_is_a_profile_of_the_data_and_test_predictions(trained):
     assert profile.input_counts.sum(axis=1).tolist() == [10_000] * 4  # every row's inputs
     assert profile.prediction_counts.sum(axis=1).tolist() == [1000] * 4  # the test split's
     assert profile.confidence_counts.sum(axis=1).tolist() == [1000] * 4
+
+
+def plain_quality(probabilities: np.ndarray, truth: np.ndarray, bins: int = 15) -> dict:
+    """Accuracy and ECE the textbook way over flat steps: (steps, classes) probabilities and
+    each step's true class; ECE = sum over bins of (steps in bin / steps) x |accuracy - mean
+    confidence|, bins of equal width over the top-1 probability (1.0 in the last)."""
+    confidence = probabilities.max(axis=-1).astype(np.float64)
+    correct = probabilities.argmax(axis=-1) == truth
+    which = np.minimum(np.floor(confidence * bins).astype(int), bins - 1)
+    steps = np.array([(which == b).sum() for b in range(bins)])
+    ece = sum(steps[b] / truth.size * abs(correct[which == b].mean() - confidence[which == b].mean())
+              for b in range(bins) if steps[b])
+    return {"steps": truth.size, "accuracy": correct.mean(), "ece": ece, "bin_steps": steps.tolist()}
+
+
+def keras_test_split(artifacts: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The saved model's probabilities on the saved test split and its true classes, real steps
+    only, flat; ragged rows padded with 0 as training pads them (the model is causal), and
+    predicted in one batch as training predicts them, so the figures match to the last bit."""
+    import keras
+
+    spec = Spec.from_dict(read_json(artifacts / "spec.json"))
+    test = pq.read_table(artifacts / "test.parquet")
+    x_rows, y_rows = test.column("x").to_pylist(), test.column("y").to_pylist()
+    lengths = np.array([len(row) for row in x_rows])
+    mask = np.arange(spec.max_len) < lengths[:, None]
+    x, y = np.zeros(mask.shape, np.int32), np.zeros(mask.shape, np.int64)
+    x[mask] = np.searchsorted(spec.x_values, np.concatenate(x_rows))
+    y[mask] = np.searchsorted(spec.y_values, np.concatenate(y_rows))
+    model = keras.saving.load_model(str(artifacts / "model.keras"))
+    return model.predict(x, batch_size=4096, verbose=0)[mask], y[mask]
+
+
+def assert_quality(quality: dict, probabilities: np.ndarray, truth: np.ndarray) -> None:
+    expected = plain_quality(probabilities, truth)
+    assert quality["steps"] == expected["steps"]
+    assert quality["accuracy"] == expected["accuracy"]
+    assert quality["ece"] == pytest.approx(expected["ece"], abs=1e-9)
+    assert quality["mean_confidence"] == pytest.approx(
+        probabilities.max(axis=-1).astype(np.float64).mean(), abs=1e-9)
+    assert [(entry["low"], entry["high"]) for entry in quality["bins"]] == [
+        pytest.approx((b / 15, (b + 1) / 15)) for b in range(15)]
+    assert [entry["steps"] for entry in quality["bins"]] == expected["bin_steps"]
+    assert sum(entry["steps"] for entry in quality["bins"]) == truth.size
+
+
+@pytest.mark.slow
+def test_the_exported_model_carries_the_test_splits_accuracy_and_calibration(trained, tmp_path):
+    from score.model import baseline, load
+
+    artifacts, _ = trained
+    output = tmp_path / "model.onnx"
+    result = run_export("--artifacts", artifacts, "--output", output)
+    assert result.code == 0, result.stderr
+    quality = baseline(load(str(output)))["quality"]
+    assert quality == read_json(artifacts / "baseline.json")["quality"]  # unchanged on the way
+    probabilities, truth = keras_test_split(artifacts)
+    assert truth.size == 4000  # 1000 rows of 4 steps
+    assert_quality(quality, probabilities, truth)
+    assert quality["accuracy"] == read_json(artifacts / "metrics.json")["token_accuracy"]
 
 
 @pytest.mark.slow
@@ -700,7 +771,7 @@ def test_ragged_training_gives_a_variable_length_spec(trained_ragged):
     assert read_json(artifacts / "spec.json")["format"] == 2
     assert re.fullmatch(
         r"test token accuracy 0\.\d{4} \(32 steps, per step 0\.\d{4} to [01]\.\d{4}\); whole sequence "
-        r"0\.\d{4}; top-3 0\.\d{4}; majority-class baseline 0\.\d{4}\n"
+        r"0\.\d{4}; top-3 0\.\d{4}; majority-class baseline 0\.\d{4}; ECE 0\.\d{4}\n"
         rf"2 epochs \(best [12]\) in \d+\.\d s; lengths 1\.\.32, padding overhead \d\.\d%; "
         rf"artifacts in {re.escape(str(artifacts))}\n",
         result.stdout,
@@ -747,6 +818,16 @@ def test_ragged_baseline_counts_real_steps_and_lengths(trained_ragged):
     assert profile.length_counts.tolist()[:32] == np.bincount(dataset.lengths, minlength=33)[1:].tolist()
     test_lengths = [len(row) for row in pq.read_table(artifacts / "test.parquet").column("x").to_pylist()]
     assert profile.prediction_counts.sum() == sum(test_lengths)
+
+
+@pytest.mark.slow
+def test_ragged_baseline_quality_counts_real_steps_only(trained_ragged):
+    artifacts, _, _ = trained_ragged
+    quality = read_json(artifacts / "baseline.json")["quality"]
+    probabilities, truth = keras_test_split(artifacts)
+    test_lengths = [len(row) for row in pq.read_table(artifacts / "test.parquet").column("x").to_pylist()]
+    assert truth.size == sum(test_lengths)  # no padding step counted
+    assert_quality(quality, probabilities, truth)
 
 
 @pytest.mark.slow

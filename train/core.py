@@ -16,6 +16,7 @@ from score.arrays import to_padded
 from score.encoding import Encoder
 from score.errors import InvalidInput, OutputError
 from score.monitor import Profile
+from score.quality import baseline_quality
 from score.sequences import RaggedSequences, RawSequences
 from score.spec import Spec
 from train.data import Dataset, default_dataset, infer_spec, list_column, split
@@ -190,7 +191,7 @@ def plot_curves(history: dict, path: str) -> None:
     pyplot.close(figure)
 
 
-def _write_artifacts(staging: str, model, spec: Spec, metrics: dict, profile: Profile,
+def _write_artifacts(staging: str, model, spec: Spec, metrics: dict, baseline: dict,
                      test_table, history: dict) -> None:
     """Everything `python -m export` and the scoring job need, into the staging folder."""
     import pyarrow.parquet as pq
@@ -198,7 +199,7 @@ def _write_artifacts(staging: str, model, spec: Spec, metrics: dict, profile: Pr
     model.save(os.path.join(staging, "model.keras"))
     _write_json(os.path.join(staging, "spec.json"), json.loads(spec.to_json()))
     _write_json(os.path.join(staging, "metrics.json"), metrics)
-    _write_json(os.path.join(staging, "baseline.json"), profile.to_dict(), indent=None)
+    _write_json(os.path.join(staging, "baseline.json"), baseline, indent=None)
     pq.write_table(test_table, os.path.join(staging, "test.parquet"))
     plot_curves(history, os.path.join(staging, "training_curves.png"))
 
@@ -351,7 +352,11 @@ def train(
     test_mask = None if mask is None else mask[parts.test]
     metrics = evaluate(test_probabilities, targets[parts.test], targets[parts.train], test_mask,
                        None if mask is None else mask[parts.train])
+    # The test split's calibration travels with the drift baseline: a scoring run without
+    # labels estimates its accuracy from its confidence, which holds as far as this does.
+    quality = baseline_quality(test_probabilities, targets[parts.test], test_mask)
     metrics.update(
+        ece=quality["ece"],
         epochs_run=len(history["loss"]),
         best_epoch=int(np.argmin(history["val_loss"])) + 1,
         wall_seconds=round(time.perf_counter() - started, 2),
@@ -374,7 +379,8 @@ def train(
                                                                   np.random.default_rng(config.seed)))
         metrics.update(min_len=spec.min_len, max_len=spec.max_len,
                        padding_overhead=round(overhead, 4), gradient_clipnorm=clipnorm)
-    profile = baseline_profile(spec, inputs, test_probabilities, mask, test_mask)
+    baseline = {**baseline_profile(spec, inputs, test_probabilities, mask, test_mask).to_dict(),
+                "quality": quality}
 
     # 5-6. Stage and publish.
     target = os.path.abspath(config.artifacts)
@@ -385,7 +391,7 @@ def train(
         raise OutputError(f"{target}: cannot create the artifacts folder ({error})") from None
     try:
         _write_artifacts(
-            staging, model, spec, metrics, profile, _test_table(dataset, parts.test), history
+            staging, model, spec, metrics, baseline, _test_table(dataset, parts.test), history
         )
         atomic.replace_directory(staging, target)
     except OSError as error:
@@ -411,7 +417,8 @@ def print_report(result: TrainResult, stream=None) -> None:
     print(
         f"test token accuracy {metrics['token_accuracy']:.4f} ({steps}); "
         f"whole sequence {metrics['sequence_accuracy']:.4f}; top-3 {metrics['top3_accuracy']:.4f}; "
-        f"majority-class baseline {metrics['majority_baseline_accuracy']:.4f}\n"
+        f"majority-class baseline {metrics['majority_baseline_accuracy']:.4f}; "
+        f"ECE {metrics['ece']:.4f}\n"
         f"{metrics['epochs_run']} epochs (best {metrics['best_epoch']}) in "
         f"{metrics['wall_seconds']:.1f} s; {lengths}artifacts in {result.artifacts}",
         file=stream,
