@@ -201,6 +201,12 @@ def ragged_summary(tmp_path) -> dict:
     return read_json(tmp_path / "summary.json")
 
 
+@pytest.fixture(scope="module")
+def ragged_run(tmp_path_factory) -> dict:
+    """ragged_summary's run, scored once for the tests that only draw it."""
+    return ragged_summary(tmp_path_factory.mktemp("ragged_run"))
+
+
 def test_report_counts_the_rows_behind_each_step(tmp_path):
     drift = ragged_summary(tmp_path)["drift"]
     rows = drift["step_rows"]
@@ -210,16 +216,191 @@ def test_report_counts_the_rows_behind_each_step(tmp_path):
     assert not drift["steps_checked"][-1]
 
 
-def test_report_draws_a_ragged_run_legibly(tmp_path):
+def test_report_draws_a_ragged_run_legibly(ragged_run, tmp_path):
     pytest.importorskip("matplotlib")
     from score.report import MAX_STEPS_SHOWN
+
+    assert "estimated_accuracy" in ragged_run  # every run: the accuracy row below the drift
+    code, (width, height) = draw(ragged_run, tmp_path)
+    assert code == 0
+    assert MAX_STEPS_SHOWN <= 5
+    assert 1000 < width <= 2400 and 700 < height <= 2000
+    assert np.isclose(width / height, 2200 / 1880, atol=0.3)
+
+
+def calibration_bins(steps: int, gap: float) -> list[dict]:
+    """15 confidence bins as the summary writes them: none below 0.2, more steps in each higher
+    bin, accuracy ``gap`` below the mean confidence."""
+    counts = np.round(np.geomspace(1, 400, 15) / 1800 * steps).astype(int)
+    counts[:3] = 0
+    bins = []
+    for index, count in enumerate(counts.tolist()):
+        low, high = index / 15, (index + 1) / 15
+        confidence = (low + high) / 2 if count else None
+        bins.append({"low": low, "high": high, "steps": count, "mean_confidence": confidence,
+                     "accuracy": max(0.0, confidence - gap) if count else None})
+    return bins
+
+
+TEST_SPLIT = {"steps": 20000, "accuracy": 0.905, "ece": 0.012, "mean_confidence": 0.915,
+              "bins": calibration_bins(20000, 0.01)}
+ESTIMATE = {"value": 0.912, "steps": 52000, "calibrated": True,
+            "assumes": "the model is as calibrated on this data as on its test split (compare "
+                       "baseline_quality)"}
+UNCALIBRATED = {**ESTIMATE, "calibrated": False,
+                "assumes": "nothing: top_k_probs are renormalised scores, not probabilities, so "
+                           "their mean is not an accuracy (uncalibrated)"}
+QUALITY = {
+    "labels": "y", "steps": 50000, "rows": 2000, "accuracy": 0.874,
+    "top_k_accuracy": [0.874, 0.95, 0.98], "sequence_accuracy": 0.21, "log_loss": 0.41,
+    "estimated_accuracy": 0.912, "ece": 0.038, "bins": calibration_bins(50000, 0.04),
+    "accuracy_by_position": [{"position": position, "steps": 2000 - 60 * position,
+                              "accuracy": 0.9 - 0.1 * 0.7 ** position} for position in range(32)],
+    "accuracy_by_length": {"1": {"rows": 60, "steps": 60, "accuracy": 0.8},
+                           "32": {"rows": 70, "steps": 2240, "accuracy": 0.9}},
+    "top_confusions": [{"true": 3, "predicted": 4, "count": 210}, {"true": 7, "predicted": 1, "count": 95}],
+}
+NO_LABELLED_STEPS = {
+    **QUALITY, "steps": 0, "rows": 0, "accuracy": None, "top_k_accuracy": [None, None, None],
+    "sequence_accuracy": None, "log_loss": None, "estimated_accuracy": None, "ece": None,
+    "bins": calibration_bins(0, 0.0), "accuracy_by_position": [], "accuracy_by_length": {},
+    "top_confusions": [],
+}
+ACCURACY_KEYS = ("estimated_accuracy", "baseline_quality", "quality")
+
+
+def with_accuracy(summary: dict, **keys) -> dict:
+    """A copy of ``summary`` without the accuracy keys, then with ``keys``."""
+    copy = json.loads(json.dumps(summary))
+    for key in ACCURACY_KEYS:
+        copy.pop(key, None)
+    return {**copy, **keys}
+
+
+def draw(summary: dict, folder, name: str = "report") -> tuple[int, tuple[int, int] | None]:
+    """Write ``summary`` and draw it with score.report's main: its exit code and the PNG's size."""
     from score.report import main as report_main
 
-    ragged_summary(tmp_path)
-    picture = tmp_path / "report.png"
-    assert report_main([str(tmp_path / "summary.json"), str(picture)]) == 0
+    source, picture = folder / f"{name}.json", folder / f"{name}.png"
+    source.write_text(json.dumps(summary))
+    code = report_main([str(source), str(picture)])
+    if not picture.exists():
+        return code, None
     data = picture.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return code, (int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"))
+
+
+def test_report_reliability_title_gives_ece_accuracy_and_estimate():
+    from score.report import reliability_title
+
+    assert reliability_title(QUALITY, calibrated=True) == (
+        "calibration over 50,000 labelled steps: ECE 0.038\n"
+        "accuracy 87.40%, estimated accuracy 91.20%")
+    assert reliability_title(QUALITY, calibrated=False).endswith(
+        "estimated accuracy 91.20% (uncalibrated)")
+    assert reliability_title(NO_LABELLED_STEPS, calibrated=True) == (
+        "calibration over 0 labelled steps: ECE n/a\naccuracy n/a, estimated accuracy n/a")
+
+
+def test_report_estimate_panel_names_its_bars_and_what_they_are_compared_with():
+    from score.report import estimate_bars, estimate_title
+
+    assert estimate_bars(ESTIMATE, TEST_SPLIT) == [
+        ("this run: estimated accuracy", 0.912), ("test split: accuracy", 0.905),
+        ("test split: mean confidence", 0.915)]
+    assert estimate_bars(UNCALIBRATED, None) == [
+        ("this run: estimated accuracy (uncalibrated)", 0.912)]
+    assert estimate_title(ESTIMATE, TEST_SPLIT) == (
+        "estimated accuracy: mean top-1 probability over 52,000 steps\n"
+        "against the test split at training (20,000 labelled steps)")
+    assert estimate_title(UNCALIBRATED, None) == (
+        "estimated accuracy: mean top-1 probability over 52,000 steps (uncalibrated: "
+        "renormalised scores, not probabilities)")
+
+
+def test_report_says_baseline_quality_none_where_the_model_carries_none():
+    from score.report import NO_BASELINE_QUALITY
+
+    assert NO_BASELINE_QUALITY.startswith("baseline quality: none\n")
+
+
+@pytest.mark.parametrize("keys,row", [
+    pytest.param({}, None, id="old_summary"),
+    pytest.param({"estimated_accuracy": ESTIMATE, "baseline_quality": "none"}, "estimate",
+                 id="estimate"),
+    pytest.param({"estimated_accuracy": ESTIMATE, "baseline_quality": TEST_SPLIT,
+                  "quality": QUALITY}, "quality", id="labelled"),
+    pytest.param({"quality": QUALITY}, "quality", id="labelled_without_the_other_keys"),
+])
+def test_report_accuracy_row_follows_the_summary_keys(keys, row):
+    from score.report import accuracy_row
+
+    assert accuracy_row({"rows_in": 10, **keys}) == row
+
+
+@pytest.mark.parametrize("keys", [
+    pytest.param({"estimated_accuracy": ESTIMATE, "baseline_quality": TEST_SPLIT,
+                  "quality": QUALITY}, id="labelled_against_the_test_split"),
+    pytest.param({"estimated_accuracy": UNCALIBRATED, "baseline_quality": "none",
+                  "quality": QUALITY}, id="labelled_uncalibrated_no_baseline_quality"),
+    pytest.param({"estimated_accuracy": {**ESTIMATE, "value": None, "steps": 0},
+                  "baseline_quality": "none", "quality": NO_LABELLED_STEPS},
+                 id="labelled_with_no_labelled_step"),
+    pytest.param({"estimated_accuracy": ESTIMATE, "baseline_quality": TEST_SPLIT},
+                 id="estimate_against_the_test_split"),
+    pytest.param({"estimated_accuracy": UNCALIBRATED, "baseline_quality": "none"},
+                 id="estimate_uncalibrated_no_baseline_quality"),
+])
+def test_report_draws_accuracy_in_a_row_below_the_drift(ragged_run, tmp_path, keys):
+    pytest.importorskip("matplotlib")
+    code, old_size = draw(with_accuracy(ragged_run), tmp_path, "old")
+    assert code == 0
+    code, size = draw(with_accuracy(ragged_run, **keys), tmp_path)
+    assert code == 0
+    assert size[0] == old_size[0] and old_size[1] < size[1] <= 2000  # one more row, still legible
+
+
+def test_report_of_an_old_summary_is_the_size_it_always_was(ragged_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    from score.report import DPI, MAX_STEPS_SHOWN, PANEL_INCHES
+
+    code, size = draw(with_accuracy(ragged_run), tmp_path)
+    assert code == 0
+    # Five step columns; three drift rows and the length histogram; an inch for the title.
+    assert MAX_STEPS_SHOWN == 5
+    assert size == (round(5 * PANEL_INCHES[0] * DPI), round((4 * PANEL_INCHES[1] + 1) * DPI))
+
+
+def without_drift_baseline(summary: dict) -> dict:
+    """``summary`` as a model with no training baseline writes it."""
+    copy = json.loads(json.dumps(summary))
+    copy["drift"].update(has_baseline=False, baseline_profile=None)
+    return copy
+
+
+def test_report_draws_a_labelled_run_without_a_drift_baseline(ragged_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    summary = with_accuracy(without_drift_baseline(ragged_run), estimated_accuracy=ESTIMATE,
+                            baseline_quality=TEST_SPLIT, quality=QUALITY)
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    result = run_module("score.report", tmp_path / "summary.json", tmp_path / "report.png")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"wrote {tmp_path / 'report.png'}\n"
+    data = (tmp_path / "report.png").read_bytes()
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert MAX_STEPS_SHOWN <= 5
-    assert 1000 < width <= 2400 and 700 < height <= 1500
-    assert np.isclose(width / height, 2200 / 1420, atol=0.3)
+    assert 1000 < width <= 1400 and 400 < height <= 700  # the accuracy row alone
+
+
+@pytest.mark.parametrize("keys", [
+    pytest.param({}, id="old_summary"),
+    pytest.param({"estimated_accuracy": ESTIMATE, "baseline_quality": TEST_SPLIT},
+                 id="estimate_without_labels"),
+])
+def test_report_refuses_a_run_without_a_drift_baseline_or_labels(ragged_run, tmp_path, capsys, keys):
+    pytest.importorskip("matplotlib")
+    code, size = draw(with_accuracy(without_drift_baseline(ragged_run), **keys), tmp_path)
+    assert (code, size) == (65, None)
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'report.json'}: the summary has no baseline comparison (the model "
+        "carries no training baseline, or the run failed before scoring)\n")
