@@ -378,3 +378,54 @@ def test_a_model_without_baseline_quality_says_none(tmp_path):
     pq.write_table(default_rows(50, 3), path)
     assert run_score(path, out, "--model", MODEL, "--summary", summary, "--quiet").code == 0
     assert read_json(summary)["baseline_quality"] == "none"  # the fixture predates it
+
+
+# A model trained on the embedded default ------------------------------------------------------
+@pytest.fixture(scope="module")
+def default_model(tmp_path_factory):
+    """A small model fitted on the embedded default (one LSTM layer of 32 units, 20 epochs: the
+    default task's accuracy, calibrated as `make train`'s), exported as the job loads it."""
+    from conftest import run_export, run_train
+
+    artifacts = tmp_path_factory.mktemp("default") / "artifacts"
+    trained = run_train("--artifacts", artifacts, "--layers", "1", "--units", "32", "--epochs", "20",
+                        "--learning-rate", "0.01", "--quiet")
+    assert trained.code == 0, trained.stderr
+    exported = run_export("--artifacts", artifacts, "--output", artifacts / "model.onnx")
+    assert exported.code == 0, exported.stderr
+    return artifacts
+
+
+@pytest.mark.slow
+def test_on_the_default_test_split_the_estimate_is_within_001_of_the_measured_accuracy(default_model, tmp_path):
+    model, split = default_model / "model.onnx", default_model / "test.parquet"
+    out, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
+    result = run_score(split, out, "--model", model, "--labels", "y", "--summary", summary, "--quiet")
+    assert result.code == 0, result.stderr
+    found = read_json(summary)
+    quality = found["quality"]
+    assert quality["steps"] == 4000
+    assert abs(quality["estimated_accuracy"] - quality["accuracy"]) <= 0.01
+    assert found["estimated_accuracy"]["value"] == pytest.approx(quality["estimated_accuracy"], abs=1e-12)
+    # The same rows training measured: the test split's quality travels in the model.
+    baseline = found["baseline_quality"]
+    assert baseline["steps"] == 4000
+    assert baseline["accuracy"] == pytest.approx(quality["accuracy"], abs=1 / 4000)
+    assert baseline["ece"] == pytest.approx(quality["ece"], abs=1e-4)
+    assert read_json(default_model / "metrics.json")["ece"] == baseline["ece"]
+
+
+@pytest.mark.slow
+def test_on_the_default_test_split_labels_of_a_shifted_rule_are_refused_by_the_floor(default_model, tmp_path):
+    table = pq.read_table(default_model / "test.parquet")
+    shifted = pa.array([[(value + 1) % 25 for value in row] for row in table.column("y").to_pylist()],
+                       pa.list_(pa.int64()))
+    path = tmp_path / "shifted.parquet"
+    pq.write_table(table.set_column(1, "y", shifted), path)
+    out, summary = tmp_path / "out.parquet", tmp_path / "summary.json"
+    result = run_score(path, out, "--model", default_model / "model.onnx", "--labels", "y",
+                       "--min-accuracy", "0.9", "--summary", summary, "--quiet")
+    quality = read_json(summary)["quality"]
+    assert quality["accuracy"] < 0.1 < quality["estimated_accuracy"] - 0.5  # confident, and wrong
+    assert_refused(result, 65, f"error: {path}: accuracy {quality['accuracy']:.4f} over 4000 labelled "
+                               f"steps is below --min-accuracy 0.9; nothing was published", out)

@@ -746,3 +746,49 @@ def test_min_accuracy_on_spark_exits_65_and_leaves_no_output(model_path, tmp_pat
     assert not output.exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["shifted.parquet", "summary.json"]
     assert (summary["status"], summary["exit_code"], summary["error"]) == ("failed", 65, message)
+
+
+@pytest.mark.slow
+@needs_spark
+def test_a_keyed_run_with_labels_on_spark_measures_what_the_local_job_measures(spark, tmp_path):
+    from score.keyed_checks import KeyedRecord
+
+    model = str(RAGGED_MODEL)
+    rng = np.random.default_rng(31)
+    days = []
+    for index in range(2):
+        keys = [f"u{i:02d}" for i in rng.permutation(30)[:20]]
+        rows = [rng.integers(0, 11, int(rng.integers(1, 9))).tolist() for _ in keys]
+        labels = [rng.integers(0, 25, len(row)).tolist() for row in rows]
+        labels[3] = labels[3] + [0]  # label_length
+        path = tmp_path / f"day{index}.parquet"
+        pq.write_table(pa.table({"user": keys, "x": pa.array(rows, pa.list_(pa.int64())),
+                                 "y": pa.array(labels, pa.list_(pa.int64()))}), path)
+        days.append(path)
+    options = ScoreOptions(on_invalid="null", labels="y")
+    for index, day in enumerate(days):
+        extra = ["--state-in", tmp_path / f"local-state{index - 1}"] if index else []
+        result = run_score(day, tmp_path / f"local{index}.parquet", "--model", model, "--key", "user",
+                           "--labels", "y", "--on-invalid", "null", "--state-out",
+                           tmp_path / f"local-state{index}", "--quiet", *extra,
+                           "--summary", tmp_path / f"local{index}.json")
+        assert result.code == 0, result.stderr
+        config = scale.SparkJobConfig(str(day), str(tmp_path / f"spark{index}"), model, options, key="user",
+                                      state_in=str(tmp_path / f"spark-state{index - 1}") if index else None,
+                                      state_out=str(tmp_path / f"spark-state{index}"))
+        state = scale.run(spark, config, load(model), scale.SparkRunState(keyed=KeyedRecord()))
+        summary = scale.summary_of(config, state, 0, None)
+        local_summary = json.loads((tmp_path / f"local{index}.json").read_text())
+        local, remote = pq.read_table(tmp_path / f"local{index}.parquet"), pq.read_table(tmp_path / f"spark{index}")
+        assert remote.column("correct").to_pylist() == local.column("correct").to_pylist()
+        assert remote.column("error").to_pylist() == local.column("error").to_pylist()
+        np.testing.assert_allclose(np.concatenate([row for row in remote.column("label_prob").to_pylist() if row]),
+                                   np.concatenate([row for row in local.column("label_prob").to_pylist() if row]),
+                                   atol=1e-6)
+        found, expected = summary["quality"], local_summary["quality"]
+        for key in ("steps", "rows", "accuracy", "top_k_accuracy", "sequence_accuracy",
+                    "accuracy_by_position", "accuracy_by_length", "top_confusions"):
+            assert found[key] == expected[key], key
+        for key in ("log_loss", "ece", "estimated_accuracy"):
+            assert found[key] == pytest.approx(expected[key], abs=1e-9), key
+        assert summary["invalid_by_reason"]["label_length"] == 1
