@@ -826,3 +826,22 @@ def test_a_spec_that_is_not_causal_takes_one_length_and_no_state():
         Spec((0, 1), (0, 1), 4, min_len=1, causal=False)
     with pytest.raises(ModelError, match="expected true or false"):
         Spec.from_json('{"x_values": [0], "y_values": [0], "seq_len": 2, "causal": "no"}')
+
+
+@pytest.mark.parametrize(("head", "calibrated"), [("sigmoid", False), ("softmax", True)])
+def test_the_estimated_accuracy_of_renormalised_scores_is_labelled_uncalibrated(tmp_path, head, calibrated):
+    result, model_path = import_source(tmp_path, Source(head=head), "--renormalize")
+    assert result.code == 0, result.stderr
+    rows = ragged_rows(40, seed=3, lengths=(1, MAX_LENGTH))
+    data, summary = write_rows(tmp_path / "rows.parquet", rows), tmp_path / "summary.json"
+    assert run_score(data, tmp_path / "scored.parquet", "--model", model_path, "--summary", summary,
+                     "--quiet").code == 0
+    found = json.loads(summary.read_text())
+    estimate = found["estimated_accuracy"]
+    source = onnx.load(tmp_path / "source.onnx")
+    top1 = np.concatenate([source_by_hand(source, Source(head=head), row).max(axis=-1) for row in rows])
+    assert estimate["value"] == pytest.approx(float(top1.mean()), abs=1e-6)
+    assert estimate["calibrated"] is calibrated
+    assert estimate["assumes"].startswith("nothing: top_k_probs are renormalised scores" if not calibrated
+                                          else "the model is as calibrated")
+    assert found["baseline_quality"] == "none"  # imported without a labelled --reference
