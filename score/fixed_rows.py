@@ -78,8 +78,8 @@ def score(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, cache: R
         else:
             best, probabilities = best[row_finite], probabilities[row_finite]
 
-    # 5-6. With labels, where each step's true class ranks (from every class), then the top K;
-    # scatter the distinct rows' top-k to every row; assemble.
+    # 5-6. Scatter the distinct rows' top-k to every row (with labels the model gave every
+    # class: the top K go on, and each step's true class is looked up); assemble.
     every = None
     if labelled is not None:  # asked for every class: the top K go on, every class stays here
         every = best.reshape(-1, best.shape[-1]), probabilities.reshape(-1, best.shape[-1])

@@ -76,25 +76,29 @@ class Labels:
         return self.classes[segment_gather(self.raw.offsets[rows], lengths)]
 
     def messages(self, rows: np.ndarray, scorer: Scorer) -> pa.StringArray:
-        """What is wrong with the labels of each of ``rows`` (each has a label reason)."""
-        column = self.raw.column
+        """What is wrong with the labels of each of ``rows`` (each has a label reason), built
+        column-wise by Arrow kernels like the encoder's messages."""
+        column, sequences = self.raw.column, self.sequence_column
         reasons, positions = self.reasons[rows], self.positions[rows]
-        element = self.raw.offsets[rows] + positions
-        picked = self.raw.values[np.where(reasons == UNKNOWN_LABEL, element, 0)] if self.raw.values.size \
-            else np.zeros(rows.size, dtype=np.int64)
-        text = lambda values: pa.array(values).cast(pa.string())  # noqa: E731
-        label = pc.binary_join_element_wise(column, "[", text(positions), "]", "")
-        null_row = self.raw.row_null[rows]
-        unknown = pc.binary_join_element_wise(
-            label, " = ", text(picked), f" is not one of the model's y values ({scorer.spec.describe_y()})", "")
-        length = pc.binary_join_element_wise(
-            f"{column} has ", text(self.raw.lengths[rows]), f" labels but {self.sequence_column} has ",
-            text(self.sequence_lengths[rows]), " steps; expected one label per step", "")
-        null = pc.if_else(pa.array(null_row),
-                          pa.array(np.full(rows.size, f"{column} is null; expected one label per "
-                                                      f"step of {self.sequence_column}", dtype=object),
-                                   pa.string()),
-                          pc.binary_join_element_wise(label, " is null", ""))
+
+        def text(values: np.ndarray) -> pa.Array:
+            return pa.array(values).cast(pa.string())
+
+        def join(*parts: pa.Array | str) -> pa.Array:
+            return pc.binary_join_element_wise(*parts, "")
+
+        picked = np.zeros(rows.size, dtype=np.int64)
+        if self.raw.values.size:  # the offending value of an unknown label
+            picked = self.raw.values[np.where(reasons == UNKNOWN_LABEL, self.raw.offsets[rows] + positions, 0)]
+        label = join(column, "[", text(positions), "]")
+        unknown = join(label, " = ", text(picked),
+                       f" is not one of the model's y values ({scorer.spec.describe_y()})")
+        length = join(f"{column} has ", text(self.raw.lengths[rows]), f" labels but {sequences} has ",
+                      text(self.sequence_lengths[rows]), " steps; expected one label per step")
+        whole = np.full(rows.size, f"{column} is null; expected one label per step of {sequences}",
+                        dtype=object)
+        null = pc.if_else(pa.array(self.raw.row_null[rows]), pa.array(whole, pa.string()),
+                          join(label, " is null"))
         choices = pa.StructArray.from_arrays(
             [pa.array(reasons == code) for code in (LABEL_LENGTH, UNKNOWN_LABEL, NULL_LABEL)],
             names=["length", "unknown", "null"])
