@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import FIXTURE_MODEL as MODEL
 from conftest import RAGGED_MODEL, assert_refused, read_json, run_score
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 BINS = 15
 
@@ -119,6 +121,47 @@ def noisy_labels(rows: list[list[int]], seed: int, noise: float = 0.3) -> list[l
         flip = generator.random(len(row)) < noise
         labels.append(np.where(flip, generator.integers(0, 25, len(row)), y).tolist())
     return labels
+
+
+# The core, batch by batch -----------------------------------------------------------------------
+@st.composite
+def labelled_batches(draw):
+    """Rows of the default model with labels (some wrong, some unusable), cut into batches."""
+    rows = draw(st.integers(1, 40))
+    x = draw(st.lists(st.lists(st.integers(0, 10), min_size=4, max_size=4), min_size=rows, max_size=rows))
+    good = st.lists(st.integers(0, 24), min_size=4, max_size=4)
+    bad = st.one_of(st.none(), st.lists(st.integers(0, 24), min_size=0, max_size=6),
+                    st.lists(st.one_of(st.integers(-3, 30), st.none()), min_size=4, max_size=4))
+    y = draw(st.lists(st.one_of(good, good, good, bad), min_size=rows, max_size=rows))
+    cuts = sorted(draw(st.sets(st.integers(1, max(rows - 1, 1)), max_size=3)) - {rows})
+    return x, y, cuts, draw(st.integers(1, 5))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(labelled_batches())
+def test_the_core_merged_over_batches_equals_the_plain_reference(scorer, case):
+    from score.core import ScoreOptions, empty_stats, new_cache, score_batch_with_stats
+
+    x, y, cuts, top_k = case
+    table = pa.table({"x": list_column(x), "y": list_column(y)})
+    options = ScoreOptions(top_k=top_k, on_invalid="null", labels="y")
+    stats, cache, scored = empty_stats(scorer), new_cache(scorer, options), []
+    for start, stop in zip([0, *cuts], [*cuts, len(x)]):
+        batch = table.slice(start, stop - start).combine_chunks().to_batches()[0]
+        out, batch_stats = score_batch_with_stats(scorer, batch, options, cache)
+        stats.merge(batch_stats)
+        scored.append(out)
+    valid = [i for i, labels in enumerate(y)
+             if labels is not None and len(labels) == 4 and all(v is not None and 0 <= v <= 24 for v in labels)]
+    assert int(stats.reason_counts[0]) == len(valid)
+    if not valid:
+        assert stats.quality is None or stats.quality.steps == 0
+        return
+    probabilities, spec = full_probabilities(MODEL, [x[i] for i in valid])
+    expected = reference_quality(probabilities, [y[i] for i in valid], spec, top_k)
+    assert_quality({"labels": "y", **stats.quality.figures(scorer.spec.y_values)}, expected)
+    label_prob = pa.concat_tables([pa.Table.from_batches([b]) for b in scored]).column("label_prob").to_pylist()
+    np.testing.assert_allclose(np.concatenate([label_prob[i] for i in valid]), expected["label_prob"], atol=1e-6)
 
 
 # Fixed-length rows ----------------------------------------------------------------------------
