@@ -7,7 +7,7 @@ ones (scoring the demo's rows, the preview, the report, an ONNX import, --help) 
 copy of that state; training, Spark, the benchmark and object stores do not.
 
 Blocks fenced as ```text hold output, crontab lines and the like, not commands; ```python blocks
-are read for the files they name and write (`save(...)`, `export(...)`), not run.
+are read for the files they name and write (`save(...)`, `export(...)`, `write_table(...)`), not run.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ DEMO_FILES = {
 REPLACE_THE_MODEL = {("make", "train"), ("make", "export")}
 SHELL_INFO = {"", "sh", "bash", "shell", "console"}
 FENCE = re.compile(r"^(?P<indent>[ ]*)```(?P<info>[\w-]*)\n(?P<body>.*?)^(?P=indent)```", re.S | re.M)
-# In a python block: a file the block itself writes (model.save("..."), torch.onnx.export(..., "...")).
-PYTHON_WRITES = re.compile(r"(?:save|export)\((?:[^\"]|\n)*?\"([^\"]+\.(?:keras|h5|onnx))\"")
+# In a python block: a file the block itself writes (model.save("..."), torch.onnx.export(..., "..."),
+# pq.write_table(table, "...")).
+PYTHON_WRITES = re.compile(r"(?:save|export|write_table)\((?:[^\"]|\n)*?\"([^\"]+\.(?:keras|h5|onnx|parquet))\"")
 PYTHON_PATHS = re.compile(r"[\"']([\w./-]+/[\w.-]+\.(?:parquet|onnx|json|keras|h5|png|txt))[\"']")
 
 
