@@ -8,15 +8,17 @@ import sys
 import time
 from dataclasses import replace
 
+from bench.figures import SECTIONS
 from bench.workloads import REPO, BenchError
 
 HERE = os.path.join(REPO, "bench")
 EPILOG = """sections: main (every fixed-length section: side by side, de-duplication, batch size,
 threads, cold start, variants), ragged (rows of any length, issue 12), prefix (prefix sharing,
-issue 13) and keyed (scheduled runs that carry each key's state: --key, --state-in,
---state-out). With --only, the report keeps the sections this run did not measure from the
-report it replaces, and the plot (drawn from the main section) is left as it is unless main
-ran."""
+issue 13), keyed (scheduled runs that carry each key's state: --key, --state-in,
+--state-out) and labels (the default run without and with --labels: what measuring accuracy
+and calibration costs). With --only, the report keeps the sections this run did not measure
+from the report it replaces, and the plot (drawn from the main section) is left as it is
+unless main ran."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,10 +48,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only",
         action="append",
-        choices=("main", "ragged", "prefix", "keyed"),
+        choices=SECTIONS,
         default=None,
         metavar="SECTION",
-        help="run only this section (main, ragged, prefix or keyed; repeatable; default: all)",
+        help="run only this section (main, ragged, prefix, keyed or labels; repeatable;"
+        " default: all)",
     )
     p.add_argument(
         "--work",

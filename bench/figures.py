@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from dataclasses import dataclass, field
 
 from bench import measure
@@ -14,12 +15,14 @@ from bench.workloads import REPO, Workload
 # The parts of a run: "main", every fixed-length section (side by side, de-duplication, batch
 # size, threads, cold start, variants); "ragged", rows of any length (issue 12); "prefix",
 # prefix-shared inference (issue 13); "keyed", a chain of scheduled runs that carry each key's
-# state (--key, --state-in, --state-out).
+# state (--key, --state-in, --state-out); "labels", what measuring accuracy and calibration
+# against a label column (--labels) costs.
 MAIN = "main"
 RAGGED = "ragged"
 PREFIX = "prefix"
 KEYED = "keyed"
-SECTIONS = (MAIN, RAGGED, PREFIX, KEYED)
+LABELS = "labels"
+SECTIONS = (MAIN, RAGGED, PREFIX, KEYED, LABELS)
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class BenchConfig:
     repeat: int = 2  # the in-memory paths and the cheap job runs report the best of this many
     cold_runs: int = 7  # runs of the job on a 1-row file
     variants: bool = True  # also measure the job with each optimisation off (bench.variant)
-    sections: tuple[str, ...] = SECTIONS  # the parts to run (MAIN, RAGGED, PREFIX)
+    sections: tuple[str, ...] = SECTIONS  # the parts to run (MAIN, RAGGED, PREFIX, ...)
     ragged_rows: int = 1_000_000  # the ragged workload: lengths 1..64 of the ragged model
     ragged_mean_length: float = 16.0  # its mean length (a truncated geometric distribution)
     ragged_in_memory_rows: int = 200_000  # rows the raw ragged paths time (the first ones)
@@ -56,6 +59,8 @@ class BenchConfig:
     keyed_state_keys: int = 1_000_000  # the large state: keys 0..N-1, written directly
     keyed_state_steps: int = 50  # the steps each key of the large state has consumed
     keyed_lookup_rows: int = 200_000  # the input against the large state: a random subset of keys
+    labels_pairs: int = 10  # the labels section: runs without and with --labels, in turns
+    labels_noise: float = 0.05  # share of the labelled copy's steps whose label is replaced
 
 
 # A smoke test of the whole pipeline in about a minute: small files, few points, no repeats.
@@ -76,6 +81,7 @@ QUICK = BenchConfig(
     keyed_keys=20_000,
     keyed_state_keys=100_000,
     keyed_lookup_rows=20_000,
+    labels_pairs=1,
 )
 
 
@@ -337,6 +343,66 @@ class KeyedResults:
         ]
 
 
+LABELS_RATIO = 1.25  # the default workload with --labels over the same run without, at most
+LABELS_COLUMN = "y"  # the labelled copy's column of true labels, one per step of x
+
+
+@dataclass
+class LabelsResults:
+    """The labels section: the job over one labelled file without and with --labels, in turns."""
+
+    workload: Workload  # the labelled copy of the default workload: its x column and y
+    noise: float  # the share of its steps whose label was replaced by another y value
+    replaced_steps: int  # those steps
+    without: list[measure.JobRun]  # the runs without --labels, in the order they ran
+    labelled: list[measure.JobRun]  # with --labels, each right after the run without before it
+    quality: dict[str, float | None]  # the labelled runs' figures (run_labels.quality_figures)
+    unlabelled_estimate: float | None  # the runs without --labels: their estimated accuracy
+    source: str = ""  # the code measured: its commit, and whether score/ differed from it
+    # When the ratio misses LABELS_RATIO: both runs once more under cProfile (bench.profiling).
+    profile: dict[str, dict[str, float]] = field(default_factory=dict)  # run -> category -> s
+    profile_functions: list[tuple[str, str, float, float]] = field(default_factory=list)
+    profile_totals: dict[str, float] = field(default_factory=dict)  # run -> seconds profiled
+    profile_seconds: dict[str, float] = field(default_factory=dict)  # run -> wall time
+
+    @property
+    def fastest_without(self) -> measure.JobRun:
+        return measure.fastest(self.without)
+
+    @property
+    def fastest_labelled(self) -> measure.JobRun:
+        return measure.fastest(self.labelled)
+
+    @property
+    def ratio(self) -> float:
+        """The fastest labelled run's seconds over the fastest run's without --labels."""
+        return self.fastest_labelled.seconds / self.fastest_without.seconds
+
+    @property
+    def median_ratio(self) -> float:
+        """The same from the median runs: a second reading of a noisy machine."""
+        return median_seconds(self.labelled) / median_seconds(self.without)
+
+    def pair_ratios(self) -> list[float]:
+        """Each labelled run over the run without --labels just before it."""
+        return [pair[1].seconds / pair[0].seconds for pair in zip(self.without, self.labelled)]
+
+    def targets(self) -> list[tuple[str, str, bool]]:
+        """The --labels cost target: (target, measured, met)."""
+        return [
+            (
+                f"job with --labels <= {LABELS_RATIO:.2f}x the same run without,"
+                f" default {self.workload.rows:,} rows (fastest of each)",
+                f"{self.ratio:.2f}x",
+                self.ratio <= LABELS_RATIO,
+            )
+        ]
+
+
+def median_seconds(runs: list[measure.JobRun]) -> float:
+    return statistics.median(run.seconds for run in runs)
+
+
 @dataclass
 class Results:
     """Everything the report shows. Rates are rows per second; memory is peak RSS in MB."""
@@ -355,6 +421,7 @@ class Results:
     ragged: RaggedResults | None = None  # the ragged section, when it ran
     prefix: PrefixResults | None = None  # the prefix section, when it ran
     keyed: KeyedResults | None = None  # the keyed section, when it ran
+    labels: LabelsResults | None = None  # the labels section, when it ran
 
 
 # Workload names. The job's sweeps and variants use DEFAULT and SWEEP_DISTINCT.

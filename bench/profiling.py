@@ -53,6 +53,8 @@ MODULE_CATEGORIES = (
      ("score/keyed.py", "score/resume.py")),
     ("monitoring: drift profile and summary (score/monitor.py, score/summary.py)",
      ("score/monitor.py", "score/summary.py")),
+    ("labels: reading and checking them, ranks, quality figures (score/labels.py,"
+     " score/quality.py)", ("score/labels.py", "score/quality.py")),
     ("the rest of score/: de-duplication, result cache, top-k scatter, job loop", ("score/",)),
 )
 # cProfile's names for built-ins: "<method 'run' of 'package.Class' objects>" and

@@ -1,7 +1,8 @@
 """bench/results.md, bench/throughput.png and the printed ratios, from one run's Results.
 
-The main section is written here; the sections on rows of any length, on prefix sharing and on
-scheduled runs that carry state in bench.report_ragged, bench.report_prefix and bench.report_keyed.
+The main section is written here; the sections on rows of any length, on prefix sharing, on
+scheduled runs that carry state and on labels in bench.report_ragged, bench.report_prefix,
+bench.report_keyed and bench.report_labels.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from bench.report_common import (
 )
 from bench.report_keyed import KEYED_HEADING, keyed_markdown
 from bench.report_keyed import summary_lines as keyed_summary_lines
+from bench.report_labels import LABELS_HEADING, labels_markdown
+from bench.report_labels import summary_lines as labels_summary_lines
 from bench.report_prefix import PREFIX_HEADING, prefix_label, prefix_markdown, step_share
 from bench.report_ragged import RAGGED_HEADING, ragged_markdown
 
@@ -223,7 +226,7 @@ def markdown(results: Results, quick: bool, previous: str | None = None) -> str:
         document = main_markdown(results, quick)
     elif previous:
         document = previous
-        for heading in (RAGGED_HEADING, PREFIX_HEADING, KEYED_HEADING):
+        for heading in (RAGGED_HEADING, PREFIX_HEADING, KEYED_HEADING, LABELS_HEADING):
             document = without_section(document, heading)
     else:
         document = "# Benchmark: the scoring job against Keras predict and raw onnxruntime\n"
@@ -232,6 +235,7 @@ def markdown(results: Results, quick: bool, previous: str | None = None) -> str:
         (RAGGED_HEADING, ragged_markdown(results, quick) if results.ragged else None),
         (PREFIX_HEADING, prefix_markdown(results, quick) if results.prefix else None),
         (KEYED_HEADING, keyed_markdown(results, quick) if results.keyed else None),
+        (LABELS_HEADING, labels_markdown(results, quick) if results.labels else None),
     ):
         part = "\n".join(lines) + "\n" if lines is not None else section(previous or "", heading)
         if part:
@@ -407,4 +411,6 @@ def summary_lines(results: Results) -> list[str]:
             lines.append(f"{format_met(met)}  {target}: {measured}")
     if results.keyed is not None:
         lines += keyed_summary_lines(results.keyed)
+    if results.labels is not None:
+        lines += labels_summary_lines(results.labels)
     return lines

@@ -15,6 +15,7 @@ from bench.figures import (
     DISTINCT,
     FILE_ORDER_PATH,
     KEYED,
+    LABELS,
     LARGE,
     MAIN,
     PREFIX,
@@ -28,6 +29,7 @@ from bench.figures import (
     Results,
 )
 from bench.run_keyed import run_keyed
+from bench.run_labels import run_labels
 from bench.run_prefix import run_prefix
 from bench.workloads import (
     DEFAULT_MODEL,
@@ -91,6 +93,8 @@ def run_benchmark(config: BenchConfig, log=print) -> Results:
         results.prefix = run_prefix(results, config, log)
     if KEYED in config.sections:
         results.keyed = run_keyed(config, log)
+    if LABELS in config.sections:
+        results.labels = run_labels(config, log)
     return results
 
 
