@@ -100,10 +100,8 @@ def score(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, cache: R
     stats = batch_stats(scorer, options, batch.num_rows, encoded.reasons, confidence, inferred)
     stats.profile.add(indices, best[..., 0], confidence)
     if resolved is not None:
-        rows_kept = indices.shape[0]
-        stats.quality = labels.measure(
-            scorer, options.top_k, resolved, best[..., 0].reshape(-1), confidence.reshape(-1),
-            np.tile(np.arange(steps, dtype=np.int64), rows_kept), np.full(rows_kept, steps, dtype=np.int64))
+        stats.quality = labels.measure(scorer, options.top_k, resolved, best[..., 0].reshape(-1),
+                                       confidence.reshape(-1), steps)
     return scored, stats
 
 

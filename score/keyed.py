@@ -150,7 +150,7 @@ def score_resumed(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, 
     stats.profile.add_flat_predictions(history_positions, best[:, 0], probabilities[:, 0])
     if resolved is not None:
         stats.quality = labels.measure(scorer, options.top_k, resolved, best[:, 0], probabilities[:, 0],
-                                       history_positions, lengths, steps_before + lengths)
+                                       lengths, history_positions, steps_before + lengths)
 
     moved = np.zeros(raw.rows, dtype=bool)
     moved[rows] = True

@@ -73,6 +73,8 @@ class Labels:
 
     def truth(self, rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """The true class of every step of ``rows`` (each of ``lengths`` steps), flat."""
+        if rows.size == self.raw.rows and self.classes.size == int(lengths.sum()):
+            return self.classes  # every row, every label: as they lie
         return self.classes[segment_gather(self.raw.offsets[rows], lengths)]
 
     def messages(self, rows: np.ndarray, scorer: Scorer) -> pa.StringArray:
@@ -123,14 +125,14 @@ def read(batch: pa.RecordBatch, column: str, sequence_column: str, sequence_leng
     classes, known = scorer.encoder.lookup_y(raw.values)
     reasons = np.zeros(rows, dtype=np.int8)
     positions = np.zeros(rows, dtype=np.int64)
-    row_of = np.repeat(np.arange(rows, dtype=np.int64), raw.gathered_lengths)
     unknown = ~known if raw.element_null is None else ~known & ~raw.element_null
     # Reverse order of precedence: the first problem of a row is the one it is refused for.
     for code, flags in ((UNKNOWN_LABEL, unknown), (NULL_LABEL, raw.element_null)):
         if flags is None or not flags.any():
             continue
         where = np.flatnonzero(flags)
-        offending, first = np.unique(row_of[where], return_index=True)
+        row_of = np.searchsorted(raw.offsets, where, side="right") - 1  # each offending label's row
+        offending, first = np.unique(row_of, return_index=True)
         reasons[offending] = code
         positions[offending] = where[first] - raw.offsets[offending]
     wrong_length = ~raw.row_null & (raw.lengths != sequence_lengths)
@@ -170,9 +172,11 @@ def resolve(top_best: np.ndarray, top_probabilities: np.ndarray, truth: np.ndarr
     rank = np.full(truth.size, top_k, dtype=np.int8)
     for position in reversed(range(top_k)):
         rank[top_best[:, position] == truth] = position
-    probability = np.empty(truth.size, dtype=np.float32)
-    inside = np.flatnonzero(rank < top_k)
-    probability[inside] = top_probabilities[inside, rank[inside]]
+    # Each step's probability at its rank (the last of the top K where the class is not among
+    # them: replaced below), taken flat in one pass.
+    where = np.minimum(rank, top_k - 1).astype(np.intp)
+    where += np.arange(0, truth.size * top_k, top_k, dtype=np.intp)
+    probability = np.ascontiguousarray(top_probabilities, dtype=np.float32).reshape(-1)[where]
     outside = np.flatnonzero(rank == top_k)
     if outside.size:
         computed = outside if locate is None else locate(outside)
@@ -182,12 +186,13 @@ def resolve(top_best: np.ndarray, top_probabilities: np.ndarray, truth: np.ndarr
 
 
 def measure(scorer: Scorer, top_k: int, resolved: Resolved, best: np.ndarray,
-            confidence: np.ndarray, positions: np.ndarray, row_steps: np.ndarray,
+            confidence: np.ndarray, row_steps: np.ndarray | int, positions: np.ndarray | None = None,
             lengths: np.ndarray | None = None) -> QualityStats:
-    """A batch's QualityStats from its resolved labels and its top-1 classes and probabilities."""
+    """A batch's QualityStats from its resolved labels and its top-1 classes and probabilities
+    (QualityStats.measure says what ``row_steps``, ``positions`` and ``lengths`` are)."""
     spec = scorer.spec
     return QualityStats.measure(truth=resolved.truth, rank=resolved.rank,
                                 label_probability=resolved.probability, confidence=confidence,
-                                predicted=best, positions=positions, row_steps=row_steps,
+                                predicted=best, row_steps=row_steps, positions=positions,
                                 lengths=lengths, top_k=top_k, seq_len=spec.seq_len,
                                 classes=spec.y_classes)

@@ -29,7 +29,7 @@ LOG_LOSS_FLOOR = 1e-12  # -ln p(true class) with p clipped below at this
 def confidence_bins(confidence: np.ndarray) -> np.ndarray:
     """The ECE bin of each top-1 probability: floor(p * ECE_BINS), p = 1.0 in the last bin."""
     scaled = np.asarray(confidence, dtype=np.float64) * ECE_BINS
-    return np.clip(scaled.astype(np.int64), 0, ECE_BINS - 1)
+    return np.minimum(scaled.astype(np.int64), ECE_BINS - 1)  # probabilities are >= 0
 
 
 @dataclass
@@ -71,34 +71,30 @@ class QualityStats:
 
     @classmethod
     def measure(cls, *, truth: np.ndarray, rank: np.ndarray, label_probability: np.ndarray,
-                confidence: np.ndarray, predicted: np.ndarray, positions: np.ndarray,
-                row_steps: np.ndarray, lengths: np.ndarray | None = None, top_k: int,
-                seq_len: int, classes: int) -> QualityStats:
+                confidence: np.ndarray, predicted: np.ndarray, row_steps: np.ndarray | int,
+                positions: np.ndarray | None = None, lengths: np.ndarray | None = None,
+                top_k: int, seq_len: int, classes: int) -> QualityStats:
         """One batch's figures, from flat arrays over its labelled steps in row order.
 
         Args:
             truth: each step's true class index.
-            rank: where the true class stands among the step's classes, best first (0: top-1).
+            rank: where the true class stands among the step's top K (0: top-1; K: not there).
             label_probability: the true class's probability.
             confidence: the top-1 probability.
             predicted: the top-1 class index.
-            positions: each step's position in its row's history.
-            row_steps: each row's steps in the flat arrays (rows in order, back to back).
+            row_steps: each row's steps in the flat arrays (rows in order, back to back); one
+                number when every row has that many (rows of one length: no positions needed).
+            positions: each step's position in its row's history; None: 0, 1, ... in each row.
             lengths: each row's length for the length buckets (its history's, with --key);
                 None: ``row_steps``.
         """
         stats = cls(top_k=top_k, length_bins=seq_len + 1, classes=classes)
-        steps, rows = int(truth.size), int(np.size(row_steps))
+        steps = int(truth.size)
         if steps == 0:
             return stats
         correct = rank == 0
-        stats.steps, stats.rows = steps, rows
-        ranks = np.bincount(np.minimum(rank, top_k), minlength=top_k + 1)
-        stats.top_k_correct = np.cumsum(ranks[:top_k]).astype(np.int64)
-        row_steps = np.asarray(row_steps, dtype=np.int64)
-        lengths = row_steps if lengths is None else lengths
-        wrong_by_row = np.add.reduceat((~correct).astype(np.int64), _row_starts(row_steps))
-        stats.rows_correct = int((wrong_by_row == 0).sum())
+        stats.steps = steps
+        stats.top_k_correct = np.cumsum(np.bincount(rank, minlength=top_k + 1)[:top_k]).astype(np.int64)
         probability = np.maximum(label_probability.astype(np.float64), LOG_LOSS_FLOOR)
         stats.log_loss_sum = float(-np.log(probability).sum())
         confidence = confidence.astype(np.float64)
@@ -107,18 +103,50 @@ class QualityStats:
         stats.bin_steps = np.bincount(bins, minlength=ECE_BINS).astype(np.int64)
         stats.bin_confidence = np.bincount(bins, weights=confidence, minlength=ECE_BINS)
         stats.bin_correct = np.bincount(bins[correct], minlength=ECE_BINS).astype(np.int64)
-        early = positions < POSITIONS
-        stats.position_steps = np.bincount(positions[early], minlength=POSITIONS).astype(np.int64)
-        stats.position_correct = np.bincount(positions[early & correct], minlength=POSITIONS).astype(np.int64)
-        buckets = np.minimum(np.asarray(lengths, dtype=np.int64), seq_len + 1) - 1
-        step_buckets = np.repeat(buckets, row_steps)
-        stats.length_rows = np.bincount(buckets, minlength=seq_len + 1).astype(np.int64)
-        stats.length_steps = np.bincount(step_buckets, minlength=seq_len + 1).astype(np.int64)
-        stats.length_correct = np.bincount(step_buckets[correct], minlength=seq_len + 1).astype(np.int64)
-        codes = truth[~correct].astype(np.int64) * classes + predicted[~correct].astype(np.int64)
+        if np.ndim(row_steps) == 0 and positions is None and lengths is None:
+            stats._add_rows_of_one_length(correct, int(row_steps), seq_len)
+        else:
+            stats._add_rows(correct, row_steps, positions, lengths, seq_len)
+        wrong = np.flatnonzero(~correct)
+        codes = truth[wrong].astype(np.int64) * classes + predicted[wrong].astype(np.int64)
         stats.confusion_pairs, counts = np.unique(codes, return_counts=True)
         stats.confusion_counts = counts.astype(np.int64)
         return stats
+
+    def _add_rows_of_one_length(self, correct: np.ndarray, width: int, seq_len: int) -> None:
+        """Rows, positions and length buckets of rows that all have ``width`` steps."""
+        matrix = correct.reshape(-1, width)
+        rows, shown = matrix.shape[0], min(width, POSITIONS)
+        self.rows = rows
+        self.rows_correct = int(matrix.all(axis=1).sum())
+        self.position_steps[:shown] += rows
+        self.position_correct[:shown] += matrix.sum(axis=0)[:shown]
+        bucket = min(width, seq_len + 1) - 1
+        self.length_rows[bucket] += rows
+        self.length_steps[bucket] += correct.size
+        self.length_correct[bucket] += int(correct.sum())
+
+    def _add_rows(self, correct: np.ndarray, row_steps: np.ndarray | int, positions: np.ndarray | None,
+                  lengths: np.ndarray | None, seq_len: int) -> None:
+        """Rows, positions and length buckets of rows of any length."""
+        if np.ndim(row_steps) == 0:
+            row_steps = np.full(correct.size // int(row_steps), int(row_steps), dtype=np.int64)
+        row_steps = np.asarray(row_steps, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(row_steps)[:-1]]).astype(np.int64)
+        if positions is None:
+            positions = np.arange(correct.size, dtype=np.int64) - np.repeat(starts, row_steps)
+        lengths = row_steps if lengths is None else np.asarray(lengths, dtype=np.int64)
+        self.rows = int(row_steps.size)
+        wrong_by_row = np.add.reduceat((~correct).astype(np.int64), starts)
+        self.rows_correct = int((wrong_by_row == 0).sum())
+        early = positions < POSITIONS
+        self.position_steps = np.bincount(positions[early], minlength=POSITIONS).astype(np.int64)
+        self.position_correct = np.bincount(positions[early & correct], minlength=POSITIONS).astype(np.int64)
+        buckets = np.minimum(lengths, seq_len + 1) - 1
+        step_buckets = np.repeat(buckets, row_steps)
+        self.length_rows = np.bincount(buckets, minlength=seq_len + 1).astype(np.int64)
+        self.length_steps = np.bincount(step_buckets, minlength=seq_len + 1).astype(np.int64)
+        self.length_correct = np.bincount(step_buckets[correct], minlength=seq_len + 1).astype(np.int64)
 
     def merge(self, other: QualityStats) -> None:
         for name in ("steps", "rows", "rows_correct", "log_loss_sum", "confidence_sum"):
@@ -166,10 +194,6 @@ class QualityStats:
         return [{"true": int(y_values[int(self.confusion_pairs[i]) // self.classes]),
                  "predicted": int(y_values[int(self.confusion_pairs[i]) % self.classes]),
                  "count": int(self.confusion_counts[i])} for i in order]
-
-
-def _row_starts(row_lengths: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(row_lengths)[:-1]]).astype(np.int64)
 
 
 def _ratio(count: float, total: float) -> float | None:

@@ -93,7 +93,7 @@ def score(scorer: Scorer, batch: pa.RecordBatch, options: ScoreOptions, cache: R
     stats.profile.add_flat_predictions(positions, best[:, 0], confidence)
     if resolved is not None:
         stats.quality = labels.measure(scorer, options.top_k, resolved, best[:, 0], confidence,
-                                       positions, lengths)
+                                       lengths, positions)
     return scored, stats
 
 
