@@ -7,7 +7,7 @@ import os
 
 import pyarrow.parquet as pq
 
-from score import storage
+from score import storage, tables
 from score.errors import (
     InputMissing,
     InvalidInput,
@@ -54,7 +54,9 @@ def plan(input_location: str, output_location: str) -> tuple[list[tuple[str, str
             f"OUTPUT {output_location} is inside INPUT {input_location}; a later run would score "
             f"its own output. Choose a directory outside the input"
         )
-    entries = storage.list_parquet(input_location)
+    listing = storage.list_tree(input_location)
+    tables.check_not_a_table(input_location, listing)
+    entries = storage.parquet_entries(input_location, listing)
     if not entries:
         raise InputMissing(f"{input_location}: no *.parquet files in this directory")
     return [(entry.location, storage.join(output_location, entry.relative), entry.relative)

@@ -209,23 +209,32 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/"))
 
 
-def list_parquet(location: str) -> list[Entry]:
-    """Every *.parquet file under a directory, in sorted order, skipping hidden names."""
+def list_tree(location: str) -> list[str]:
+    """Every path under a directory, relative to it, directories ending with '/' (one listing,
+    also on a store), in sorted order."""
     filesystem, path = resolve(location)
     try:
         infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
     except OSError as error:
         raise read_error(location, error) from None
     prefix = path.rstrip("/") + "/"
-    entries = []
+    relatives = []
     for info in infos:
-        if info.type != pafs.FileType.File or not info.path.startswith(prefix):
-            continue
-        relative = info.path[len(prefix) :]
-        if relative.endswith(".parquet") and not _hidden(relative):
-            entries.append(Entry(join(location, relative), relative))
-    entries.sort(key=lambda entry: entry.relative)
-    return entries
+        if info.path.startswith(prefix) and info.type in (pafs.FileType.File, pafs.FileType.Directory):
+            relative = info.path[len(prefix) :]
+            relatives.append(relative + "/" if info.type == pafs.FileType.Directory else relative)
+    return sorted(relatives)
+
+
+def parquet_entries(location: str, relatives: list[str]) -> list[Entry]:
+    """The *.parquet files of a list_tree listing, skipping hidden names."""
+    return [Entry(join(location, relative), relative) for relative in relatives
+            if relative.endswith(".parquet") and not _hidden(relative)]
+
+
+def list_parquet(location: str) -> list[Entry]:
+    """Every *.parquet file under a directory, in sorted order, skipping hidden names."""
+    return parquet_entries(location, list_tree(location))
 
 
 def read_bytes(location: str) -> bytes:

@@ -375,3 +375,20 @@ def test_the_endpoint_can_be_given_in_the_uri_instead(s3, s3_server, tmp_path, m
     assert (result.code, result.stderr) == (0, "")
     assert set(objects(s3, "scored")) == {"day/part-0.parquet", "day/_SUCCESS"}
     assert_scored(read_object(s3, "scored", "day/part-0.parquet", tmp_path), model_path, x)
+
+
+def test_a_delta_tables_folder_on_the_store_is_refused(s3, tmp_path, model_path):
+    """One listing of the prefix finds the table's log: its dead files are never scored."""
+    put(s3, "landing", "events/part-00000-old.parquet", write_x(tmp_path / "old.parquet", random_x(10, seed=1)))
+    put(s3, "landing", "events/part-00000-new.parquet", write_x(tmp_path / "new.parquet", random_x(10, seed=2)))
+    (tmp_path / "commit.json").write_text('{"add": {"path": "part-00000-new.parquet"}}\n')
+    put(s3, "landing", "events/_delta_log/00000000000000000000.json", tmp_path / "commit.json")
+    result = run_score("s3://landing/events", "s3://scored/events", "--model", model_path, "--quiet")
+    assert result.code == 65, result.stderr
+    assert result.lines == [
+        "error: s3://landing/events: is a Delta Lake table (_delta_log/ at its root), not plain "
+        "Parquet files: a table's folder also holds files the table no longer has, so it is never "
+        "read as loose Parquet. This version cannot read the table itself; score a snapshot "
+        "exported to plain Parquet (the table's live rows, for example with Spark, DuckDB or "
+        "Polars), not the table's folder"]
+    assert objects(s3, "scored") == {}

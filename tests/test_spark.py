@@ -792,3 +792,35 @@ def test_a_keyed_run_with_labels_on_spark_measures_what_the_local_job_measures(s
         for key in ("log_loss", "ece", "estimated_accuracy"):
             assert found[key] == pytest.approx(expected[key], abs=1e-9), key
         assert summary["invalid_by_reason"]["label_length"] == 1
+
+
+# Table formats (score.tables) ------------------------------------------------------------------
+@pytest.mark.parametrize("format_name", ["delta", "iceberg", "hudi"])
+def test_a_tables_folder_is_refused_before_spark_starts(model_path, tmp_path, monkeypatch, format_name):
+    import test_tables
+
+    table = getattr(test_tables, f"{format_name}_table")(tmp_path / "events")
+    monkeypatch.setattr(spark_session, "start_session", lambda config: pytest.fail("Spark started"))
+    code, lines = run_spark_cli(table, tmp_path / "scored", "--model", model_path)
+    local = run_score(table, tmp_path / "local", "--model", model_path, "--quiet")
+    assert (code, lines) == (65, local.lines)
+    assert lines[0].startswith(f"error: {table}: is ")
+    assert not (tmp_path / "scored").exists()
+
+
+@pytest.mark.slow
+@needs_spark
+def test_run_refuses_a_tables_folder_through_the_session(spark, model_path, tmp_path):
+    """scale.run, as a notebook calls it, checks INPUT itself (the command line checks first)."""
+    from test_tables import delta_table
+
+    from score.spark.hadoop import table_format
+
+    table = delta_table(tmp_path / "events")
+    config = scale.SparkJobConfig(str(table), str(tmp_path / "scored"), model_path)
+    with pytest.raises(InvalidInput, match="is a Delta Lake table"):
+        scale.run(spark, config, load(model_path), scale.SparkRunState())
+    assert not (tmp_path / "scored").exists()
+    # A store's folder is looked at through Spark's Hadoop file system (here a file:// URI).
+    assert table_format(spark, f"file://{table}") == (("a Delta Lake table", "_delta_log/"), "")
+    assert table_format(spark, f"file://{tmp_path}") is None

@@ -9,7 +9,7 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
-from score import storage
+from score import storage, tables
 from score.errors import StorageError
 from score.spark.failures import spark_message
 
@@ -73,3 +73,20 @@ def remove_output(session: SparkSession | None, location: str) -> None:
     filesystem, path = _hadoop(session, location)
     if filesystem.exists(path):
         filesystem.delete(path, True)
+
+
+def table_format(session: SparkSession, location: str) -> tuple[tuple[str, str], str] | None:
+    """The table (score.tables.format_of) whose marker is at the root of a store's folder,
+    looked for through Spark's Hadoop file system (at the root only: a store's whole listing
+    is Spark's to make)."""
+    filesystem, path = _hadoop(session, location)
+    if not filesystem.exists(path) or not filesystem.getFileStatus(path).isDirectory():
+        return None
+    jvm = session.sparkContext._jvm
+    found = []
+    for name in ("_delta_log", ".hoodie"):
+        if filesystem.exists(jvm.org.apache.hadoop.fs.Path(child(location, name))):
+            found.append(name + "/")
+    matches = filesystem.globStatus(jvm.org.apache.hadoop.fs.Path(child(location, "metadata/*.metadata.json")))
+    found += [f"metadata/{status.getPath().getName()}" for status in (matches or [])]
+    return tables.format_of(found)

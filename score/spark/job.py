@@ -8,13 +8,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from score import job, storage, summary
+from score import job, storage, summary, tables
 from score import model as models
 from score.core import BatchStats, ScoreOptions, empty_stats
 from score.errors import InputMissing, InvalidInput, OutputError, SeqscoreError, UsageError
 from score.spark.dataframe import DEFAULT_THREADS, score_frame
 from score.spark.failures import condition, spark_error
-from score.spark.hadoop import child, exists, remove_output, rename
+from score.spark.hadoop import child, exists, remove_output, rename, table_format
 from score.spark.worker import StatsParam
 
 if TYPE_CHECKING:
@@ -80,6 +80,8 @@ def check_locations(config: SparkJobConfig) -> None:
     target = os.path.abspath(storage.local_path(config.output))
     if not os.path.exists(source):
         raise InputMissing(f"{config.input}: no such file or directory")
+    if os.path.isdir(source):  # a table's folder is never read as loose Parquet (score.tables)
+        tables.check_not_a_table(config.input, storage.list_tree(config.input))
     if os.path.realpath(target) == os.path.realpath(source):
         raise UsageError(f"OUTPUT is INPUT ({config.output}); choose another output path")
     if os.path.realpath(target).startswith(os.path.realpath(source).rstrip(os.sep) + os.sep):
@@ -91,6 +93,21 @@ def check_locations(config: SparkJobConfig) -> None:
         raise output_exists(config.output)
     if not os.path.isdir(os.path.dirname(target)):
         raise OutputError(f"{config.output}: the parent directory does not exist")
+
+
+def check_not_a_table(session: SparkSession, location: str) -> None:
+    """Refuse (65) INPUT that is a Delta Lake, Iceberg or Hudi table's folder: Spark's Parquet
+    reader would read every file in it, the table's dead ones too (score.tables)."""
+    if not storage.is_uri(location):
+        if os.path.isdir(storage.local_path(location)):
+            tables.check_not_a_table(location, storage.list_tree(location))
+        return
+    try:
+        found = table_format(session, location)
+    except Exception:  # noqa: BLE001  (a store Spark cannot list: its read says why, in one line)
+        return
+    if found is not None:
+        raise tables.refusal(location, found)
 
 
 def output_exists(location: str) -> OutputError:
@@ -130,6 +147,7 @@ def run(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
                        spark_version=session.version)
     if config.batch_size is not None:
         session.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.batch_size))
+    check_not_a_table(session, config.input)
     if config.key is not None:
         return _run_keyed(session, config, scorer, state)
     gated = (config.max_psi, config.min_accuracy, config.min_estimated_accuracy) != (None, None, None)
