@@ -35,14 +35,14 @@ QUIET_DOCS := { grep -v -e '^INFO ' || true; }
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
 
-setup: $(STAMP) java ## create .venv with the scoring runtime and every extra (train, spark, dev)
+setup: $(STAMP) java ## create .venv with the scoring runtime and every extra (train, spark, dev, delta)
 
 # PYTHONWARNINGS: setuptools warns (12 lines) that folders named like the packages may shadow
 # them in an editable install; here those folders are the packages.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
-	PYTHONWARNINGS='ignore:Editable installation' $(VENV)/bin/pip install --quiet -e '.[train,spark,dev]' 2>&1 | $(QUIET_PIP)
+	PYTHONWARNINGS='ignore:Editable installation' $(VENV)/bin/pip install --quiet -e '.[train,spark,dev,delta]' 2>&1 | $(QUIET_PIP)
 	TF_CPP_MIN_LOG_LEVEL=3 TF_ENABLE_ONEDNN_OPTS=0 $(PY) -c 'import numpy, pyarrow, onnxruntime, tensorflow, tf2onnx, pyspark, mkdocs'
 	touch $@
 

@@ -38,9 +38,14 @@ cannot be created; 74 I/O error (disk full, network: retry); 77 no permission to
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m score", description=DESCRIPTION, epilog=EPILOG,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", metavar="INPUT", help="Parquet file or directory (path or URI)")
-    p.add_argument("output", metavar="OUTPUT", help="output file, or directory when INPUT is one")
+    p.add_argument("input", metavar="INPUT",
+                   help="Parquet file or directory, or a Delta Lake table's folder (path or URI)")
+    p.add_argument("output", metavar="OUTPUT",
+                   help="output file (for a file or a Delta table), or directory when INPUT is one")
     cli.add_scoring_flags(p)
+    p.add_argument("--input-version", type=cli.non_negative_int, default=None, metavar="N",
+                   help="a Delta Lake INPUT: read the table as of version N (time travel; "
+                        "default: its latest)")
     cli.add_state_flags(p)
     return p
 
@@ -60,7 +65,8 @@ def _config(args: argparse.Namespace) -> JobConfig:
     else:
         progress = "lines"
     return JobConfig(**cli.run_fields(args), **cli.state_fields(args),
-                     session=SessionConfig(threads=args.threads), progress=progress)
+                     session=SessionConfig(threads=args.threads), progress=progress,
+                     input_version=args.input_version)
 
 
 def main(argv: list[str] | None = None,

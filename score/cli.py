@@ -55,6 +55,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
 def probability(text: str) -> float:
     value = _number(text, float)
     if not 0.0 <= value <= 1.0:

@@ -7,7 +7,7 @@ import os
 
 import pyarrow.parquet as pq
 
-from score import storage, tables
+from score import delta, storage, tables
 from score.errors import (
     InputMissing,
     InvalidInput,
@@ -41,11 +41,15 @@ def _inside(child: str, parent: str) -> bool:
     return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
 
 
-def plan(input_location: str, output_location: str) -> tuple[list[tuple[str, str, str]], bool]:
-    """(input, output, relative name) for each file, and whether this is directory mode."""
+def plan(input_location: str, output_location: str, input_version: int | None = None
+         ) -> tuple[list[tuple[str, str, str]], bool]:
+    """(input, output, relative name) for each file, and whether this is directory mode. A
+    Delta Lake table's folder is one input, read through its log (score.delta), like a file."""
     if _same_location(input_location, output_location):
         raise UsageError(f"OUTPUT is INPUT ({output_location}); choose another output path")
     if storage.kind(input_location) == "file":
+        if input_version is not None:
+            raise _version_needs_a_table(input_location)
         if storage.is_directory(output_location, for_output=True):
             raise _output_is_directory(output_location)
         return [(input_location, output_location, "")], False
@@ -55,12 +59,32 @@ def plan(input_location: str, output_location: str) -> tuple[list[tuple[str, str
             f"its own output. Choose a directory outside the input"
         )
     listing = storage.list_tree(input_location)
+    if tables.format_of(listing) == (tables.DELTA, "") and delta.available():
+        if storage.is_directory(output_location, for_output=True):
+            raise OutputError(f"{output_location}: is a directory; INPUT is a Delta Lake table, "
+                              f"so OUTPUT must be a file path")
+        return [(input_location, output_location, "")], False
+    if input_version is not None:
+        raise _version_needs_a_table(input_location)
     tables.check_not_a_table(input_location, listing)
     entries = storage.parquet_entries(input_location, listing)
     if not entries:
         raise InputMissing(f"{input_location}: no *.parquet files in this directory")
     return [(entry.location, storage.join(output_location, entry.relative), entry.relative)
             for entry in entries], True
+
+
+def _version_needs_a_table(location: str) -> Exception:
+    return UsageError(f"--input-version: {location} is not a Delta Lake table (no _delta_log/ in "
+                      f"it); time travel reads a table's earlier version")
+
+
+def open_source(location: str, version: int | None = None):
+    """A Parquet file (open_parquet), or a Delta Lake table's snapshot at ``version`` (a
+    score.delta.Snapshot, read like one)."""
+    if delta.is_table(location):
+        return delta.open_snapshot(location, version)
+    return open_parquet(location)
 
 
 def _output_is_directory(location: str) -> Exception:

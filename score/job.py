@@ -70,6 +70,7 @@ class JobConfig:
     key: str | None = None
     state_in: str | None = None
     state_out: str | None = None
+    input_version: int | None = None  # a Delta Lake INPUT: the version to read (None: latest)
 
 
 @dataclass
@@ -97,6 +98,7 @@ class RunState:
     # batches read before it; their rows_in equals stats.rows once the run succeeds.
     rows_in: int = 0
     keyed: KeyedRecord | None = None  # a run with --key: its keys and state
+    input_table: dict | None = None  # a Delta Lake INPUT: its format, version and files read
 
 
 class InlineWriter:
@@ -209,7 +211,9 @@ def score_file(
     """
     started = time.perf_counter()
     options = config.options
-    parquet = inputs.open_parquet(input_location)
+    parquet = inputs.open_source(input_location, config.input_version)
+    if state is not None and hasattr(parquet, "describe"):  # a Delta Lake table's snapshot
+        state.input_table = parquet.describe()
     try:
         schema = parquet.schema_arrow
     except Exception as error:  # noqa: BLE001
@@ -348,7 +352,7 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
     state.stats = empty_stats(scorer)
     state.warnings.extend(length_warnings(scorer, config.options))
 
-    pairs, directory_mode = inputs.plan(config.input, config.output)
+    pairs, directory_mode = inputs.plan(config.input, config.output, config.input_version)
     if config.key is not None:
         keyed_checks.check_model(scorer)
         state.keyed = keyed_checks.KeyedRecord()
@@ -417,5 +421,6 @@ def summary_of(config: JobConfig, state: RunState, exit_code: int, error: str | 
     return summary.build(state, exit_code=exit_code, error=error, input_location=config.input,
                          output_location=config.output, options=config.options,
                          rows_in=state.rows_in, rows_out=sum(r.rows for r in state.files),
-                         run={"files": files, **(state.keyed.to_dict() if state.keyed else {})},
+                         run={"files": files, **(state.keyed.to_dict() if state.keyed else {}),
+                              **({"input_table": state.input_table} if state.input_table else {})},
                          keyed=state.keyed is not None)

@@ -85,7 +85,9 @@ class KeyedRun:
         files, ascending, previous = [], True, None
         digest = hashlib.sha256()
         for input_location, output_location, relative in pairs:
-            parquet = inputs.open_parquet(input_location)
+            parquet = inputs.open_source(input_location, self.config.input_version)
+            if hasattr(parquet, "describe"):  # a Delta Lake table's snapshot (score.delta)
+                self.state.input_table = parquet.describe()
             try:
                 schema = keyed_files.schema_of(parquet, input_location)
                 self._check_schema(schema, input_location)
@@ -148,7 +150,7 @@ class KeyedRun:
         """Input sorted by key: each batch is a run of ascending keys, scored as it is read."""
         for file in files:
             output = self._open(file)
-            parquet = inputs.open_parquet(file.input)
+            parquet = inputs.open_source(file.input, self.config.input_version)
             try:
                 done = 0
                 rows = self.config.batch_size or min(batch_rows(parquet, self.scorer, self.config),
@@ -171,7 +173,7 @@ class KeyedRun:
         labels = self.config.options.labels
         held = [self.key, self.column] + ([labels] if labels is not None else [])  # and no other
         for file in files:
-            parquet = inputs.open_parquet(file.input)
+            parquet = inputs.open_source(file.input, self.config.input_version)
             try:
                 parts.append(keyed_files.read_all(parquet, file.input, held))
             finally:
@@ -220,7 +222,7 @@ class KeyedRun:
         """Each file read again, batch by batch, beside its scored rows from the spill."""
         for index, file in enumerate(files):
             output = self._open(file)
-            parquet = inputs.open_parquet(file.input)
+            parquet = inputs.open_source(file.input, self.config.input_version)
             try:
                 position = int(starts[index])
                 for batch in keyed_files.batches(parquet, file.input, MERGE_ROWS):

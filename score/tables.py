@@ -41,20 +41,29 @@ def format_of(relatives: Iterable[str]) -> tuple[tuple[str, str], str] | None:
     return None
 
 
-def refusal(location: str, found: tuple[tuple[str, str], str]) -> InvalidInput:
-    """The one line for a table's folder given as INPUT (or found inside it)."""
+def refusal(location: str, found: tuple[tuple[str, str], str], spark: bool = False) -> InvalidInput:
+    """The one line for a table's folder given as INPUT (or found inside it), saying what to do:
+    a Delta table at the root is read by the local job with the `delta` extra."""
     (what, marker), root = found
     where = f"is {what} ({marker} at its root)" if not root else \
         f"holds {what} in {root}/ ({root}/{marker})"
+    if (what, marker) == DELTA and not root:
+        how = ("the Spark job does not read Delta Lake tables yet; score it with python -m "
+               "score, or " if spark else
+               "reading its live rows needs the delta extra (pip install -e '.[delta]'); or ")
+        todo = f"{how}{SNAPSHOT}"
+    elif root:
+        todo = f"score each table by its own folder, or {SNAPSHOT}"
+    else:
+        todo = f"this version cannot read the table itself; {SNAPSHOT}"
     return InvalidInput(
         f"{location}: {where}, not plain Parquet files: a table's folder also holds files the "
-        f"table no longer has, so it is never read as loose Parquet. This version cannot read "
-        f"the table itself; {SNAPSHOT}"
+        f"table no longer has, so it is never read as loose Parquet. {todo[0].upper()}{todo[1:]}"
     )
 
 
-def check_not_a_table(location: str, relatives: Iterable[str]) -> None:
+def check_not_a_table(location: str, relatives: Iterable[str], spark: bool = False) -> None:
     """Refuse (InvalidInput, 65) a folder that is, or holds, a table of one of these formats."""
     found = format_of(relatives)
     if found is not None:
-        raise refusal(location, found)
+        raise refusal(location, found, spark)

@@ -18,6 +18,7 @@ import sys
 import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, random_x, reference, run_score, write_x
@@ -377,8 +378,12 @@ def test_the_endpoint_can_be_given_in_the_uri_instead(s3, s3_server, tmp_path, m
     assert_scored(read_object(s3, "scored", "day/part-0.parquet", tmp_path), model_path, x)
 
 
-def test_a_delta_tables_folder_on_the_store_is_refused(s3, tmp_path, model_path):
+def test_a_delta_tables_folder_on_the_store_is_refused_without_the_extra(s3, tmp_path, model_path,
+                                                                         monkeypatch):
     """One listing of the prefix finds the table's log: its dead files are never scored."""
+    from score import delta
+
+    monkeypatch.setattr(delta, "available", lambda: False)
     put(s3, "landing", "events/part-00000-old.parquet", write_x(tmp_path / "old.parquet", random_x(10, seed=1)))
     put(s3, "landing", "events/part-00000-new.parquet", write_x(tmp_path / "new.parquet", random_x(10, seed=2)))
     (tmp_path / "commit.json").write_text('{"add": {"path": "part-00000-new.parquet"}}\n')
@@ -388,7 +393,24 @@ def test_a_delta_tables_folder_on_the_store_is_refused(s3, tmp_path, model_path)
     assert result.lines == [
         "error: s3://landing/events: is a Delta Lake table (_delta_log/ at its root), not plain "
         "Parquet files: a table's folder also holds files the table no longer has, so it is never "
-        "read as loose Parquet. This version cannot read the table itself; score a snapshot "
-        "exported to plain Parquet (the table's live rows, for example with Spark, DuckDB or "
-        "Polars), not the table's folder"]
+        "read as loose Parquet. Reading its live rows needs the delta extra (pip install -e "
+        "'.[delta]'); or score a snapshot exported to plain Parquet (the table's live rows, for "
+        "example with Spark, DuckDB or Polars), not the table's folder"]
     assert objects(s3, "scored") == {}
+
+
+def test_a_delta_tables_snapshot_on_the_store_is_scored(s3, s3_server, tmp_path, model_path):
+    """With the delta extra the job reads the table's live rows through delta-rs, with the
+    job's own endpoint and credentials: the overwritten rows are not scored."""
+    deltalake = pytest.importorskip("deltalake")
+    from score import delta
+
+    options = delta.storage_options("s3://landing/events")
+    assert options["AWS_ENDPOINT_URL"] == s3_server and options["AWS_ALLOW_HTTP"] == "true"
+    first, second = random_x(30, seed=1), random_x(20, seed=2)
+    for x, mode in ((first, "overwrite"), (second, "overwrite")):
+        table = pa.table({"x": pa.array(x.tolist(), pa.list_(pa.int64()))})
+        deltalake.write_deltalake("s3://landing/events", table, mode=mode, storage_options=options)
+    result = run_score("s3://landing/events", "s3://scored/events.parquet", "--model", model_path, "--quiet")
+    assert (result.code, result.stderr) == (0, "")
+    assert_scored(read_object(s3, "scored", "events.parquet", tmp_path), model_path, second)

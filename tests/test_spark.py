@@ -802,9 +802,15 @@ def test_a_tables_folder_is_refused_before_spark_starts(model_path, tmp_path, mo
     table = getattr(test_tables, f"{format_name}_table")(tmp_path / "events")
     monkeypatch.setattr(spark_session, "start_session", lambda config: pytest.fail("Spark started"))
     code, lines = run_spark_cli(table, tmp_path / "scored", "--model", model_path)
-    local = run_score(table, tmp_path / "local", "--model", model_path, "--quiet")
-    assert (code, lines) == (65, local.lines)
+    assert code == 65 and len(lines) == 1
     assert lines[0].startswith(f"error: {table}: is ")
+    if format_name == "delta":  # the local job reads it (the delta extra); Spark does not yet
+        assert lines[0].endswith(". The Spark job does not read Delta Lake tables yet; score "
+                                 "it with python -m score, or score a snapshot exported to plain "
+                                 "Parquet (the table's live rows, for example with Spark, DuckDB or "
+                                 "Polars), not the table's folder")
+    else:
+        assert lines == run_score(table, tmp_path / "local", "--model", model_path, "--quiet").lines
     assert not (tmp_path / "scored").exists()
 
 

@@ -59,13 +59,23 @@ LAYOUTS = [
 ]
 
 
+EXTRA = ("Reading its live rows needs the delta extra (pip install -e '.[delta]'); or score a "
+         "snapshot exported to plain Parquet (the table's live rows, for example with Spark, "
+         "DuckDB or Polars), not the table's folder")
+
+
 @pytest.mark.parametrize(("make", "what"), LAYOUTS)
-def test_a_tables_folder_is_refused_and_nothing_is_written(tmp_path, make, what):
+def test_a_tables_folder_is_refused_and_nothing_is_written(tmp_path, monkeypatch, make, what):
+    """Without a reader for the format (a Delta table's: the delta extra, absent here)."""
+    from score import delta
+
+    monkeypatch.setattr(delta, "available", lambda: False)
     table, out = make(tmp_path / "events"), tmp_path / "scored"
     result = run_score(table, out, "--model", FIXTURE_MODEL, "--quiet")
+    todo = EXTRA if make is delta_table else SNAPSHOT
     assert_refused(result, 65, f"error: {table}: {what}, not plain Parquet files: a table's folder "
                                f"also holds files the table no longer has, so it is never read as "
-                               f"loose Parquet. {SNAPSHOT}", out)
+                               f"loose Parquet. {todo}", out)
 
 
 def test_a_folder_holding_a_table_is_refused_too(tmp_path):
@@ -78,14 +88,16 @@ def test_a_folder_holding_a_table_is_refused_too(tmp_path):
     assert_refused(result, 65, f"error: {folder}: holds a Delta Lake table in clicks/ "
                                f"(clicks/_delta_log/), not plain Parquet files: a table's folder also "
                                f"holds files the table no longer has, so it is never read as loose "
-                               f"Parquet. {SNAPSHOT}", out)
+                               f"Parquet. Score each table by its own folder, or score a snapshot "
+                               f"exported to plain Parquet (the table's live rows, for example with "
+                               f"Spark, DuckDB or Polars), not the table's folder", out)
 
 
 def test_a_keyed_run_refuses_a_table_as_its_input_too(tmp_path):
-    table, out = delta_table(tmp_path / "events"), tmp_path / "scored"
+    table, out = hudi_table(tmp_path / "events"), tmp_path / "scored"
     result = run_score(table, out, "--model", FIXTURE_MODEL, "--key", "id", "--state-out",
                        tmp_path / "state", "--quiet")
-    assert result.code == 65 and "is a Delta Lake table" in result.lines[0], result.stderr
+    assert result.code == 65 and "is an Apache Hudi table" in result.lines[0], result.stderr
     assert not out.exists() and not (tmp_path / "state").exists()
 
 

@@ -81,7 +81,7 @@ def check_locations(config: SparkJobConfig) -> None:
     if not os.path.exists(source):
         raise InputMissing(f"{config.input}: no such file or directory")
     if os.path.isdir(source):  # a table's folder is never read as loose Parquet (score.tables)
-        tables.check_not_a_table(config.input, storage.list_tree(config.input))
+        tables.check_not_a_table(config.input, storage.list_tree(config.input), spark=True)
     if os.path.realpath(target) == os.path.realpath(source):
         raise UsageError(f"OUTPUT is INPUT ({config.output}); choose another output path")
     if os.path.realpath(target).startswith(os.path.realpath(source).rstrip(os.sep) + os.sep):
@@ -100,14 +100,14 @@ def check_not_a_table(session: SparkSession, location: str) -> None:
     reader would read every file in it, the table's dead ones too (score.tables)."""
     if not storage.is_uri(location):
         if os.path.isdir(storage.local_path(location)):
-            tables.check_not_a_table(location, storage.list_tree(location))
+            tables.check_not_a_table(location, storage.list_tree(location), spark=True)
         return
     try:
         found = table_format(session, location)
     except Exception:  # noqa: BLE001  (a store Spark cannot list: its read says why, in one line)
         return
     if found is not None:
-        raise tables.refusal(location, found)
+        raise tables.refusal(location, found, spark=True)
 
 
 def output_exists(location: str) -> OutputError:
