@@ -2,19 +2,23 @@
 
 A Delta table is a folder of Parquet files plus `_delta_log/`, which says which files are live
 at each version. delta-rs (the `deltalake` package, the `delta` extra: Rust, no JVM) replays
-the log and hands back a pyarrow dataset of the live files, partition columns included, which
-the job streams record batch by record batch as it streams a Parquet file. A snapshot offers
-the few things the job asks of a pq.ParquetFile (its Arrow schema, its row count, its batches,
-a fingerprint), so the local job, --key, --labels and the summary take it unchanged.
+the log in a short child process (score.delta_log) and names the live files, their row counts
+and partition values; the job then streams those files with its own Parquet reader, record
+batch by record batch, as it streams any Parquet file. A snapshot offers the few things the
+job asks of a pq.ParquetFile (its Arrow schema, its row count, its batches, a fingerprint), so
+the local job, --key, --labels and the summary take it unchanged.
 
-What delta-rs cannot read exactly (deletion vectors and other reader features it does not
-support) is refused with one line (exit 65), never scored with deleted rows.
+A table whose protocol needs more than reading whole files (deletion vectors, column mapping,
+any reader feature not known to be safe) is refused with one line (exit 65), never scored
+with deleted rows.
 """
 
 from __future__ import annotations
 
-import os
-import re
+import base64
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +28,7 @@ from score import storage
 from score.errors import InputMissing, InvalidInput, StorageError, first_line
 
 EXTRA = "pip install -e '.[delta]'"  # what installs the support (make setup does)
+CHILD_SECONDS = 600  # the log's reader: minutes only for a huge log on a slow store
 LOG = "_delta_log"
 
 
@@ -60,105 +65,103 @@ class SnapshotMetadata:
                 "files": self.files}
 
 
+@dataclass(frozen=True)
+class LiveFile:
+    """One file the snapshot's log says is live, and the partition values of its rows."""
+
+    location: str
+    rows: int | None  # from the log's statistics, when written
+    partition: dict[str, str | None]  # partition column -> its value as text (None: null)
+
+
 class Snapshot:
     """One version of a Delta table, read like a pq.ParquetFile (schema_arrow, metadata,
-    iter_batches, close)."""
+    iter_batches, close): its live files one after the other, each streamed by the job's own
+    Parquet reader (score.inputs.open_parquet: bounded, on a store by range requests), with the
+    partition columns the log gives each file added as constants."""
 
-    def __init__(self, location: str, table, version: int, latest: int) -> None:
+    def __init__(self, location: str, resolved: dict[str, Any]) -> None:
         self.location = location
-        self.version = version
-        self.latest = latest
+        self.version, self.latest = int(resolved["version"]), int(resolved["latest"])
+        self.schema_arrow: pa.Schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(resolved["schema"])))
+        self.live = [LiveFile(file["location"], file["rows"], file["partition"]) for file in resolved["files"]]
+        counted = [file.rows for file in self.live]
+        rows = sum(counted) if None not in counted else sum(self._footer_rows(file) for file in self.live)
+        self.metadata = SnapshotMetadata(int(rows), location, self.version, len(self.live))
+
+    def _footer_rows(self, file: LiveFile) -> int:
+        from score import inputs
+
+        parquet = inputs.open_parquet(file.location)
         try:
-            self.dataset = table.to_pyarrow_dataset()
-        except Exception as error:  # noqa: BLE001  (delta-rs' exceptions, named below)
-            raise translate(location, error) from None
-        self.files = len(self.dataset.files) if hasattr(self.dataset, "files") else 0
-        self.schema_arrow: pa.Schema = self.dataset.schema
-        self.metadata = SnapshotMetadata(self.dataset.count_rows(), location, version, self.files)
+            return parquet.metadata.num_rows
+        finally:
+            parquet.close()
 
     def iter_batches(self, batch_size: int, columns: list[str] | None = None, use_threads: bool = True):
-        """The snapshot's record batches, file by file (bounded memory, as a Parquet file)."""
-        return self.dataset.to_batches(columns=columns, batch_size=batch_size, use_threads=use_threads,
-                                       batch_readahead=2, fragment_readahead=1)
+        """The snapshot's record batches, file by file, in the table's schema (or ``columns``)."""
+        from score import inputs
+
+        names = columns if columns is not None else self.schema_arrow.names
+        schema = pa.schema([self.schema_arrow.field(name) for name in names])
+        for file in self.live:
+            parquet = inputs.open_parquet(file.location)
+            try:
+                present = set(parquet.schema_arrow.names)
+                wanted = [name for name in names if name in present and name not in file.partition]
+                for batch in parquet.iter_batches(batch_size=batch_size, columns=wanted,
+                                                  use_threads=use_threads):
+                    yield _in_schema(batch, schema, file.partition)
+            finally:
+                parquet.close()
 
     def describe(self) -> dict[str, Any]:
         """The summary's `input_table`."""
         return {"format": "delta", "location": self.location, "version": self.version,
-                "latest_version": self.latest, "files": self.files, "rows": self.metadata.num_rows}
+                "latest_version": self.latest, "files": len(self.live), "rows": self.metadata.num_rows}
 
     def close(self) -> None:
-        """Nothing held open between batches."""
+        """Nothing held open between files."""
+
+
+def _in_schema(batch: pa.RecordBatch, schema: pa.Schema, partition: dict[str, Any]) -> pa.RecordBatch:
+    """A file's batch in the table's schema: partition columns from the log, columns the file
+    lacks (added to the table after it was written) null, types widened as the table says."""
+    arrays = []
+    for field_ in schema:
+        if field_.name in partition:
+            value = partition[field_.name]
+            arrays.append(pa.array([value] * batch.num_rows, pa.string()).cast(field_.type)
+                          if value is not None else pa.nulls(batch.num_rows, field_.type))
+        elif field_.name in batch.schema.names:
+            column = batch.column(field_.name)
+            arrays.append(column if column.type == field_.type else column.cast(field_.type))
+        else:
+            arrays.append(pa.nulls(batch.num_rows, field_.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
 
 
 def open_snapshot(location: str, version: int | None = None) -> Snapshot:
-    """The table at ``version`` (None: its latest), or a named error: 65 for a log that cannot
-    be read, a version past the latest or a reader feature delta-rs does not support; 74 for
-    the storage; 2 without the extra."""
+    """The table at ``version`` (None: its latest), or the named error the log's reader raised.
+
+    delta-rs replays the log in a short child process (score.delta_log): its runtime and the
+    log's state (about 60 MB) never join the scoring process, which keeps the memory of a run
+    over a table that of a run over its files."""
     if not available():
         raise InvalidInput(f"{location}: is a Delta Lake table; reading it needs the delta extra: {EXTRA}")
-    from deltalake import DeltaTable
-
-    options = storage_options(location)
+    command = [sys.executable, "-m", "score.delta_log", location, "" if version is None else str(version)]
     try:
-        table = DeltaTable(table_uri(location), storage_options=options)
-        latest = table.version()
-    except Exception as error:  # noqa: BLE001  (delta-rs' exceptions, named below)
-        raise translate(location, error) from None
-    if version is not None and version != latest:
-        if version > latest:
-            raise InvalidInput(f"{location}: --input-version {version} is past the table's latest "
-                               f"version, {latest}")
-        try:
-            table.load_as_version(version)
-        except Exception as error:  # noqa: BLE001
-            raise translate(location, error, version) from None
-    return Snapshot(location, table, latest if version is None else version, latest)
-
-
-def table_uri(location: str) -> str:
-    """What delta-rs takes: an absolute local path, or the URI without its query."""
-    if not storage.is_uri(location):
-        return os.path.abspath(storage.local_path(location))
-    return location.split("?", 1)[0]
-
-
-def storage_options(location: str) -> dict[str, str]:
-    """The job's object storage settings (score.storage's environment) as delta-rs takes them."""
-    if not location.startswith("s3://"):
-        return {}
-    options = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        options["AWS_ENDPOINT_URL"] = endpoint
-        if endpoint.startswith("http://"):
-            options["AWS_ALLOW_HTTP"] = "true"
-    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_SESSION_TOKEN"):
-        if os.environ.get(name):
-            options[name] = os.environ[name]
-    options.setdefault("AWS_REGION", options.get("AWS_DEFAULT_REGION", "us-east-1"))
-    return options
-
-
-def translate(location: str, error: BaseException, version: int | None = None) -> Exception:
-    """delta-rs' failure as the job's named error, in one line."""
-    from deltalake.exceptions import DeltaProtocolError, TableNotFoundError
-
-    detail = first_line(error).removeprefix("Kernel error: ").removeprefix("Generic delta kernel error: ")
-    if isinstance(error, TableNotFoundError):
-        return InvalidInput(f"{location}: not a readable Delta Lake table ({detail})")
-    if isinstance(error, DeltaProtocolError):
-        return InvalidInput(f"{location}: the table uses a feature this reader does not support "
-                            f"({detail}); nothing was scored")
-    text = str(error)
-    if "contiguous commit" in text:  # a commit file missing between two others
-        missing = re.search(r"_delta_log/(\d+\.json)", text)
-        after = f" before {missing.group(1)}" if missing else ""
-        return InvalidInput(f"{location}: the table's _delta_log cannot be read (a commit file is "
-                            f"missing{after})")
-    if "Json error" in text or "parsing" in text:
-        return InvalidInput(f"{location}: the table's _delta_log cannot be read ({detail[:300]})")
-    if isinstance(error, OSError) or "Object Store" in text or "ObjectStore" in text:
-        return StorageError(f"{location}: cannot read the table ({detail})")
-    at = f" at version {version}" if version is not None else ""
-    return InvalidInput(f"{location}: the Delta Lake table cannot be read{at} ({detail[:300]})")
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=CHILD_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise StorageError(f"{location}: reading the table's log took over {CHILD_SECONDS} s") from None
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise InvalidInput(f"{location}: the table's log could not be read "
+                           f"({first_line(done.stderr) or f'exit {done.returncode}'})") from None
+    if answer.get("error"):
+        kind = {65: InvalidInput, 66: InputMissing, 74: StorageError}.get(answer["exit_code"], InvalidInput)
+        raise kind(answer["error"])
+    return Snapshot(location, answer)

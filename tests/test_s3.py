@@ -403,9 +403,9 @@ def test_a_delta_tables_snapshot_on_the_store_is_scored(s3, s3_server, tmp_path,
     """With the delta extra the job reads the table's live rows through delta-rs, with the
     job's own endpoint and credentials: the overwritten rows are not scored."""
     deltalake = pytest.importorskip("deltalake")
-    from score import delta
+    from score import delta_log
 
-    options = delta.storage_options("s3://landing/events")
+    options = delta_log.storage_options("s3://landing/events")
     assert options["AWS_ENDPOINT_URL"] == s3_server and options["AWS_ALLOW_HTTP"] == "true"
     first, second = random_x(30, seed=1), random_x(20, seed=2)
     for x, mode in ((first, "overwrite"), (second, "overwrite")):
