@@ -39,8 +39,14 @@ REPLACE_THE_MODEL = {("make", "train"), ("make", "export")}
 SHELL_INFO = {"", "sh", "bash", "shell", "console"}
 FENCE = re.compile(r"^(?P<indent>[ ]*)```(?P<info>[\w-]*)\n(?P<body>.*?)^(?P=indent)```", re.S | re.M)
 # In a python block: a file the block itself writes (model.save("..."), torch.onnx.export(..., "..."),
-# pq.write_table(table, "...")).
-PYTHON_WRITES = re.compile(r"(?:save|export|write_table)\((?:[^\"]|\n)*?\"([^\"]+\.(?:keras|h5|onnx|parquet))\"")
+# pq.write_table(table, "..."), write_deltalake("...", ...)).
+PYTHON_WRITES = re.compile(r"(?:save|export|write_table)\((?:[^\"]|\n)*?\"([^\"]+\.(?:keras|h5|onnx|parquet))\""
+                           r"|write_deltalake\(\"([^\"]+)\"")  # ... or a Delta table's folder
+
+
+def python_writes(example: str) -> list[str]:
+    """The files (and Delta tables) a python example writes."""
+    return [file or table for file, table in PYTHON_WRITES.findall(example)]
 PYTHON_PATHS = re.compile(r"[\"']([\w./-]+/[\w.-]+\.(?:parquet|onnx|json|keras|h5|png|txt))[\"']")
 
 
@@ -236,7 +242,7 @@ def check_page(page: Path) -> list[str]:
     clone, problems = Clone(), []
     for kind, example in page_examples(page):
         if kind == "python":
-            written = set(PYTHON_WRITES.findall(example))
+            written = set(python_writes(example))
             clone.made |= {normal(path) for path in written}
             problems += [f"{page.name}: a python example reads {path}, which nothing makes"
                          for path in PYTHON_PATHS.findall(example) if path not in written and not clone.has(path)]
@@ -331,7 +337,7 @@ def test_the_cheap_examples_run_as_written(page, demo_clone):
     not_made: set[str] = set()  # written by an example not run here (PyTorch's export, Spark)
     for kind, example in page_examples(page):
         if kind == "python":
-            not_made |= {normal(path) for path in PYTHON_WRITES.findall(example)}
+            not_made |= {normal(path) for path in python_writes(example)}
             continue
         if example.argv[0] in ("mkdir", "cp"):
             subprocess.run(example.argv, cwd=demo_clone, check=True)
