@@ -74,6 +74,31 @@ def plan(input_location: str, output_location: str, input_version: int | None = 
             for entry in entries], True
 
 
+def plan_inputs(input_location: str, output_location: str, input_version: int | None = None
+                ) -> list[tuple[str, str, str]]:
+    """The inputs of a run whose OUTPUT is one table (score.delta_output): plan's files (a
+    Delta table is one), OUTPUT neither INPUT nor inside it."""
+    if _same_location(input_location, output_location):
+        raise UsageError(f"OUTPUT is INPUT ({output_location}); choose another output path")
+    if storage.kind(input_location) == "file":
+        if input_version is not None:
+            raise _version_needs_a_table(input_location)
+        return [(input_location, output_location, "")]
+    if _inside(output_location, input_location):
+        raise UsageError(f"OUTPUT {output_location} is inside INPUT {input_location}; a later run "
+                         f"would score its own output. Choose a location outside the input")
+    listing = storage.list_tree(input_location)
+    if tables.format_of(listing) == (tables.DELTA, "") and delta.available():
+        return [(input_location, output_location, "")]
+    if input_version is not None:
+        raise _version_needs_a_table(input_location)
+    tables.check_not_a_table(input_location, listing)
+    entries = storage.parquet_entries(input_location, listing)
+    if not entries:
+        raise InputMissing(f"{input_location}: no *.parquet files in this directory")
+    return [(entry.location, output_location, entry.relative) for entry in entries]
+
+
 def _version_needs_a_table(location: str) -> Exception:
     return UsageError(f"--input-version: {location} is not a Delta Lake table (no _delta_log/ in "
                       f"it); time travel reads a table's earlier version")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from score import __version__, inputs, monitor, pipeline, quality, storage, summary
+from score import __version__, delta_output, inputs, monitor, pipeline, quality, storage, summary
 from score import model as models
 from score.core import (
     BatchStats,
@@ -71,6 +71,11 @@ class JobConfig:
     state_in: str | None = None
     state_out: str | None = None
     input_version: int | None = None  # a Delta Lake INPUT: the version to read (None: latest)
+    # OUTPUT as a Delta Lake table (score.delta_output): what to do with one that exists
+    # (None: refuse it), and the application's transaction that makes an append exactly-once.
+    output_format: str = "parquet"
+    mode: str | None = None
+    txn_id: str | None = None
 
 
 @dataclass
@@ -99,6 +104,7 @@ class RunState:
     rows_in: int = 0
     keyed: KeyedRecord | None = None  # a run with --key: its keys and state
     input_table: dict | None = None  # a Delta Lake INPUT: its format, version and files read
+    output_table: dict | None = None  # a Delta Lake OUTPUT: the version committed, or why none
 
 
 class InlineWriter:
@@ -346,12 +352,18 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
     keyed_checks.check_flags(config.key, config.state_in, config.state_out, config.output,
                           config.options.input_columns)
     quality.check_gate_flags(config.options.labels, config.min_accuracy)
+    delta_output.check_flags(config.output_format, config.mode, config.txn_id, config.key)
     scorer = models.load(config.model, config.session)
     state.scorer = scorer
     config.options.validate(scorer)
     state.stats = empty_stats(scorer)
     state.warnings.extend(length_warnings(scorer, config.options))
 
+    if config.output_format == "delta":
+        from score import delta_job
+
+        delta_job.run(scorer, config, state)
+        return state
     pairs, directory_mode = inputs.plan(config.input, config.output, config.input_version)
     if config.key is not None:
         keyed_checks.check_model(scorer)
@@ -422,5 +434,7 @@ def summary_of(config: JobConfig, state: RunState, exit_code: int, error: str | 
                          output_location=config.output, options=config.options,
                          rows_in=state.rows_in, rows_out=sum(r.rows for r in state.files),
                          run={"files": files, **(state.keyed.to_dict() if state.keyed else {}),
-                              **({"input_table": state.input_table} if state.input_table else {})},
+                              **({"input_table": state.input_table} if state.input_table else {}),
+                              **({"output_table": state.output_table} if state.output_table else {})},
                          keyed=state.keyed is not None)
+

@@ -1,0 +1,218 @@
+"""--output-format delta (score.delta_output): the scored rows as a Delta Lake table, committed
+once at the end; --mode for a table that exists; --txn-id for exactly-once appends; nothing
+committed by a run that fails, is refused or is killed."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import FIXTURE_MODEL, ROOT, assert_refused, random_x, read_json, run_score, write_x
+
+deltalake = pytest.importorskip("deltalake")
+
+TABLE = ("--model", str(FIXTURE_MODEL), "--output-format", "delta", "--quiet")
+
+
+def version(table: Path) -> int:
+    return deltalake.DeltaTable(table).version()
+
+
+def rows_of(table: Path) -> pa.Table:
+    return deltalake.DeltaTable(table).to_pyarrow_table()
+
+
+@pytest.fixture
+def day(tmp_path) -> Path:
+    return Path(write_x(tmp_path / "day.parquet", random_x(500, seed=1)))
+
+
+def test_a_new_table_holds_what_the_parquet_output_holds(day, tmp_path):
+    table, plain = tmp_path / "scores", tmp_path / "plain.parquet"
+    result = run_score(day, table, *TABLE, "--summary", tmp_path / "s.json")
+    assert (result.code, result.stderr) == (0, "")
+    assert run_score(day, plain, "--model", FIXTURE_MODEL, "--quiet").code == 0
+    expected = pq.read_table(plain)
+    found = rows_of(table).sort_by("id")
+    assert found.column_names == expected.column_names
+    for name in expected.column_names:
+        assert found.column(name).to_pylist() == expected.column(name).to_pylist(), name
+    assert read_json(tmp_path / "s.json")["output_table"] == {
+        "format": "delta", "location": str(table), "version": 0, "committed": True, "mode": "create",
+        "transaction": None}
+
+
+def test_polars_and_duckdb_read_the_table(day, tmp_path):
+    import duckdb
+    import polars as pl
+
+    table = tmp_path / "scores"
+    assert run_score(day, table, *TABLE).code == 0
+    frame = pl.read_delta(str(table))
+    assert frame.shape == (500, 6)
+    assert frame["y_pred"].list.len().to_list() == [4] * 500
+    connection = duckdb.connect()  # DuckDB's delta extension is a download: it takes the table's Arrow
+    connection.register("scores", deltalake.DeltaTable(table).to_pyarrow_dataset())
+    assert connection.sql("select count(*), sum(len(y_pred)) from scores").fetchall() == [(500, 2000)]
+
+
+def test_a_retried_append_with_the_same_transaction_adds_nothing(day, tmp_path):
+    table = tmp_path / "scores"
+    assert run_score(day, table, *TABLE, "--txn-id", "daily:20261202").code == 0
+    first = run_score(day, table, *TABLE, "--mode", "append", "--txn-id", "daily:20261203")
+    assert (first.code, first.stderr) == (0, "")
+    assert (version(table), rows_of(table).num_rows) == (1, 1000)
+    retried = run_score(day, table, *TABLE, "--mode", "append", "--txn-id", "daily:20261203",
+                        "--summary", tmp_path / "s.json")
+    assert retried.code == 0
+    assert retried.lines == [f"warning: {table}: transaction daily:20261203 is already committed "
+                             f"(table version 1); nothing was published"]
+    assert (version(table), rows_of(table).num_rows) == (1, 1000)
+    assert read_json(tmp_path / "s.json")["output_table"]["already_committed"] is True
+    assert deltalake.DeltaTable(table).transaction_version("daily") == 20261203
+
+
+def test_a_transaction_below_the_recorded_one_is_refused_naming_both(day, tmp_path):
+    table = tmp_path / "scores"
+    assert run_score(day, table, *TABLE, "--txn-id", "daily:5").code == 0
+    result = run_score(day, table, *TABLE, "--mode", "append", "--txn-id", "daily:4")
+    assert_refused(result, 65, f"error: {table}: --txn-id daily:4: the table has recorded version 5 "
+                               f"for daily, later than 4; versions of one application only increase")
+    assert version(table) == 0
+
+
+@pytest.mark.parametrize(("flags", "line"), [
+    pytest.param(["--output-format", "delta", "--txn-id", "daily"],
+                 "error: --txn-id 'daily': expected APP:VERSION, an application id and a non-negative "
+                 "integer (for example daily-scores:20261203)", id="malformed_txn"),
+    pytest.param(["--mode", "append"], "error: --mode applies to a Delta Lake OUTPUT: add --output-format "
+                                       "delta", id="mode_without_delta"),
+    pytest.param(["--txn-id", "daily:1"], "error: --txn-id applies to a Delta Lake OUTPUT: add "
+                                          "--output-format delta", id="txn_without_delta"),
+    pytest.param(["--output-format", "delta", "--key", "id", "--state-out", "state"],
+                 "error: --output-format delta with --key is not supported yet: write the scored file, "
+                 "then append it to a table", id="with_key"),
+])
+def test_flags_that_cannot_work_are_usage_errors(day, tmp_path, flags, line):
+    table = tmp_path / "scores"
+    result = run_score(day, table, "--model", FIXTURE_MODEL, "--quiet", *flags)
+    assert_refused(result, 2, line, table)
+
+
+def test_an_existing_table_needs_a_mode(day, tmp_path):
+    table = tmp_path / "scores"
+    assert run_score(day, table, *TABLE).code == 0
+    result = run_score(day, table, *TABLE)
+    assert_refused(result, 2, f"error: {table}: is a Delta Lake table already; say --mode append or "
+                              f"--mode overwrite (neither is safe to guess)")
+    assert version(table) == 0
+
+
+def test_without_the_extra_delta_output_is_a_usage_error(day, tmp_path, monkeypatch):
+    from score import delta
+
+    monkeypatch.setattr(delta, "available", lambda: False)
+    result = run_score(day, tmp_path / "scores", *TABLE)
+    assert_refused(result, 2, "error: --output-format delta needs the delta extra: pip install -e "
+                              "'.[delta]'", tmp_path / "scores")
+
+
+def test_an_append_of_another_schema_is_refused_naming_the_columns(day, tmp_path):
+    table = tmp_path / "scores"
+    assert run_score(day, table, *TABLE).code == 0
+    other = write_x(tmp_path / "other.parquet", random_x(10, seed=2), region=pa.array(["eu"] * 10))
+    result = run_score(other, table, *TABLE, "--mode", "append")
+    assert_refused(result, 65, f"error: {table}: --mode append: the output's schema differs from the "
+                               f"table's: this run's column(s) region are not in the table; nothing "
+                               f"was committed")
+    assert version(table) == 0
+
+
+def test_overwrite_replaces_the_rows_in_one_commit(day, tmp_path):
+    table = tmp_path / "scores"
+    assert run_score(day, table, *TABLE).code == 0
+    other = write_x(tmp_path / "other.parquet", random_x(7, seed=3), region=pa.array(["eu"] * 7))
+    result = run_score(other, table, *TABLE, "--mode", "overwrite")
+    assert (result.code, result.stderr) == (0, "")
+    assert (version(table), rows_of(table).num_rows) == (1, 7)
+    assert "region" in rows_of(table).column_names
+    assert deltalake.DeltaTable(table, version=0).to_pyarrow_table().num_rows == 500  # time travel
+
+
+@pytest.mark.parametrize("new", [True, False], ids=["new_table", "existing_table"])
+def test_a_failed_run_commits_nothing(tmp_path, new):
+    table = tmp_path / "scores"
+    good = write_x(tmp_path / "good.parquet", random_x(100, seed=4))
+    if not new:
+        assert run_score(good, table, *TABLE).code == 0
+    x = random_x(70_000, seed=5)
+    x[69_000, 2] = 99  # an invalid row in the second batch: the first was already written
+    bad = write_x(tmp_path / "bad.parquet", x)
+    result = run_score(bad, table, *TABLE, *([] if new else ["--mode", "append"]), "--batch-size", "65536")
+    assert result.code == 65, result.stderr
+    assert result.lines == [f"error: {bad}: row 69000: x[2] = 99 is not one of the model's input "
+                            f"values (0..10)"]
+    if new:
+        assert not (table / "_delta_log").exists()
+    else:
+        assert (version(table), rows_of(table).num_rows) == (0, 100)
+
+
+def test_a_floor_not_met_commits_nothing(day, tmp_path):
+    table = tmp_path / "scores"
+    result = run_score(day, table, *TABLE, "--min-estimated-accuracy", "1.0", "--summary", tmp_path / "s.json")
+    assert result.code == 65, result.stderr
+    assert "is below --min-estimated-accuracy 1; nothing was published" in result.lines[-1]
+    assert not (table / "_delta_log").exists()
+    summary = read_json(tmp_path / "s.json")
+    assert summary["status"] == "failed" and "output_table" not in summary
+
+
+def test_a_delta_table_in_and_a_delta_table_out(tmp_path):
+    source = tmp_path / "events"
+    deltalake.write_deltalake(source, pa.table({"x": pa.array(random_x(40, seed=6).tolist(), pa.list_(pa.int64()))}))
+    deltalake.write_deltalake(source, pa.table({"x": pa.array(random_x(30, seed=7).tolist(), pa.list_(pa.int64()))}),
+                              mode="overwrite")
+    table = tmp_path / "scores"
+    result = run_score(source, table, *TABLE, "--summary", tmp_path / "s.json")
+    assert (result.code, result.stderr) == (0, "")
+    assert rows_of(table).num_rows == 30
+    summary = read_json(tmp_path / "s.json")
+    assert (summary["input_table"]["version"], summary["output_table"]["version"]) == (1, 0)
+
+
+@pytest.mark.slow
+def test_a_sigkill_during_the_write_leaves_the_tables_version_unchanged(tmp_path):
+    table = tmp_path / "scores"
+    small = write_x(tmp_path / "small.parquet", random_x(100, seed=8))
+    assert run_score(small, table, *TABLE).code == 0
+    rows = 3_000_000
+    x = np.random.default_rng(9).integers(0, 11, size=(rows, 4))
+    big = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"id": np.arange(rows), "x": pa.FixedSizeListArray.from_arrays(
+        pa.array(x.reshape(-1)), 4).cast(pa.list_(pa.int64()))}), big)
+    log = sorted((table / "_delta_log").iterdir())
+    process = subprocess.Popen([sys.executable, "-m", "score", str(big), str(table), *TABLE, "--mode", "append",
+                                "--txn-id", "daily:1"], cwd=ROOT, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(
+            path.stat().st_mtime > big.stat().st_mtime for path in table.glob("*.parquet")
+            if path.stat().st_size > 0 and path.name not in {p.name for p in log}):
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed mid-write"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert sorted((table / "_delta_log").iterdir()) == log  # no commit
+    assert version(table) == 0
+    assert deltalake.DeltaTable(table).transaction_version("daily") is None
+    assert rows_of(table).num_rows == 100
