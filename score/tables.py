@@ -41,17 +41,14 @@ def format_of(relatives: Iterable[str]) -> tuple[tuple[str, str], str] | None:
     return None
 
 
-def refusal(location: str, found: tuple[tuple[str, str], str], spark: bool = False) -> InvalidInput:
+def refusal(location: str, found: tuple[tuple[str, str], str]) -> InvalidInput:
     """The one line for a table's folder given as INPUT (or found inside it), saying what to do:
-    a Delta table at the root is read by the local job with the `delta` extra."""
+    a Delta table at the root is read with the `delta` extra (score.delta)."""
     (what, marker), root = found
     where = f"is {what} ({marker} at its root)" if not root else \
         f"holds {what} in {root}/ ({root}/{marker})"
     if (what, marker) == DELTA and not root:
-        how = ("the Spark job does not read Delta Lake tables yet; score it with python -m "
-               "score, or " if spark else
-               "reading its live rows needs the delta extra (pip install -e '.[delta]'); or ")
-        todo = f"{how}{SNAPSHOT}"
+        todo = f"reading its live rows needs the delta extra (pip install -e '.[delta]'); or {SNAPSHOT}"
     elif root:
         todo = f"score each table by its own folder, or {SNAPSHOT}"
     else:
@@ -62,8 +59,8 @@ def refusal(location: str, found: tuple[tuple[str, str], str], spark: bool = Fal
     )
 
 
-def check_not_a_table(location: str, relatives: Iterable[str], spark: bool = False) -> None:
+def check_not_a_table(location: str, relatives: Iterable[str]) -> None:
     """Refuse (InvalidInput, 65) a folder that is, or holds, a table of one of these formats."""
     found = format_of(relatives)
     if found is not None:
-        raise refusal(location, found, spark)
+        raise refusal(location, found)

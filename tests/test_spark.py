@@ -795,7 +795,7 @@ def test_a_keyed_run_with_labels_on_spark_measures_what_the_local_job_measures(s
 
 
 # Table formats (score.tables) ------------------------------------------------------------------
-@pytest.mark.parametrize("format_name", ["delta", "iceberg", "hudi"])
+@pytest.mark.parametrize("format_name", ["iceberg", "hudi"])
 def test_a_tables_folder_is_refused_before_spark_starts(model_path, tmp_path, monkeypatch, format_name):
     import test_tables
 
@@ -804,13 +804,7 @@ def test_a_tables_folder_is_refused_before_spark_starts(model_path, tmp_path, mo
     code, lines = run_spark_cli(table, tmp_path / "scored", "--model", model_path)
     assert code == 65 and len(lines) == 1
     assert lines[0].startswith(f"error: {table}: is ")
-    if format_name == "delta":  # the local job reads it (the delta extra); Spark does not yet
-        assert lines[0].endswith(". The Spark job does not read Delta Lake tables yet; score "
-                                 "it with python -m score, or score a snapshot exported to plain "
-                                 "Parquet (the table's live rows, for example with Spark, DuckDB or "
-                                 "Polars), not the table's folder")
-    else:
-        assert lines == run_score(table, tmp_path / "local", "--model", model_path, "--quiet").lines
+    assert lines == run_score(table, tmp_path / "local", "--model", model_path, "--quiet").lines
     assert not (tmp_path / "scored").exists()
 
 
@@ -818,15 +812,58 @@ def test_a_tables_folder_is_refused_before_spark_starts(model_path, tmp_path, mo
 @needs_spark
 def test_run_refuses_a_tables_folder_through_the_session(spark, model_path, tmp_path):
     """scale.run, as a notebook calls it, checks INPUT itself (the command line checks first)."""
-    from test_tables import delta_table
+    from test_tables import delta_table, hudi_table
 
     from score.spark.hadoop import table_format
 
-    table = delta_table(tmp_path / "events")
+    table = hudi_table(tmp_path / "events")
     config = scale.SparkJobConfig(str(table), str(tmp_path / "scored"), model_path)
-    with pytest.raises(InvalidInput, match="is a Delta Lake table"):
+    with pytest.raises(InvalidInput, match="is an Apache Hudi table"):
         scale.run(spark, config, load(model_path), scale.SparkRunState())
     assert not (tmp_path / "scored").exists()
     # A store's folder is looked at through Spark's Hadoop file system (here a file:// URI).
-    assert table_format(spark, f"file://{table}") == (("a Delta Lake table", "_delta_log/"), "")
-    assert table_format(spark, f"file://{tmp_path}") is None
+    assert table_format(spark, f"file://{table}") == (("an Apache Hudi table", ".hoodie/"), "")
+    delta = delta_table(tmp_path / "delta")
+    assert table_format(spark, f"file://{delta}") == (("a Delta Lake table", "_delta_log/"), "")
+    assert table_format(spark, f"file://{tmp_path / 'delta' / '_delta_log'}") is None
+
+
+# A Delta Lake INPUT on Spark ---------------------------------------------------------------------
+@pytest.mark.slow
+@needs_spark
+def test_spark_reads_a_delta_tables_live_rows_as_the_local_job_does(spark, model_path, tmp_path):
+    deltalake = pytest.importorskip("deltalake")
+    from test_delta import events
+
+    table = tmp_path / "events"
+    deltalake.write_deltalake(table, events(100, 1, day=["d1"] * 100), partition_by=["day"])
+    deltalake.write_deltalake(table, events(80, 2, day=["d2"] * 80), partition_by=["day"], mode="overwrite")
+    deltalake.write_deltalake(table, events(40, 3, day=["d3"] * 40), partition_by=["day"], mode="append")
+    deltalake.DeltaTable(table).delete("id < 2010")
+    local = run_score(table, tmp_path / "local.parquet", "--model", model_path, "--quiet")
+    assert local.code == 0, local.stderr
+    config = scale.SparkJobConfig(str(table), str(tmp_path / "spark"), model_path)
+    state = scale.run(spark, config, load(model_path), scale.SparkRunState())
+    expected = pq.read_table(tmp_path / "local.parquet").sort_by("id")
+    found = pq.read_table(tmp_path / "spark").sort_by("id")
+    assert found.num_rows == expected.num_rows == 110  # 80 - 10 deleted + 40; never the dead 100
+    assert found.column_names == expected.column_names
+    for name in ("id", "x", "day", "y_pred", "top_k_values", "error"):
+        assert found.column(name).to_pylist() == expected.column(name).to_pylist(), name
+    assert state.input_table["version"] == 3
+    older = scale.SparkJobConfig(str(table), str(tmp_path / "spark-v1"), model_path, input_version=1)
+    scale.run(spark, older, load(model_path), scale.SparkRunState())
+    assert pq.read_table(tmp_path / "spark-v1").num_rows == 80
+
+
+def test_spark_with_key_refuses_a_delta_table_before_spark_starts(model_path, tmp_path, monkeypatch):
+    deltalake = pytest.importorskip("deltalake")
+    from test_delta import events
+
+    table = tmp_path / "events"
+    deltalake.write_deltalake(table, events(10, 1))
+    monkeypatch.setattr(spark_session, "start_session", lambda config: pytest.fail("Spark started"))
+    code, lines = run_spark_cli(table, tmp_path / "scored", "--model", model_path, "--key", "id",
+                                "--state-out", tmp_path / "state")
+    assert (code, lines) == (2, [f"error: {table}: is a Delta Lake table; python -m score.spark --key "
+                                 f"does not read Delta Lake tables yet: score it with python -m score --key"])

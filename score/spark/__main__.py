@@ -80,13 +80,16 @@ def parser() -> argparse.ArgumentParser:
                 "OUTPUT only within the limit (default: off)",
         quiet="no line when the job is done",
     )
+    p.add_argument("--input-version", type=cli.non_negative_int, default=None, metavar="N",
+                   help="a Delta Lake INPUT: read the table as of version N (time travel; "
+                        "default: its latest)")
     cli.add_state_flags(p)
     return p
 
 
 def _config(args: argparse.Namespace) -> SparkJobConfig:
     return SparkJobConfig(**cli.run_fields(args), **cli.state_fields(args), threads=args.threads,
-                          master=args.master, quiet=args.quiet)
+                          master=args.master, quiet=args.quiet, input_version=args.input_version)
 
 
 class _Signals:

@@ -8,10 +8,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from score import job, storage, summary, tables
+from score import delta, job, storage, summary, tables
 from score import model as models
 from score.core import BatchStats, ScoreOptions, empty_stats
 from score.errors import InputMissing, InvalidInput, OutputError, SeqscoreError, UsageError
+from score.spark import delta as spark_delta
 from score.spark.dataframe import DEFAULT_THREADS, score_frame
 from score.spark.failures import condition, spark_error
 from score.spark.hadoop import child, exists, remove_output, rename, table_format
@@ -39,6 +40,7 @@ class SparkJobConfig:
     max_psi: float | None = None  # publish only when no step's input or prediction PSI exceeds it
     min_accuracy: float | None = None  # publish only at or above this top-1 accuracy (--labels)
     min_estimated_accuracy: float | None = None  # publish only at or above this mean top-1 probability
+    input_version: int | None = None  # a Delta Lake INPUT: the version to read (None: latest)
     key: str | None = None  # --key: scheduled runs that carry each key's state (score.spark.keyed)
     state_in: str | None = None
     state_out: str | None = None
@@ -60,6 +62,7 @@ class SparkRunState:
     created: list[str] = field(default_factory=list)
     published: bool = False  # OUTPUT holds this run's dataset, _SUCCESS included
     keyed: KeyedRecord | None = None  # a run with --key: its keys and state
+    input_table: dict | None = None  # a Delta Lake INPUT: its format, version and files read
 
     @property
     def rows(self) -> int:
@@ -80,8 +83,13 @@ def check_locations(config: SparkJobConfig) -> None:
     target = os.path.abspath(storage.local_path(config.output))
     if not os.path.exists(source):
         raise InputMissing(f"{config.input}: no such file or directory")
-    if os.path.isdir(source):  # a table's folder is never read as loose Parquet (score.tables)
-        tables.check_not_a_table(config.input, storage.list_tree(config.input), spark=True)
+    if spark_delta.is_delta_root(None, config.input):  # read through its log (score.spark.delta)
+        spark_delta.check(config.input, config.key)
+    elif os.path.isdir(source):  # a table's folder is never read as loose Parquet (score.tables)
+        tables.check_not_a_table(config.input, storage.list_tree(config.input))
+    elif config.input_version is not None:
+        raise UsageError(f"--input-version: {config.input} is not a Delta Lake table (no _delta_log/ "
+                         f"in it); time travel reads a table's earlier version")
     if os.path.realpath(target) == os.path.realpath(source):
         raise UsageError(f"OUTPUT is INPUT ({config.output}); choose another output path")
     if os.path.realpath(target).startswith(os.path.realpath(source).rstrip(os.sep) + os.sep):
@@ -100,14 +108,14 @@ def check_not_a_table(session: SparkSession, location: str) -> None:
     reader would read every file in it, the table's dead ones too (score.tables)."""
     if not storage.is_uri(location):
         if os.path.isdir(storage.local_path(location)):
-            tables.check_not_a_table(location, storage.list_tree(location), spark=True)
+            tables.check_not_a_table(location, storage.list_tree(location))
         return
     try:
         found = table_format(session, location)
     except Exception:  # noqa: BLE001  (a store Spark cannot list: its read says why, in one line)
         return
     if found is not None:
-        raise tables.refusal(location, found, spark=True)
+        raise tables.refusal(location, found)
 
 
 def output_exists(location: str) -> OutputError:
@@ -147,7 +155,13 @@ def run(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
                        spark_version=session.version)
     if config.batch_size is not None:
         session.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.batch_size))
-    check_not_a_table(session, config.input)
+    snapshot = None
+    if spark_delta.is_delta_root(session, config.input):
+        spark_delta.check(config.input, config.key)
+        snapshot = delta.open_snapshot(config.input, config.input_version)
+        state.input_table = snapshot.describe()
+    else:
+        check_not_a_table(session, config.input)
     if config.key is not None:
         return _run_keyed(session, config, scorer, state)
     gated = (config.max_psi, config.min_accuracy, config.min_estimated_accuracy) != (None, None, None)
@@ -155,7 +169,8 @@ def run(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
     accumulator = context.accumulator(empty_stats(scorer), StatsParam(empty_stats(scorer)))
     try:
         # 1. Planning only: no task runs before the write.
-        df = session.read.parquet(config.input)
+        df = session.read.parquet(config.input) if snapshot is None else \
+            spark_delta.read_snapshot(session, snapshot)
         try:
             scored = score_frame(df, scorer, config.model, config.options, config.threads, accumulator)
         except InvalidInput as error:
@@ -319,5 +334,6 @@ def summary_of(config: SparkJobConfig, state: SparkRunState, exit_code: int,
     return summary.build(state, exit_code=exit_code, error=error, input_location=config.input,
                          output_location=config.output, options=config.options,
                          rows_in=state.rows, rows_out=state.rows if state.published else 0,
-                         run={"spark": spark, **(state.keyed.to_dict() if state.keyed else {})},
+                         run={"spark": spark, **(state.keyed.to_dict() if state.keyed else {}),
+                              **({"input_table": state.input_table} if state.input_table else {})},
                          keyed=state.keyed is not None)

@@ -1,0 +1,59 @@
+"""A Delta Lake INPUT on Spark: the table's live files, as delta-rs's log replay names them
+(score.delta, the same child process the local job runs), read by Spark's Parquet reader with
+each file's partition values added as columns. Spark's own Parquet reader never sees the
+table's folder, so the dead files in it are never read."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import TYPE_CHECKING
+
+from score import delta, storage, tables
+from score.errors import UsageError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+
+def is_delta_root(session: SparkSession | None, location: str) -> bool:
+    """Whether INPUT is a Delta table's root (local: one listing; a store: Spark's file system)."""
+    if not storage.is_uri(location):
+        path = storage.local_path(location)
+        return os.path.isdir(path) and tables.format_of(storage.list_tree(location)) == (tables.DELTA, "")
+    from score.spark.hadoop import table_format
+
+    try:
+        return table_format(session, location) == (tables.DELTA, "")
+    except Exception:  # noqa: BLE001  (a store Spark cannot list: its read says why, in one line)
+        return False
+
+
+def check(location: str, key: str | None) -> None:
+    """A Delta INPUT on Spark needs the extra, and is not read with --key yet."""
+    if not delta.available():
+        raise tables.refusal(location, (tables.DELTA, ""))
+    if key is not None:
+        raise UsageError(f"{location}: is a Delta Lake table; python -m score.spark --key does not "
+                         f"read Delta Lake tables yet: score it with python -m score --key")
+
+
+def read_snapshot(session: SparkSession, snapshot: delta.Snapshot) -> DataFrame:
+    """The snapshot's live rows as a DataFrame, columns in the table's order."""
+    from pyspark.sql import functions as F  # noqa: N812
+    from pyspark.sql.pandas.types import from_arrow_schema, from_arrow_type
+
+    schema = snapshot.schema_arrow
+    if not snapshot.live:
+        return session.createDataFrame([], from_arrow_schema(schema))
+    groups: dict[tuple, list[str]] = {}
+    for file in snapshot.live:
+        groups.setdefault(tuple(sorted(file.partition.items())), []).append(file.location)
+    frames = []
+    for values, paths in groups.items():
+        frame = session.read.parquet(*paths)
+        for name, value in values:
+            frame = frame.withColumn(name, F.lit(value).cast(from_arrow_type(schema.field(name).type)))
+        frames.append(frame)
+    joined = functools.reduce(lambda left, right: left.unionByName(right, allowMissingColumns=True), frames)
+    return joined.select(*schema.names)
