@@ -33,7 +33,7 @@ def run(scorer: models.Scorer, config: JobConfig, state: RunState) -> None:
     nothing (exit 0, said on stderr)."""
     txn = delta_output.parse_txn(config.txn_id)
     target = delta_output.inspect(config.output, config.mode, txn)
-    pairs = inputs.plan_inputs(config.input, config.output, config.input_version)
+    pairs, _ = inputs.plan(config.input, config.output, config.input_version, output_is_table=True)
     done = delta_output.already_committed(target, txn)
     if done is not None:
         state.output_table = {"format": "delta", "location": config.output, "version": target.version,

@@ -41,16 +41,17 @@ def _inside(child: str, parent: str) -> bool:
     return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
 
 
-def plan(input_location: str, output_location: str, input_version: int | None = None
-         ) -> tuple[list[tuple[str, str, str]], bool]:
+def plan(input_location: str, output_location: str, input_version: int | None = None,
+         output_is_table: bool = False) -> tuple[list[tuple[str, str, str]], bool]:
     """(input, output, relative name) for each file, and whether this is directory mode. A
-    Delta Lake table's folder is one input, read through its log (score.delta), like a file."""
+    Delta Lake table's folder is one input, read through its log (score.delta), like a file.
+    ``output_is_table``: OUTPUT is one Delta table (score.delta_output), whatever INPUT is."""
     if _same_location(input_location, output_location):
         raise UsageError(f"OUTPUT is INPUT ({output_location}); choose another output path")
     if storage.kind(input_location) == "file":
         if input_version is not None:
             raise _version_needs_a_table(input_location)
-        if storage.is_directory(output_location, for_output=True):
+        if not output_is_table and storage.is_directory(output_location, for_output=True):
             raise _output_is_directory(output_location)
         return [(input_location, output_location, "")], False
     if _inside(output_location, input_location):
@@ -60,7 +61,7 @@ def plan(input_location: str, output_location: str, input_version: int | None = 
         )
     listing = storage.list_tree(input_location)
     if tables.format_of(listing) == (tables.DELTA, "") and delta.available():
-        if storage.is_directory(output_location, for_output=True):
+        if not output_is_table and storage.is_directory(output_location, for_output=True):
             raise OutputError(f"{output_location}: is a directory; INPUT is a Delta Lake table, "
                               f"so OUTPUT must be a file path")
         return [(input_location, output_location, "")], False
@@ -71,32 +72,7 @@ def plan(input_location: str, output_location: str, input_version: int | None = 
     if not entries:
         raise InputMissing(f"{input_location}: no *.parquet files in this directory")
     return [(entry.location, storage.join(output_location, entry.relative), entry.relative)
-            for entry in entries], True
-
-
-def plan_inputs(input_location: str, output_location: str, input_version: int | None = None
-                ) -> list[tuple[str, str, str]]:
-    """The inputs of a run whose OUTPUT is one table (score.delta_output): plan's files (a
-    Delta table is one), OUTPUT neither INPUT nor inside it."""
-    if _same_location(input_location, output_location):
-        raise UsageError(f"OUTPUT is INPUT ({output_location}); choose another output path")
-    if storage.kind(input_location) == "file":
-        if input_version is not None:
-            raise _version_needs_a_table(input_location)
-        return [(input_location, output_location, "")]
-    if _inside(output_location, input_location):
-        raise UsageError(f"OUTPUT {output_location} is inside INPUT {input_location}; a later run "
-                         f"would score its own output. Choose a location outside the input")
-    listing = storage.list_tree(input_location)
-    if tables.format_of(listing) == (tables.DELTA, "") and delta.available():
-        return [(input_location, output_location, "")]
-    if input_version is not None:
-        raise _version_needs_a_table(input_location)
-    tables.check_not_a_table(input_location, listing)
-    entries = storage.parquet_entries(input_location, listing)
-    if not entries:
-        raise InputMissing(f"{input_location}: no *.parquet files in this directory")
-    return [(entry.location, output_location, entry.relative) for entry in entries]
+            for entry in entries], not output_is_table
 
 
 def _version_needs_a_table(location: str) -> Exception:

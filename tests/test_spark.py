@@ -867,3 +867,11 @@ def test_spark_with_key_refuses_a_delta_table_before_spark_starts(model_path, tm
                                 "--state-out", tmp_path / "state")
     assert (code, lines) == (2, [f"error: {table}: is a Delta Lake table; python -m score.spark --key "
                                  f"does not read Delta Lake tables yet: score it with python -m score --key"])
+
+
+def test_spark_input_version_on_plain_parquet_is_a_usage_error(model_path, tmp_path, monkeypatch):
+    source = write_x(tmp_path / "plain.parquet", random_x(5))
+    monkeypatch.setattr(spark_session, "start_session", lambda config: pytest.fail("Spark started"))
+    code, lines = run_spark_cli(source, tmp_path / "scored", "--model", model_path, "--input-version", "0")
+    assert (code, lines) == (2, [f"error: --input-version: {source} is not a Delta Lake table (no "
+                                 f"_delta_log/ in it); time travel reads a table's earlier version"])

@@ -16,26 +16,33 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 
-def is_delta_root(session: SparkSession | None, location: str) -> bool:
-    """Whether INPUT is a Delta table's root (local: one listing; a store: Spark's file system)."""
+def table_at(session: SparkSession | None, location: str) -> tuple[tuple[str, str], str] | None:
+    """The table INPUT is or holds (score.tables.format_of), from one look: a local folder's
+    listing, or a store's markers through Spark's file system; None for plain Parquet."""
     if not storage.is_uri(location):
-        path = storage.local_path(location)
-        return os.path.isdir(path) and tables.format_of(storage.list_tree(location)) == (tables.DELTA, "")
+        if not os.path.isdir(storage.local_path(location)):
+            return None
+        return tables.format_of(storage.list_tree(location))
     from score.spark.hadoop import table_format
 
     try:
-        return table_format(session, location) == (tables.DELTA, "")
+        return table_format(session, location)
     except Exception:  # noqa: BLE001  (a store Spark cannot list: its read says why, in one line)
+        return None
+
+
+def reads(location: str, found: tuple[tuple[str, str], str] | None, key: str | None) -> bool:
+    """Whether INPUT is a Delta table Spark reads through its log; any other table is refused
+    (65): Spark's Parquet reader would read every file in its folder, the dead ones too. A
+    Delta INPUT needs the extra, and is not read with --key yet."""
+    if found is None:
         return False
-
-
-def check(location: str, key: str | None) -> None:
-    """A Delta INPUT on Spark needs the extra, and is not read with --key yet."""
-    if not delta.available():
-        raise tables.refusal(location, (tables.DELTA, ""))
+    if found != (tables.DELTA, "") or not delta.available():
+        raise tables.refusal(location, found)
     if key is not None:
         raise UsageError(f"{location}: is a Delta Lake table; python -m score.spark --key does not "
                          f"read Delta Lake tables yet: score it with python -m score --key")
+    return True
 
 
 def read_snapshot(session: SparkSession, snapshot: delta.Snapshot) -> DataFrame:

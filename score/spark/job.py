@@ -8,14 +8,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from score import delta, job, storage, summary, tables
+from score import delta, job, storage, summary
 from score import model as models
 from score.core import BatchStats, ScoreOptions, empty_stats
 from score.errors import InputMissing, InvalidInput, OutputError, SeqscoreError, UsageError
 from score.spark import delta as spark_delta
 from score.spark.dataframe import DEFAULT_THREADS, score_frame
 from score.spark.failures import condition, spark_error
-from score.spark.hadoop import child, exists, remove_output, rename, table_format
+from score.spark.hadoop import child, exists, remove_output, rename
 from score.spark.worker import StatsParam
 
 if TYPE_CHECKING:
@@ -83,11 +83,8 @@ def check_locations(config: SparkJobConfig) -> None:
     target = os.path.abspath(storage.local_path(config.output))
     if not os.path.exists(source):
         raise InputMissing(f"{config.input}: no such file or directory")
-    if spark_delta.is_delta_root(None, config.input):  # read through its log (score.spark.delta)
-        spark_delta.check(config.input, config.key)
-    elif os.path.isdir(source):  # a table's folder is never read as loose Parquet (score.tables)
-        tables.check_not_a_table(config.input, storage.list_tree(config.input))
-    elif config.input_version is not None:
+    read_through_log = spark_delta.reads(config.input, spark_delta.table_at(None, config.input), config.key)
+    if not read_through_log and config.input_version is not None:
         raise UsageError(f"--input-version: {config.input} is not a Delta Lake table (no _delta_log/ "
                          f"in it); time travel reads a table's earlier version")
     if os.path.realpath(target) == os.path.realpath(source):
@@ -101,21 +98,6 @@ def check_locations(config: SparkJobConfig) -> None:
         raise output_exists(config.output)
     if not os.path.isdir(os.path.dirname(target)):
         raise OutputError(f"{config.output}: the parent directory does not exist")
-
-
-def check_not_a_table(session: SparkSession, location: str) -> None:
-    """Refuse (65) INPUT that is a Delta Lake, Iceberg or Hudi table's folder: Spark's Parquet
-    reader would read every file in it, the table's dead ones too (score.tables)."""
-    if not storage.is_uri(location):
-        if os.path.isdir(storage.local_path(location)):
-            tables.check_not_a_table(location, storage.list_tree(location))
-        return
-    try:
-        found = table_format(session, location)
-    except Exception:  # noqa: BLE001  (a store Spark cannot list: its read says why, in one line)
-        return
-    if found is not None:
-        raise tables.refusal(location, found)
 
 
 def output_exists(location: str) -> OutputError:
@@ -155,13 +137,10 @@ def run(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
                        spark_version=session.version)
     if config.batch_size is not None:
         session.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.batch_size))
-    snapshot = None
-    if spark_delta.is_delta_root(session, config.input):
-        spark_delta.check(config.input, config.key)
+    snapshot = None  # a Delta table's, read through its log; any other table is refused
+    if spark_delta.reads(config.input, spark_delta.table_at(session, config.input), config.key):
         snapshot = delta.open_snapshot(config.input, config.input_version)
         state.input_table = snapshot.describe()
-    else:
-        check_not_a_table(session, config.input)
     if config.key is not None:
         return _run_keyed(session, config, scorer, state)
     gated = (config.max_psi, config.min_accuracy, config.min_estimated_accuracy) != (None, None, None)
