@@ -7,13 +7,15 @@ Tables are made here with `deltalake` itself (the `delta` extra, which make setu
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import FIXTURE_MODEL, RAGGED_MODEL, assert_refused, read_json, run_score
+from conftest import FIXTURE_MODEL, RAGGED_MODEL, ROOT, assert_refused, read_json, run_score
 
 deltalake = pytest.importorskip("deltalake")
 
@@ -194,3 +196,14 @@ def test_a_table_in_a_folder_of_tables_is_refused(churned, tmp_path):
     result = run_score(lake, out, "--model", FIXTURE_MODEL, "--quiet")
     assert result.code == 65 and "holds a Delta Lake table in events/" in result.lines[0], result.stderr
     assert "Score each table by its own folder" in result.lines[0]
+
+
+def test_the_scoring_process_never_imports_delta_rs(churned, tmp_path):
+    """The log is replayed in a child: the job over a table holds no delta-rs runtime."""
+    code = ("import sys; from score.__main__ import main; "
+            f"code = main([{str(churned)!r}, {str(tmp_path / 'out.parquet')!r}, '--model', "
+            f"{str(FIXTURE_MODEL)!r}, '--quiet']); "
+            "assert code == 0, code; assert 'deltalake' not in sys.modules, 'imported'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert pq.read_table(tmp_path / "out.parquet").num_rows == 140
