@@ -153,13 +153,14 @@ def file_prefixes(workload: Workload) -> int:
 
 def write_seconds(workload: Workload, config: BenchConfig) -> float:
     """Score ``workload`` once more, keeping the output, and time writing that output again with
-    the job's writer (score.job.dictionary_columns, batches of the job's default size) in this
+    the job's writer (score.columns.dictionary_columns, batches of the job's default size) in this
     process, best of config.repeat."""
     import time
 
     import pyarrow.parquet as pq
 
-    from score.job import DEFAULT_BATCH_SIZE, dictionary_columns
+    from score.columns import dictionary_columns
+    from score.job import DEFAULT_BATCH_SIZE
 
     scored = os.path.join(config.work, "floor-scored.parquet")
     again = os.path.join(config.work, "floor-written.parquet")

@@ -94,6 +94,17 @@ def main(argv: list[str] | None = None,
 
 
 def _main(args: argparse.Namespace, adjust: Callable[[JobConfig], JobConfig] | None) -> int:
+    from score import delta_prefetch
+
+    # Beside the imports and the model's load: what the run will ask of a local Delta table.
+    delta_prefetch.start_for(args.input, args.input_version, args.output, args.output_format, args.txn_id)
+    try:
+        return _run(args, adjust)
+    finally:
+        delta_prefetch.stop()
+
+
+def _run(args: argparse.Namespace, adjust: Callable[[JobConfig], JobConfig] | None) -> int:
     from score import job, monitor, pipeline, summary
 
     pipeline.keep_freed_memory()

@@ -19,13 +19,12 @@ import base64
 import importlib.util
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from score import storage
+from score import delta_prefetch, storage
 from score.errors import InputMissing, InvalidInput, StorageError, first_line
 
 EXTRA = "pip install -e '.[delta]'"  # what installs the support (make setup does)
@@ -139,8 +138,6 @@ def _in_schema(batch: pa.RecordBatch, schema: pa.Schema, partition: dict[str, An
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-
-
 def open_snapshot(location: str, version: int | None = None) -> Snapshot:
     """The table at ``version`` (None: its latest), or the named error the log's reader raised.
 
@@ -149,17 +146,25 @@ def open_snapshot(location: str, version: int | None = None) -> Snapshot:
     over a table that of a run over its files."""
     if not available():
         raise InvalidInput(f"{location}: is a Delta Lake table; reading it needs the delta extra: {EXTRA}")
-    command = [sys.executable, "-m", "score.delta_log", location, "" if version is None else str(version)]
+    return Snapshot(location, ask_log(location, delta_prefetch.reading(location, version)))
+
+
+def ask_log(location: str, arguments: tuple[str, ...]) -> dict[str, Any]:
+    """The answer of the log's child process (score.delta_log) for ``arguments``: started
+    early by score.delta_prefetch, or now; its error raised as the named error it is."""
+    child = delta_prefetch.take(arguments)
     try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=CHILD_SECONDS)
+        stdout, stderr = child.communicate(timeout=CHILD_SECONDS)
     except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
         raise StorageError(f"{location}: reading the table's log took over {CHILD_SECONDS} s") from None
     try:
-        answer = json.loads(done.stdout.strip().splitlines()[-1])
+        answer = json.loads(stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         raise InvalidInput(f"{location}: the table's log could not be read "
-                           f"({first_line(done.stderr) or f'exit {done.returncode}'})") from None
+                           f"({first_line(stderr) or f'exit {child.returncode}'})") from None
     if answer.get("error"):
         kind = {65: InvalidInput, 66: InputMissing, 74: StorageError}.get(answer["exit_code"], InvalidInput)
         raise kind(answer["error"])
-    return Snapshot(location, answer)
+    return answer

@@ -55,6 +55,7 @@ def run(scorer: models.Scorer, config: JobConfig, state: RunState) -> None:
                                f"takes one schema (score the files apart, or align them)")
     if target.exists and config.mode == "append":
         delta_output.check_schema(target, schema)
+    written = delta_output.file_schema(target, schema, config.mode)
     cache = new_cache(scorer, config.options)
 
     def batches():
@@ -70,7 +71,7 @@ def run(scorer: models.Scorer, config: JobConfig, state: RunState) -> None:
                 state.rows_in += batch.num_rows
                 rows += batch.num_rows
                 invalid += int(batch_stats.rows - batch_stats.reason_counts[0])
-                yield scored.cast(schema) if not scored.schema.equals(schema) else scored
+                yield delta_output.conform(scored, written, config.output)
             state.files.append(FileResult(location, config.output, rows, invalid,
                                           time.perf_counter() - started))
 
@@ -79,9 +80,16 @@ def run(scorer: models.Scorer, config: JobConfig, state: RunState) -> None:
         check_gates(config.input, scorer, state.stats, config)
 
     try:
-        version = delta_output.write(target, schema, batches(), config.mode, txn, floors)
+        version = delta_output.write(target, written, batches(), config.mode, txn, floors,
+                                     threaded=config.threaded_io)
     finally:
         state.drift = drift_report(scorer, state.stats)
+    if version is None:  # another run committed the same transaction meanwhile
+        state.output_table = {"format": "delta", "location": config.output, "version": None,
+                              "committed": False, "transaction": str(txn), "already_committed": True}
+        state.warnings.append(f"{config.output}: transaction {txn} was committed by another run "
+                              f"while this one scored; nothing was published")
+        return
     state.output_table = {"format": "delta", "location": config.output, "version": version,
                           "committed": True, "mode": config.mode or "create",
                           "transaction": str(txn) if txn is not None else None}

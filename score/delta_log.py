@@ -1,6 +1,8 @@
 """`python -m score.delta_log LOCATION [VERSION]`: replay a Delta Lake table's log with delta-rs
 and print one JSON line: the version read, the latest, the Arrow schema (IPC, base64), and the
 live files with their row counts and partition values; or the error, named as the job names it.
+`python -m score.delta_log --target LOCATION APP`: an OUTPUT table's version, schema, and the
+version APP's transactions have reached.
 
 The scoring job runs this in a short child process (score.delta.open_snapshot), so delta-rs's
 runtime and the log's state never take memory in the scoring process.
@@ -152,10 +154,28 @@ def _text(value) -> str | None:
     return str(value)
 
 
-def main(argv: list[str] | None = None) -> int:
-    location, version = (argv if argv is not None else sys.argv[1:])[:2]
+def target(location: str, app: str) -> dict:
+    """What a run writing into the table must know of it first: its version, its schema, and
+    the version APP's transactions have reached (None: none recorded, or no APP)."""
+    from deltalake import DeltaTable
+
     try:
-        answer = resolve(location, int(version) if version else None)
+        table = DeltaTable(table_uri(location), storage_options=storage_options(location))
+        schema = pa.schema(table.schema().to_arrow())
+        return {"version": table.version(), "schema": base64.b64encode(schema.serialize().to_pybytes()).decode(),
+                "recorded": table.transaction_version(app) if app else None}
+    except Exception as error:  # noqa: BLE001  (delta-rs' exceptions, named by translate)
+        raise translate(location, error) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = argv if argv is not None else sys.argv[1:]
+    location = arguments[1] if arguments[0] == "--target" else arguments[0]
+    try:
+        if arguments[0] == "--target":
+            answer = target(arguments[1], arguments[2])
+        else:
+            answer = resolve(location, int(arguments[1]) if arguments[1] else None)
     except SeqscoreError as error:
         answer = {"error": str(error), "exit_code": error.exit_code}
     except Exception as error:  # noqa: BLE001  (one line for the parent, never a traceback)

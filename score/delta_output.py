@@ -1,22 +1,27 @@
 """Writing the scored rows as a Delta Lake table (--output-format delta), committed once.
 
-The scored batches stream into delta-rs's writer (`write_deltalake` over a record batch reader)
-and the table gets one commit at the end: a reader sees the previous version or the new one,
-never a part. A run that fails or is killed commits nothing; the files it wrote are orphans a
-vacuum removes. `--txn-id APP:VERSION` records the application's transaction in that commit
+The scored batches stream into Parquet data files under the table's root, written by the job's
+own writer (score.delta_files), and delta-rs commits them once at the end: a reader sees the
+previous version or the new one, never a part. A run that fails commits nothing and removes its
+files; a run that is killed leaves them as orphans a vacuum removes. delta-rs is imported only
+for the table's side (what the table is now, the commit), never to hold the rows. `--txn-id APP:VERSION` records the application's transaction in that commit
 (Delta's `txn` action): a rerun whose VERSION the table already holds for APP publishes
 nothing and exits 0 saying so, which makes a retried daily append exactly-once.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from score import delta, delta_log, storage
+from score import delta, delta_log, delta_prefetch, delta_types, pipeline, storage
+from score.delta_files import DataFile, DataFiles
 from score.errors import (
     InvalidInput,
     OutputError,
@@ -28,8 +33,8 @@ from score.errors import (
 
 MODES = ("append", "overwrite")
 TXN = re.compile(r"^(?P<app>[^:\s]+):(?P<version>\d+)$")
-FILE_BYTES = 64 << 20  # one data file per 64 MB written: bounded memory in delta-rs's writer
-ROW_GROUP_ROWS = 65_536
+RUN_KEY = "seqscore.run"  # the commit's custom metadata: which run committed it
+HISTORY = 20  # commits read back to find this run's (others may land right after it)
 
 
 @dataclass(frozen=True)
@@ -89,16 +94,9 @@ def inspect(location: str, mode: str | None, txn: Transaction | None) -> Target:
     if mode is None:
         raise UsageError(f"{location}: is a Delta Lake table already; say --mode append or --mode "
                          f"overwrite (neither is safe to guess)")
-    from deltalake import DeltaTable
-
-    try:
-        table = DeltaTable(delta_log.table_uri(location),
-                           storage_options=delta_log.storage_options(location))
-        recorded = table.transaction_version(txn.app) if txn is not None else None
-        schema = pa.schema(table.schema().to_arrow())
-        return Target(location, True, table.version(), schema, recorded)
-    except Exception as error:  # noqa: BLE001  (delta-rs' exceptions, named)
-        raise delta_log.translate(location, error) from None
+    found = delta.ask_log(location, delta_prefetch.inspecting(location, txn.app if txn is not None else None))
+    schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(found["schema"])))
+    return Target(location, True, int(found["version"]), schema, found["recorded"])
 
 
 def already_committed(target: Target, txn: Transaction | None) -> str | None:
@@ -149,50 +147,96 @@ def check_schema(target: Target, schema: pa.Schema) -> None:
                            f"the table's: {'; '.join(problems)}; nothing was committed")
 
 
-def write(target: Target, schema: pa.Schema, batches: Iterator[pa.RecordBatch], mode: str | None,
-          txn: Transaction | None, finish: Callable[[], None]) -> int:
-    """Stream ``batches`` into the table and commit once; ``finish`` runs after the last batch
-    and before the commit (the run's floors: an exception there commits nothing). Returns the
-    version committed."""
-    from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
-    from deltalake import Transaction as DeltaTransaction
+def file_schema(target: Target, schema: pa.Schema, mode: str | None) -> pa.Schema:
+    """The Arrow schema the data files are written in: an append's, the table's own; else the
+    run's output in the types Delta keeps (score.delta_types)."""
+    if target.exists and mode == "append" and target.schema is not None:
+        return target.schema
+    return delta_types.delta_schema(schema, target.location)
 
-    failure: list[BaseException] = []
 
-    def stream() -> Iterator[pa.RecordBatch]:
-        try:
-            yield from batches
-            finish()
-        except BaseException as error:  # noqa: BLE001  (kept, raised again as it was)
-            failure.append(error)
-            raise
-
-    properties = CommitProperties(app_transactions=[DeltaTransaction(app_id=txn.app, version=txn.version)]
-                                  if txn is not None else None)
+def conform(batch: pa.RecordBatch, schema: pa.Schema, location: str) -> pa.RecordBatch:
+    """A scored batch in the files' schema (file_schema); values a type cannot hold are refused."""
+    if batch.schema.equals(schema):
+        return batch
     try:
-        write_deltalake(
-            delta_log.table_uri(target.location),
-            pa.RecordBatchReader.from_batches(schema, stream()),
-            mode=(mode or "error") if target.exists else "error",
-            schema_mode="overwrite" if target.exists and mode == "overwrite" else None,
-            storage_options=delta_log.storage_options(target.location),
-            target_file_size=FILE_BYTES,
-            writer_properties=WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="SNAPPY"),
-            commit_properties=properties,
-        )
+        return batch.select(schema.names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
+        raise InvalidInput(f"{location}: the scored rows do not fit the table's column types "
+                           f"({first_line(error)}); nothing was committed") from None
+
+
+def write(target: Target, schema: pa.Schema, batches: Iterator[pa.RecordBatch], mode: str | None,
+          txn: Transaction | None, finish: Callable[[], None], threaded: bool = True) -> int | None:
+    """Write ``batches`` (in file_schema) as data files under the table and commit them once;
+    ``finish`` runs after the last batch and before the commit (the run's floors: an exception
+    there commits nothing, and the files written are removed). Returns the version committed,
+    or None when another run committed ``txn`` meanwhile (nothing is committed then)."""
+    files = DataFiles(target.location, schema)
+    background = pipeline.BackgroundWriter(files) if threaded else None
+    try:
+        try:
+            for batch in batches:
+                background.write(batch) if background is not None else files.write_batch(batch)
+            if background is not None:
+                background.finish()
+            written = files.finish()
+        except OSError as error:
+            raise storage.write_error(target.location, error) from None
+        finish()
+    except BaseException:
+        if background is not None:
+            try:
+                background.finish()
+            except BaseException:  # noqa: BLE001  (the first error is the one to report)
+                pass
+        files.abort()
+        raise
+    pipeline.release_freed_memory()  # the batches' blocks, before delta-rs comes in
+    version = commit(target, schema, written, mode, txn)
+    if version is None:
+        files.abort()
+    return version
+
+
+def commit(target: Target, schema: pa.Schema, files: list[DataFile], mode: str | None,
+           txn: Transaction | None) -> int | None:
+    """One commit that adds ``files`` (written in ``schema`` under the table's root) with
+    delta-rs: a new table, an append, or an overwrite that removes every file live before.
+    Returns the version committed; None when the table has recorded ``txn`` since it was
+    inspected (nothing committed). The local job and Spark's driver both commit here."""
+    from deltalake import CommitProperties, DeltaTable
+    from deltalake import Schema as DeltaSchema
+    from deltalake import Transaction as DeltaTransaction
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+
+    run = uuid.uuid4().hex  # finds this commit in the table's history
+    properties = CommitProperties(
+        custom_metadata={RUN_KEY: run},
+        app_transactions=[DeltaTransaction(app_id=txn.app, version=txn.version)] if txn is not None else None)
+    actions = [AddAction(file.path, file.size, {}, file.modified_ms, True,
+                         json.dumps({"numRecords": file.rows})) for file in files]
+    uri, options = delta_log.table_uri(target.location), delta_log.storage_options(target.location)
+    try:
+        if not target.exists:
+            create_table_with_add_actions(uri, DeltaSchema.from_arrow(schema), actions, mode="error",
+                                          storage_options=options, commit_properties=properties)
+            table = DeltaTable(uri, storage_options=options)
+        else:
+            table = DeltaTable(uri, storage_options=options)
+            recorded = table.transaction_version(txn.app) if txn is not None else None
+            if recorded is not None and recorded >= txn.version:
+                return None
+            table.create_write_transaction(actions, mode or "append", schema, commit_properties=properties)
+            table.update_incremental()
+        return next(int(entry["version"]) for entry in table.history(HISTORY) if entry.get(RUN_KEY) == run)
     except SeqscoreError:
         raise
-    except BaseException as error:  # noqa: BLE001  (delta-rs wraps what the stream raised)
-        if failure:
-            raise failure[0] from None
-        if isinstance(error, KeyboardInterrupt):
-            raise
+    except StopIteration:
+        raise StorageError(f"{target.location}: the commit is not in the table's last {HISTORY} "
+                           f"versions; read the table's history to see whether it landed") from None
+    except Exception as error:  # noqa: BLE001  (delta-rs' exceptions, named)
         raise _write_failure(target.location, error) from None
-    try:
-        return DeltaTable(delta_log.table_uri(target.location),
-                          storage_options=delta_log.storage_options(target.location)).version()
-    except Exception as error:  # noqa: BLE001
-        raise delta_log.translate(target.location, error) from None
 
 
 def _write_failure(location: str, error: BaseException) -> SeqscoreError:

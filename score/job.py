@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from score import __version__, delta_output, inputs, monitor, pipeline, quality, storage, summary
 from score import model as models
+from score.columns import dictionary_columns
 from score.core import (
     BatchStats,
     ResultCache,
@@ -166,18 +167,6 @@ def check_gates(location: str, scorer: models.Scorer, stats: BatchStats, config)
     check_max_psi(location, scorer, stats, config.max_psi)
     quality.check_floors(location, stats.quality, stats.confidence_sum, stats.scored_steps,
                          config.min_accuracy, config.min_estimated_accuracy)
-
-
-def dictionary_columns(schema: pa.Schema) -> list[str]:
-    """Every Parquet column but the probabilities (top_k_probs, and label_prob with --labels),
-    which are floats that rarely repeat: a dictionary for them is built and abandoned page
-    after page. Without it the scored file of 1M rows of 16 steps was written in 2.8 s instead
-    of 5.4 s, and 20% smaller."""
-    buffer = pa.BufferOutputStream()
-    pq.write_table(schema.empty_table(), buffer)
-    parquet_schema = pq.ParquetFile(pa.BufferReader(buffer.getvalue())).schema
-    paths = [parquet_schema.column(index).path for index in range(len(parquet_schema))]
-    return [path for path in paths if path.split(".")[0] not in ("top_k_probs", "label_prob")]
 
 
 def batch_rows(parquet: pq.ParquetFile, scorer: models.Scorer, config: JobConfig) -> int:

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from score import inputs
+from score.columns import dictionary_columns
 from score.errors import InvalidInput
-from score.job import dictionary_columns
 from score.sink import open_sink, write_error
 
 READ_ROWS = 65_536  # rows per record batch read

@@ -39,6 +39,18 @@ def keep_freed_memory() -> bool:
     return all(mallopt(parameter, value) == 1 for parameter, value in _KEPT)
 
 
+def release_freed_memory() -> bool:
+    """Hand the blocks keep_freed_memory kept back to the system, once the batches are done and
+    before a last step that needs memory of its own (a Delta commit imports delta-rs, ~50 MB).
+    Returns whether it applied (glibc on Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def prefetch(batches: Iterator, depth: int = QUEUE_DEPTH) -> Iterator:
     """Iterate ``batches`` in a reader thread, at most ``depth`` ahead of the consumer.
 

@@ -160,9 +160,11 @@ def test_a_failed_run_commits_nothing(tmp_path, new):
     assert result.lines == [f"error: {bad}: row 69000: x[2] = 99 is not one of the model's input "
                             f"values (0..10)"]
     if new:
-        assert not (table / "_delta_log").exists()
+        assert not table.exists()  # the files written before the invalid row were removed
     else:
         assert (version(table), rows_of(table).num_rows) == (0, 100)
+        assert sorted(path.name for path in table.glob("*.parquet")) == \
+            sorted(uri.rsplit("/", 1)[-1] for uri in deltalake.DeltaTable(table).file_uris())  # none left but the live
 
 
 def test_a_floor_not_met_commits_nothing(day, tmp_path):
@@ -170,7 +172,7 @@ def test_a_floor_not_met_commits_nothing(day, tmp_path):
     result = run_score(day, table, *TABLE, "--min-estimated-accuracy", "1.0", "--summary", tmp_path / "s.json")
     assert result.code == 65, result.stderr
     assert "is below --min-estimated-accuracy 1; nothing was published" in result.lines[-1]
-    assert not (table / "_delta_log").exists()
+    assert not table.exists()
     summary = read_json(tmp_path / "s.json")
     assert summary["status"] == "failed" and "output_table" not in summary
 
@@ -216,3 +218,44 @@ def test_a_sigkill_during_the_write_leaves_the_tables_version_unchanged(tmp_path
     assert version(table) == 0
     assert deltalake.DeltaTable(table).transaction_version("daily") is None
     assert rows_of(table).num_rows == 100
+
+
+def test_columns_are_written_in_a_type_the_table_keeps_without_losing_a_value(tmp_path):
+    x = random_x(20, seed=10)
+    day = write_x(tmp_path / "day.parquet", x, code=pa.array(np.arange(200, 220), pa.uint8()),
+                  seen=pa.array(np.arange(20) * 10**9, pa.timestamp("ns")))
+    table = tmp_path / "scores"
+    assert run_score(day, table, *TABLE).code == 0
+    found = rows_of(table).sort_by("id")
+    assert found.schema.field("code").type == pa.int16()  # Delta has no uint8; int8 would wrap 200
+    assert found.column("code").to_pylist() == list(range(200, 220))
+    assert found.column("seen").cast(pa.int64()).to_pylist() == [second * 10**6 for second in range(20)]
+    assert [path.name for path in table.glob("*.parquet")] == \
+        [uri.rsplit("/", 1)[-1] for uri in deltalake.DeltaTable(table).file_uris()]
+
+
+def test_a_column_no_delta_type_holds_is_refused_before_scoring(tmp_path):
+    day = write_x(tmp_path / "day.parquet", random_x(5, seed=11),
+                  wait=pa.array([1, 2, 3, 4, 5], pa.duration("s")))
+    table = tmp_path / "scores"
+    assert_refused(run_score(day, table, *TABLE), 65,
+                   f"error: {table}: column wait is of type duration[s], which a Delta Lake table "
+                   f"cannot hold (duration[s]); drop or cast it")
+    assert not table.exists()
+
+
+@pytest.mark.parametrize("arrow_type", [
+    pytest.param(pa.uint8(), id="uint8"), pytest.param(pa.uint64(), id="uint64"),
+    pytest.param(pa.list_(pa.uint16(), 4), id="fixed_size_list_uint16"),
+    pytest.param(pa.large_list(pa.int32()), id="large_list"),
+    pytest.param(pa.dictionary(pa.int8(), pa.large_string()), id="dictionary"),
+    pytest.param(pa.timestamp("ns", tz="Europe/Paris"), id="timestamp_tz"),
+    pytest.param(pa.struct([("a", pa.float16()), ("b", pa.date64())]), id="struct"),
+    pytest.param(pa.map_(pa.string(), pa.list_(pa.int64())), id="map"),
+    pytest.param(pa.decimal128(12, 3), id="decimal"),
+])
+def test_delta_rs_keeps_each_type_the_job_writes_as_it_is(arrow_type):
+    from score.delta_types import delta_type
+
+    written = pa.schema([("c", delta_type(arrow_type))])
+    assert pa.schema(deltalake.Schema.from_arrow(written).to_arrow()) == written
