@@ -15,8 +15,9 @@ HERE = os.path.join(REPO, "bench")
 EPILOG = """sections: main (every fixed-length section: side by side, de-duplication, batch size,
 threads, cold start, variants), ragged (rows of any length, issue 12), prefix (prefix sharing,
 issue 13), keyed (scheduled runs that carry each key's state: --key, --state-in,
---state-out) and labels (the default run without and with --labels: what measuring accuracy
-and calibration costs). With --only, the report keeps the sections this run did not measure
+--state-out), labels (the default run without and with --labels: what measuring accuracy
+and calibration costs) and delta (the default run read from and written to Delta Lake tables,
+against Parquet to Parquet). With --only, the report keeps the sections this run did not measure
 from the report it replaces, and the plot (drawn from the main section) is left as it is
 unless main ran."""
 
@@ -51,8 +52,8 @@ def parser() -> argparse.ArgumentParser:
         choices=SECTIONS,
         default=None,
         metavar="SECTION",
-        help="run only this section (main, ragged, prefix, keyed or labels; repeatable;"
-        " default: all)",
+        help="run only this section (main, ragged, prefix, keyed, labels or delta;"
+        " repeatable; default: all)",
     )
     p.add_argument(
         "--work",

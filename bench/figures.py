@@ -8,21 +8,26 @@ import math
 import os
 import statistics
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bench import measure
 from bench.workloads import REPO, Workload
+
+if TYPE_CHECKING:  # bench.figures_delta imports this module
+    from bench.figures_delta import DeltaResults
 
 # The parts of a run: "main", every fixed-length section (side by side, de-duplication, batch
 # size, threads, cold start, variants); "ragged", rows of any length (issue 12); "prefix",
 # prefix-shared inference (issue 13); "keyed", a chain of scheduled runs that carry each key's
 # state (--key, --state-in, --state-out); "labels", what measuring accuracy and calibration
-# against a label column (--labels) costs.
+# against a label column (--labels) costs; "delta", the job reading and writing Delta Lake tables.
 MAIN = "main"
 RAGGED = "ragged"
 PREFIX = "prefix"
 KEYED = "keyed"
 LABELS = "labels"
-SECTIONS = (MAIN, RAGGED, PREFIX, KEYED, LABELS)
+DELTA = "delta"
+SECTIONS = (MAIN, RAGGED, PREFIX, KEYED, LABELS, DELTA)
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class BenchConfig:
     keyed_lookup_rows: int = 200_000  # the input against the large state: a random subset of keys
     labels_pairs: int = 10  # the labels section: runs without and with --labels, in turns
     labels_noise: float = 0.05  # share of the labelled copy's steps whose label is replaced
+    delta_rounds: int = 5  # the delta section: rounds of every Parquet/Delta path, in turns
 
 
 # A smoke test of the whole pipeline in about a minute: small files, few points, no repeats.
@@ -82,6 +88,7 @@ QUICK = BenchConfig(
     keyed_state_keys=100_000,
     keyed_lookup_rows=20_000,
     labels_pairs=1,
+    delta_rounds=1,
 )
 
 
@@ -422,6 +429,7 @@ class Results:
     prefix: PrefixResults | None = None  # the prefix section, when it ran
     keyed: KeyedResults | None = None  # the keyed section, when it ran
     labels: LabelsResults | None = None  # the labels section, when it ran
+    delta: DeltaResults | None = None  # the delta section, when it ran
 
 
 # Workload names. The job's sweeps and variants use DEFAULT and SWEEP_DISTINCT.

@@ -1,8 +1,8 @@
 """bench/results.md, bench/throughput.png and the printed ratios, from one run's Results.
 
 The main section is written here; the sections on rows of any length, on prefix sharing, on
-scheduled runs that carry state and on labels in bench.report_ragged, bench.report_prefix,
-bench.report_keyed and bench.report_labels.
+scheduled runs that carry state, on labels and on Delta Lake tables in bench.report_ragged,
+bench.report_prefix, bench.report_keyed, bench.report_labels and bench.report_delta.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from bench.report_common import (
     machine_lines,
     short_count,
 )
+from bench.report_delta import DELTA_HEADING, delta_markdown
+from bench.report_delta import summary_lines as delta_summary_lines
 from bench.report_keyed import KEYED_HEADING, keyed_markdown
 from bench.report_keyed import summary_lines as keyed_summary_lines
 from bench.report_labels import LABELS_HEADING, labels_markdown
@@ -226,7 +228,13 @@ def markdown(results: Results, quick: bool, previous: str | None = None) -> str:
         document = main_markdown(results, quick)
     elif previous:
         document = previous
-        for heading in (RAGGED_HEADING, PREFIX_HEADING, KEYED_HEADING, LABELS_HEADING):
+        for heading in (
+            RAGGED_HEADING,
+            PREFIX_HEADING,
+            KEYED_HEADING,
+            LABELS_HEADING,
+            DELTA_HEADING,
+        ):
             document = without_section(document, heading)
     else:
         document = "# Benchmark: the scoring job against Keras predict and raw onnxruntime\n"
@@ -236,6 +244,7 @@ def markdown(results: Results, quick: bool, previous: str | None = None) -> str:
         (PREFIX_HEADING, prefix_markdown(results, quick) if results.prefix else None),
         (KEYED_HEADING, keyed_markdown(results, quick) if results.keyed else None),
         (LABELS_HEADING, labels_markdown(results, quick) if results.labels else None),
+        (DELTA_HEADING, delta_markdown(results, quick) if results.delta else None),
     ):
         part = "\n".join(lines) + "\n" if lines is not None else section(previous or "", heading)
         if part:
@@ -413,4 +422,6 @@ def summary_lines(results: Results) -> list[str]:
         lines += keyed_summary_lines(results.keyed)
     if results.labels is not None:
         lines += labels_summary_lines(results.labels)
+    if results.delta is not None:
+        lines += delta_summary_lines(results.delta)
     return lines

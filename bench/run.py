@@ -12,6 +12,7 @@ import os
 from bench import measure, profiling
 from bench.figures import (
     DEFAULT,
+    DELTA,
     DISTINCT,
     FILE_ORDER_PATH,
     KEYED,
@@ -28,6 +29,7 @@ from bench.figures import (
     RaggedResults,
     Results,
 )
+from bench.run_delta import run_delta
 from bench.run_keyed import run_keyed
 from bench.run_labels import run_labels
 from bench.run_prefix import run_prefix
@@ -95,6 +97,8 @@ def run_benchmark(config: BenchConfig, log=print) -> Results:
         results.keyed = run_keyed(config, log)
     if LABELS in config.sections:
         results.labels = run_labels(config, log)
+    if DELTA in config.sections:
+        results.delta = run_delta(config, log)
     return results
 
 

@@ -47,16 +47,7 @@ def parser() -> argparse.ArgumentParser:
                    help="a Delta Lake INPUT: read the table as of version N (time travel; "
                         "default: its latest)")
     cli.add_state_flags(p)
-    table = p.add_argument_group("a Delta Lake table as OUTPUT (the delta extra)")
-    table.add_argument("--output-format", choices=["parquet", "delta"], default="parquet",
-                       help="delta: write OUTPUT as a Delta Lake table, committed once at the end "
-                            "(default parquet)")
-    table.add_argument("--mode", choices=["append", "overwrite"], default=None,
-                       help="what to do with an OUTPUT table that exists (default: refuse it; a new "
-                            "table is created either way)")
-    table.add_argument("--txn-id", metavar="APP:VERSION", default=None,
-                       help="record the application's transaction in the commit: a rerun whose "
-                            "VERSION the table already has for APP publishes nothing (exactly-once)")
+    cli.add_table_flags(p)
     return p
 
 
@@ -76,8 +67,7 @@ def _config(args: argparse.Namespace) -> JobConfig:
         progress = "lines"
     return JobConfig(**cli.run_fields(args), **cli.state_fields(args),
                      session=SessionConfig(threads=args.threads), progress=progress,
-                     input_version=args.input_version, output_format=args.output_format,
-                     mode=args.mode, txn_id=args.txn_id)
+                     input_version=args.input_version, **cli.table_fields(args))
 
 
 def main(argv: list[str] | None = None,

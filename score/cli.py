@@ -164,6 +164,25 @@ def add_state_flags(parser: argparse.ArgumentParser) -> None:
                             "state/2026-12-03/; never --state-in)")
 
 
+def add_table_flags(parser: argparse.ArgumentParser) -> None:
+    """Add --output-format, --mode and --txn-id: OUTPUT as a Delta Lake table."""
+    table = parser.add_argument_group("a Delta Lake table as OUTPUT (the delta extra)")
+    table.add_argument("--output-format", choices=["parquet", "delta"], default="parquet",
+                       help="delta: write OUTPUT as a Delta Lake table, committed once at the end "
+                            "(default parquet)")
+    table.add_argument("--mode", choices=["append", "overwrite"], default=None,
+                       help="what to do with an OUTPUT table that exists (default: refuse it; a new "
+                            "table is created either way)")
+    table.add_argument("--txn-id", metavar="APP:VERSION", default=None,
+                       help="record the application's transaction in the commit: a rerun whose "
+                            "VERSION the table already has for APP publishes nothing (exactly-once)")
+
+
+def table_fields(args: argparse.Namespace) -> dict:
+    """The config fields --output-format, --mode and --txn-id fill."""
+    return {"output_format": args.output_format, "mode": args.mode, "txn_id": args.txn_id}
+
+
 def state_fields(args: argparse.Namespace) -> dict:
     """The config fields --key, --state-in and --state-out fill."""
     return {"key": args.key, "state_in": args.state_in, "state_out": args.state_out}

@@ -45,10 +45,11 @@ class DataFiles:
     """
 
     def __init__(self, table: str, schema: pa.Schema, name: str = "part",
-                 file_rows: int = FILE_ROWS) -> None:
+                 file_rows: int = FILE_ROWS, create_root: bool = True) -> None:
         self.table = table
         self.schema = schema
         self.name = f"{name}-{uuid.uuid4()}"  # no two runs, tasks or attempts share a name
+        self.create_root = create_root  # False on Spark: the driver made the folder, tasks share it
         self.file_rows = file_rows
         self.filesystem, self.root = storage.resolve(table)
         self.files: list[DataFile] = []
@@ -69,7 +70,7 @@ class DataFiles:
             self._close()
 
     def _open(self) -> None:
-        if not self._opened and isinstance(self.filesystem, pafs.LocalFileSystem):
+        if self.create_root and not self._opened and isinstance(self.filesystem, pafs.LocalFileSystem):
             self._created_root = self.filesystem.get_file_info(self.root).type == pafs.FileType.NotFound
             self.filesystem.create_dir(self.root, recursive=True)
         self._path = f"{self.name}-{len(self._opened):05d}.c000.snappy.parquet"
@@ -111,3 +112,19 @@ class DataFiles:
             except OSError:
                 pass
         self._opened, self.files, self._created_root = [], [], False
+
+
+def remove_run_files(table: str, prefix: str) -> None:
+    """Remove the files whose names start with ``prefix`` directly under the table's root (a
+    failed Spark run's: its tasks' files, which no commit names). Best effort."""
+    filesystem, root = storage.resolve(table)
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except Exception:  # noqa: BLE001
+        return
+    for info in infos:
+        if info.type == pafs.FileType.File and info.base_name.startswith(prefix):
+            try:
+                filesystem.delete_file(info.path)
+            except Exception:  # noqa: BLE001
+                pass

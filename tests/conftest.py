@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -191,3 +193,52 @@ def parser_of(command: str) -> argparse.ArgumentParser:
     if not hasattr(module, "parser"):
         module = importlib.import_module(f"{command}.__main__")
     return module.parser()
+
+
+# Spark ----------------------------------------------------------------------------------------
+def _spark_missing() -> str | None:
+    if shutil.which("java") is None:
+        return "no `java` on PATH: Spark needs a JRE 17+ (make setup installs one)"
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is missing: it is the 'spark' extra, pip install -e '.[spark]'"
+    return None
+
+
+needs_spark = pytest.mark.skipif(_spark_missing() is not None, reason=_spark_missing() or "")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] session for the Spark tests: starting a JVM costs seconds on a 2-core machine."""
+    from pyspark.sql import SparkSession
+
+    previous = os.environ.get("PYSPARK_PYTHON")
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # the workers need this venv's seqscore
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("seqscore-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        # Small Arrow batches: several batches per task, so partition-relative counts matter.
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "400")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+    if previous is None:
+        os.environ.pop("PYSPARK_PYTHON", None)
+    else:
+        os.environ["PYSPARK_PYTHON"] = previous
+
+
+
+def run_spark_cli(*args) -> tuple[int, list[str]]:
+    """python -m score.spark's main in-process: its exit code and stderr's lines."""
+    from score import spark as scale
+
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = scale.main([str(a) for a in args])
+    return code, [line for line in err.getvalue().splitlines() if line.strip()]

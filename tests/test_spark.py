@@ -7,7 +7,6 @@ JVM each). Everything that starts a JVM is marked slow and skipped when `java` i
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import shutil
@@ -21,7 +20,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import RAGGED_MODEL, ROOT, list_array, random_x, run_module, run_score, write_x
+from conftest import (
+    RAGGED_MODEL,
+    ROOT,
+    list_array,
+    needs_spark,
+    random_x,
+    run_module,
+    run_score,
+    run_spark_cli,
+    write_x,
+)
 
 from score import monitor
 from score import spark as scale  # imports no pyspark: the refusal tests need none
@@ -31,45 +40,10 @@ from score.errors import InvalidInput, ModelError
 from score.model import load
 from score.spark import session as spark_session
 
-
-def _spark_missing() -> str | None:
-    if shutil.which("java") is None:
-        return "no `java` on PATH: Spark needs a JRE 17+ (make setup installs one)"
-    if importlib.util.find_spec("pyspark") is None:
-        return "pyspark is missing: it is the 'spark' extra, pip install -e '.[spark]'"
-    return None
-
-
-needs_spark = pytest.mark.skipif(_spark_missing() is not None, reason=_spark_missing() or "")
 # mapInArrow builds a pandas_udf internally, and pyspark 4 warns about pandas 3 it never uses.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:PySpark does not yet fully support pandas:FutureWarning"
 )
-
-@pytest.fixture(scope="session")
-def spark():
-    """One local[2] session for the module: starting a JVM costs seconds on a 2-core machine."""
-    from pyspark.sql import SparkSession
-
-    previous = os.environ.get("PYSPARK_PYTHON")
-    os.environ["PYSPARK_PYTHON"] = sys.executable  # the workers need this venv's seqscore
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("seqscore-tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        # Small Arrow batches: several batches per task, so partition-relative counts matter.
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "400")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
-    if previous is None:
-        os.environ.pop("PYSPARK_PYTHON", None)
-    else:
-        os.environ["PYSPARK_PYTHON"] = previous
 
 
 def sequences_with_invalid_rows(rows: int, seed: int) -> list:
@@ -495,16 +469,6 @@ def test_score_report_draws_a_spark_summary(monitored_file, tmp_path):
 
 
 # Refusals before Spark starts (no JVM needed) ---------------------------------------------
-def run_spark_cli(*args) -> tuple[int, list[str]]:
-    import io
-    from contextlib import redirect_stderr
-
-    err = io.StringIO()
-    with redirect_stderr(err):
-        code = scale.main([str(a) for a in args])
-    return code, [line for line in err.getvalue().splitlines() if line.strip()]
-
-
 def test_a_bad_model_exits_78_on_the_driver_before_spark_starts(tmp_path, monkeypatch):
     directory, _ = write_single_bad_row(tmp_path / "input")
     monkeypatch.setattr(spark_session, "start_session", lambda config: pytest.fail("Spark started"))
@@ -856,17 +820,42 @@ def test_spark_reads_a_delta_tables_live_rows_as_the_local_job_does(spark, model
     assert pq.read_table(tmp_path / "spark-v1").num_rows == 80
 
 
-def test_spark_with_key_refuses_a_delta_table_before_spark_starts(model_path, tmp_path, monkeypatch):
+@pytest.mark.slow
+@needs_spark
+def test_a_keyed_spark_run_over_a_delta_table_equals_the_local_jobs(spark, tmp_path):
+    """--key over a Delta table's live rows (an overwrite left dead rows in the folder), from a
+    state: the same rows, states and input fingerprint as the local job."""
     deltalake = pytest.importorskip("deltalake")
-    from test_delta import events
+    from score.keyed_checks import KeyedRecord
 
+    model = str(RAGGED_MODEL)
+    first = keyed_day(tmp_path / "day0.parquet", [f"u{i:02d}" for i in range(10)], 0)
+    assert run_score(first, tmp_path / "out0.parquet", "--model", model, "--key", "user", "--quiet",
+                     "--state-out", tmp_path / "state0").code == 0
     table = tmp_path / "events"
-    deltalake.write_deltalake(table, events(10, 1))
-    monkeypatch.setattr(spark_session, "start_session", lambda config: pytest.fail("Spark started"))
-    code, lines = run_spark_cli(table, tmp_path / "scored", "--model", model_path, "--key", "id",
-                                "--state-out", tmp_path / "state")
-    assert (code, lines) == (2, [f"error: {table}: is a Delta Lake table; python -m score.spark --key "
-                                 f"does not read Delta Lake tables yet: score it with python -m score --key"])
+    deltalake.write_deltalake(table, pq.read_table(keyed_day(tmp_path / "dead.parquet", ["u00", "u00"], 1)))
+    deltalake.write_deltalake(table, pq.read_table(keyed_day(tmp_path / "day1.parquet",
+                                                             [f"u{i:02d}" for i in range(5, 14)], 1)),
+                              mode="overwrite")
+    result = run_score(table, tmp_path / "local.parquet", "--model", model, "--key", "user", "--quiet",
+                       "--state-in", tmp_path / "state0", "--state-out", tmp_path / "local-state")
+    assert result.code == 0, result.stderr
+    config = scale.SparkJobConfig(str(table), str(tmp_path / "spark"), model, key="user",
+                                  state_in=str(tmp_path / "state0"), state_out=str(tmp_path / "spark-state"))
+    state = scale.run(spark, config, load(model), scale.SparkRunState(keyed=KeyedRecord()))
+    local, remote = (pq.read_table(tmp_path / "local.parquet").sort_by("user"),
+                     pq.read_table(tmp_path / "spark").sort_by("user"))
+    assert remote.num_rows == local.num_rows == 9  # the overwritten table's rows, never the dead ones
+    for name in ("user", "x", "y_pred", "top_k_values", "steps_before"):
+        assert remote.column(name).to_pylist() == local.column(name).to_pylist(), name
+    local_state, spark_state = pq.read_table(tmp_path / "local-state"), pq.read_table(tmp_path / "spark-state")
+    assert spark_state.column("steps").to_pylist() == local_state.column("steps").to_pylist()
+    np.testing.assert_allclose(np.array(spark_state.column("initial_h_0").to_pylist()),
+                               np.array(local_state.column("initial_h_0").to_pylist()), atol=1e-6, rtol=0)
+    fingerprints = [json.loads((tmp_path / name / "_SUCCESS").read_text())["seqscore.input_fingerprint"]
+                    for name in ("local-state", "spark-state")]
+    assert fingerprints[0] == fingerprints[1] == state.keyed.input_fingerprint
+    assert state.input_table["version"] == 1
 
 
 def test_spark_input_version_on_plain_parquet_is_a_usage_error(model_path, tmp_path, monkeypatch):

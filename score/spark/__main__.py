@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 from score import cli, errors, keyed_checks, monitor, quality, storage, summary
 from score import model as models
 from score.core import empty_stats, length_warnings
+from score.delta_files import remove_run_files
 from score.errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOFTWARE, Interrupted, SeqscoreError
+from score.spark import delta_write
 from score.spark import session as sessions
 from score.spark.dataframe import DEFAULT_THREADS, PANDAS_WARNING
 from score.spark.failures import describe
@@ -58,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="INPUT",
                    help="Parquet file or dataset (path or URI Spark reads)")
     p.add_argument("output", metavar="OUTPUT",
-                   help="the Parquet dataset to create (must not exist)")
+                   help="the Parquet dataset to create (must not exist), or a Delta Lake table "
+                        "(--output-format delta)")
     p.add_argument("--master", metavar="URL",
                    help="Spark master (default: spark-submit's, else local[*])")
     cli.add_scoring_flags(
@@ -84,12 +87,14 @@ def parser() -> argparse.ArgumentParser:
                    help="a Delta Lake INPUT: read the table as of version N (time travel; "
                         "default: its latest)")
     cli.add_state_flags(p)
+    cli.add_table_flags(p)
     return p
 
 
 def _config(args: argparse.Namespace) -> SparkJobConfig:
-    return SparkJobConfig(**cli.run_fields(args), **cli.state_fields(args), threads=args.threads,
-                          master=args.master, quiet=args.quiet, input_version=args.input_version)
+    return SparkJobConfig(**cli.run_fields(args), **cli.state_fields(args), **cli.table_fields(args),
+                          threads=args.threads, master=args.master, quiet=args.quiet,
+                          input_version=args.input_version)
 
 
 class _Signals:
@@ -150,6 +155,7 @@ def _main(args: argparse.Namespace, signals: _Signals) -> int:
         quality.check_gate_flags(config.options.labels, config.min_accuracy)
         if config.key is not None:
             check_state_locations(config.state_in, config.state_out)
+        state.output_target = delta_write.check(config)
         scorer = models.load(config.model, models.SessionConfig(threads=1))
         if config.key is not None:
             keyed_checks.check_model(scorer)
@@ -158,8 +164,11 @@ def _main(args: argparse.Namespace, signals: _Signals) -> int:
         config.options.validate(scorer)
         check_baseline(config, scorer)
         state.warnings.extend(length_warnings(scorer, config.options))
+        done = state.output_target is not None and delta_write.already_committed(config, state.output_target, state)
         for line in state.warnings:  # now: the run may take hours
             print(f"warning: {line}", file=sys.stderr)
+        if done:  # --txn-id's transaction is in the table: nothing to run
+            return _finish(config, state, 0, None, None)
         session, log_path = sessions.start_session(config)
         signals.session = session
         signal.signal(signal.SIGINT, signals.handle)  # SparkContext installed its own
@@ -178,7 +187,14 @@ def _main(args: argparse.Namespace, signals: _Signals) -> int:
         if signals.received is not None and exit_code:  # whatever the cancelled job raised
             exit_code, message = signals.received.exit_code, str(signals.received)
         _shut_down(session, state.created if exit_code else [])
+        if exit_code and state.orphans is not None:  # a Delta OUTPUT's files, never committed
+            remove_run_files(*state.orphans)
+    return _finish(config, state, exit_code, message, log_path)
 
+
+def _finish(config: SparkJobConfig | None, state: SparkRunState, exit_code: int, message: str | None,
+            log_path: str | None) -> int:
+    """Steps 5-6 of _main: the warnings and one line on stderr; the summary."""
     if log_path is not None:
         if exit_code in (EXIT_SOFTWARE, errors.EXIT_IOERR):
             message = f"{message}; Spark's log: {log_path}"
@@ -190,10 +206,12 @@ def _main(args: argparse.Namespace, signals: _Signals) -> int:
             print(f"warning: {line}", file=sys.stderr)
     if message:
         print(f"error: {message}", file=sys.stderr)
-    elif not config.quiet:
+    elif not config.quiet and state.published:
         seconds = time.perf_counter() - state.started
+        committed = (f", committed as version {state.output_table['version']} of the Delta Lake table"
+                     if state.output_table else "")
         print(f"scored {config.input} -> {config.output}: {state.rows} rows "
-              f"({state.rows_invalid} invalid) in {seconds:.2f} s", file=sys.stderr)
+              f"({state.rows_invalid} invalid) in {seconds:.2f} s{committed}", file=sys.stderr)
     if config is not None and config.summary:
         try:
             summary.write(config.summary, summary_of(config, state, exit_code, message))

@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -101,10 +102,25 @@ def score_frame(
     stats: object | None = None,
 ) -> DataFrame:
     """``df`` scored lazily by score_partition on the executors, each task adding its stats to
-    the accumulator ``stats`` when given (the command's run and score_dataframe share this).
+    the accumulator ``stats`` when given (the command's run and score_dataframe share this)."""
+    source, function, schema = scoring_plan(df, scorer, model_path, options, threads, stats)
+    return map_in_arrow(source, function, schema)
+
+
+def scoring_plan(
+    df: DataFrame,
+    scorer: models.Scorer,
+    model_path: str,
+    options: ScoreOptions,
+    threads: int,
+    stats: object | None = None,
+) -> tuple[DataFrame, Callable, StructType]:
+    """What score_frame maps: the frame to map (``df``, with each row's location when invalid
+    rows stop the job), the partition function (score_partition with its plan), and the
+    scored schema. A Delta OUTPUT wraps the function to write each task's files as it scores.
 
     Steps: 1. check the options and the schema on the driver; 2. ship the model; 3. add each
-    row's file and row index when invalid rows stop the job; 4. mapInArrow with score_partition.
+    row's file and row index when invalid rows stop the job; 4. the plan.
     """
     # 1. Refuse what cannot work before any task runs.
     if threads < 1:
@@ -118,13 +134,15 @@ def score_frame(
     located = with_row_location(df) if options.on_invalid == "error" else None
     plan = WorkerPlan(model_path, shipped_name, scorer.sha256, threads, options,
                       locate=located is not None, stats=stats)
+    return (located if located is not None else df), functools.partial(score_partition, plan), schema
 
-    # 4. mapInArrow builds a pandas_udf internally, which warns about pandas it never uses.
+
+def map_in_arrow(df: DataFrame, function: Callable, schema: StructType | str) -> DataFrame:
+    """df.mapInArrow, without the pandas warning: mapInArrow builds a pandas_udf internally,
+    which warns about pandas it never uses."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=PANDAS_WARNING)
-        return (located if located is not None else df).mapInArrow(
-            functools.partial(score_partition, plan), schema
-        )
+        return df.mapInArrow(function, schema)
 
 
 def score_dataframe(

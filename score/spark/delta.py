@@ -10,7 +10,6 @@ import os
 from typing import TYPE_CHECKING
 
 from score import delta, storage, tables
-from score.errors import UsageError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -31,17 +30,14 @@ def table_at(session: SparkSession | None, location: str) -> tuple[tuple[str, st
         return None
 
 
-def reads(location: str, found: tuple[tuple[str, str], str] | None, key: str | None) -> bool:
+def reads(location: str, found: tuple[tuple[str, str], str] | None) -> bool:
     """Whether INPUT is a Delta table Spark reads through its log; any other table is refused
     (65): Spark's Parquet reader would read every file in its folder, the dead ones too. A
-    Delta INPUT needs the extra, and is not read with --key yet."""
+    Delta INPUT needs the extra."""
     if found is None:
         return False
     if found != (tables.DELTA, "") or not delta.available():
         raise tables.refusal(location, found)
-    if key is not None:
-        raise UsageError(f"{location}: is a Delta Lake table; python -m score.spark --key does not "
-                         f"read Delta Lake tables yet: score it with python -m score --key")
     return True
 
 

@@ -8,9 +8,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from score import delta, job, storage, summary
+from score import delta, delta_output, job, storage, summary
 from score import model as models
 from score.core import BatchStats, ScoreOptions, empty_stats
+from score.delta_files import remove_run_files
 from score.errors import InputMissing, InvalidInput, OutputError, SeqscoreError, UsageError
 from score.spark import delta as spark_delta
 from score.spark.dataframe import DEFAULT_THREADS, score_frame
@@ -44,6 +45,9 @@ class SparkJobConfig:
     key: str | None = None  # --key: scheduled runs that carry each key's state (score.spark.keyed)
     state_in: str | None = None
     state_out: str | None = None
+    output_format: str = "parquet"  # delta: OUTPUT is a Delta Lake table (score.spark.delta_write)
+    mode: str | None = None  # --mode append|overwrite, for a table that exists
+    txn_id: str | None = None  # --txn-id APP:VERSION: exactly-once appends
 
 
 @dataclass
@@ -63,6 +67,10 @@ class SparkRunState:
     published: bool = False  # OUTPUT holds this run's dataset, _SUCCESS included
     keyed: KeyedRecord | None = None  # a run with --key: its keys and state
     input_table: dict | None = None  # a Delta Lake INPUT: its format, version and files read
+    output_table: dict | None = None  # a Delta Lake OUTPUT: the version committed, or why none
+    output_target: delta_output.Target | None = None  # that table as the run found it
+    # A Delta OUTPUT's files not committed yet: (table, the run's file prefix), removed if it fails.
+    orphans: tuple[str, str] | None = None
 
     @property
     def rows(self) -> int:
@@ -83,7 +91,7 @@ def check_locations(config: SparkJobConfig) -> None:
     target = os.path.abspath(storage.local_path(config.output))
     if not os.path.exists(source):
         raise InputMissing(f"{config.input}: no such file or directory")
-    read_through_log = spark_delta.reads(config.input, spark_delta.table_at(None, config.input), config.key)
+    read_through_log = spark_delta.reads(config.input, spark_delta.table_at(None, config.input))
     if not read_through_log and config.input_version is not None:
         raise UsageError(f"--input-version: {config.input} is not a Delta Lake table (no _delta_log/ "
                          f"in it); time travel reads a table's earlier version")
@@ -94,7 +102,7 @@ def check_locations(config: SparkJobConfig) -> None:
             f"OUTPUT {config.output} is inside INPUT {config.input}; a later run would read "
             f"its own output. Choose a directory outside the input"
         )
-    if os.path.lexists(target):
+    if os.path.lexists(target) and config.output_format != "delta":  # a table is inspected apart
         raise output_exists(config.output)
     if not os.path.isdir(os.path.dirname(target)):
         raise OutputError(f"{config.output}: the parent directory does not exist")
@@ -138,11 +146,13 @@ def run(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
     if config.batch_size is not None:
         session.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(config.batch_size))
     snapshot = None  # a Delta table's, read through its log; any other table is refused
-    if spark_delta.reads(config.input, spark_delta.table_at(session, config.input), config.key):
+    if spark_delta.reads(config.input, spark_delta.table_at(session, config.input)):
         snapshot = delta.open_snapshot(config.input, config.input_version)
         state.input_table = snapshot.describe()
     if config.key is not None:
-        return _run_keyed(session, config, scorer, state)
+        return _run_keyed(session, config, scorer, state, snapshot)
+    if config.output_format == "delta":
+        return _run_delta(session, config, scorer, state, snapshot)
     gated = (config.max_psi, config.min_accuracy, config.min_estimated_accuracy) != (None, None, None)
     target = staging_location(config.output, context.applicationId) if gated else config.output
     accumulator = context.accumulator(empty_stats(scorer), StatsParam(empty_stats(scorer)))
@@ -183,8 +193,31 @@ def run(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
     return state
 
 
+def _run_delta(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
+               state: SparkRunState, snapshot: delta.Snapshot | None) -> SparkRunState:
+    """--output-format delta (score.spark.delta_write): the tasks write the files, the driver
+    commits them once, after the floors."""
+    from score.spark import delta_write
+
+    accumulator = session.sparkContext.accumulator(empty_stats(scorer), StatsParam(empty_stats(scorer)))
+    try:
+        df = session.read.parquet(config.input) if snapshot is None else \
+            spark_delta.read_snapshot(session, snapshot)
+        delta_write.run(session, config, scorer, state, df, state.output_target, accumulator)
+    except BaseException as error:
+        if state.orphans is not None:  # now, and again once Spark has stopped (a late task's)
+            remove_run_files(*state.orphans)
+        if isinstance(error, SeqscoreError) or not isinstance(error, Exception):
+            raise
+        raise_translated(error)
+    finally:
+        state.stats = accumulator.value
+        state.drift = job.drift_report(scorer, state.stats)
+    return state
+
+
 def _run_keyed(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer,
-               state: SparkRunState) -> SparkRunState:
+               state: SparkRunState, snapshot: delta.Snapshot | None = None) -> SparkRunState:
     """A run with --key (score.spark.keyed): stage the scored rows with their new states, write
     OUTPUT from them in the input's order and the new state sorted by key, both hidden; then,
     within --max-psi, publish the state and OUTPUT, as the local job does.
@@ -207,7 +240,7 @@ def _run_keyed(session: SparkSession, config: SparkJobConfig, scorer: models.Sco
     record = state.keyed
     try:
         # 1. Score, with each row's state joined to it.
-        staged, layout = keyed.score_keyed(session, config, scorer, state, accumulator)
+        staged, layout = keyed.score_keyed(session, config, scorer, state, accumulator, snapshot)
         state.spark["partitions"] = staged.rdd.getNumPartitions()
         if exists(session, config.output):
             raise output_exists(config.output)
@@ -314,5 +347,6 @@ def summary_of(config: SparkJobConfig, state: SparkRunState, exit_code: int,
                          output_location=config.output, options=config.options,
                          rows_in=state.rows, rows_out=state.rows if state.published else 0,
                          run={"spark": spark, **(state.keyed.to_dict() if state.keyed else {}),
-                              **({"input_table": state.input_table} if state.input_table else {})},
+                              **({"input_table": state.input_table} if state.input_table else {}),
+                              **({"output_table": state.output_table} if state.output_table else {})},
                          keyed=state.keyed is not None)

@@ -28,6 +28,7 @@ from score import inputs, keyed, keyed_checks, keyed_files, state_store, state_w
 from score.cache import new_cache
 from score.encoding import DUPLICATE_KEY, NULL_KEY
 from score.errors import InvalidInput, InvalidRow, UsageError
+from score.spark import delta as spark_delta
 from score.spark.dataframe import PANDAS_WARNING, arrow_schema, ship_model, with_row_location
 from score.spark.worker import FILE_COLUMN, ROW_COLUMN, WorkerPlan, display_path, worker_scorer
 
@@ -61,7 +62,7 @@ def check_state_locations(state_in: str | None, state_out: str) -> None:
 
 
 # The driver -----------------------------------------------------------------------------------
-def score_keyed(session: SparkSession, config, scorer, state, accumulator
+def score_keyed(session: SparkSession, config, scorer, state, accumulator, snapshot=None
                 ) -> tuple[DataFrame, state_store.StateLayout]:
     """The scored rows with their keys' new states, planned (no task runs yet), and the state's
     layout. Null or repeated keys under --on-invalid error are refused here, as the local job
@@ -71,13 +72,14 @@ def score_keyed(session: SparkSession, config, scorer, state, accumulator
 
     keyed_checks.check_model(scorer)
     options, key = config.options, config.key
-    df = session.read.parquet(config.input)
+    df = session.read.parquet(config.input) if snapshot is None else \
+        spark_delta.read_snapshot(session, snapshot)  # a Delta table's live files (score.spark.delta)
     arrow = arrow_schema(df.schema)
     _check_input(arrow, scorer, config)
     layout = state_store.StateLayout.for_model(scorer, key, state_store.check_key_type(
         arrow.field(key).type, key, config.input))
     record = state.keyed
-    record.input_fingerprint = input_fingerprint(config.input)
+    record.input_fingerprint = input_fingerprint(config.input, snapshot)
     reader = state_store.StateReader(config.state_in, layout) if config.state_in else None
     if reader is not None:
         record.keys_in_state, record.state_in_fingerprint = reader.rows, reader.fingerprint
@@ -120,10 +122,13 @@ def _check_input(arrow: pa.Schema, scorer, config) -> None:
                                f"which the run adds; rename or drop it")
 
 
-def input_fingerprint(location: str) -> str:
-    """The local job's fingerprint of INPUT: its files' names and Parquet footers."""
+def input_fingerprint(location: str, snapshot=None) -> str:
+    """The local job's fingerprint of INPUT: its files' names and Parquet footers (a Delta
+    table's: its location, version and rows, as the local job takes it)."""
     import hashlib
 
+    if snapshot is not None:
+        return hashlib.sha256(keyed_files.fingerprint_part("", snapshot)).hexdigest()
     if storage.kind(location) == "file":
         files = [(location, "")]
     else:
