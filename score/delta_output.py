@@ -58,7 +58,7 @@ def parse_txn(text: str | None) -> Transaction | None:
     return Transaction(match["app"], int(match["version"]))
 
 
-def check_flags(output_format: str, mode: str | None, txn: str | None, key: str | None) -> None:
+def check_flags(output_format: str, mode: str | None, txn: str | None) -> None:
     """The flags that only mean something with --output-format delta (exit 2)."""
     if output_format != "delta":
         for flag, value in (("--mode", mode), ("--txn-id", txn)):
@@ -67,9 +67,6 @@ def check_flags(output_format: str, mode: str | None, txn: str | None, key: str 
         return
     if not delta.available():
         raise UsageError(f"--output-format delta needs the delta extra: {delta.EXTRA}")
-    if key is not None:
-        raise UsageError("--output-format delta with --key is not supported yet: write the scored "
-                         "file, then append it to a table")
     parse_txn(txn)
 
 

@@ -341,7 +341,7 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
     keyed_checks.check_flags(config.key, config.state_in, config.state_out, config.output,
                           config.options.input_columns)
     quality.check_gate_flags(config.options.labels, config.min_accuracy)
-    delta_output.check_flags(config.output_format, config.mode, config.txn_id, config.key)
+    delta_output.check_flags(config.output_format, config.mode, config.txn_id)
     scorer = models.load(config.model, config.session)
     state.scorer = scorer
     config.options.validate(scorer)
@@ -360,7 +360,7 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
     if directory_mode:
         _prepare_output_directory(config.output)
     if config.key is not None:
-        _run_keyed(scorer, config, state, pairs, directory_mode)
+        run_keyed(scorer, config, state, pairs, directory_mode)
         return state
     reporter = Reporter(config.progress)
     # One cache for the whole run: a sequence scored in one file is not scored again in the next.
@@ -391,15 +391,16 @@ def run(config: JobConfig, state: RunState | None = None) -> RunState:
     return state
 
 
-def _run_keyed(scorer: models.Scorer, config: JobConfig, state: RunState,
-               pairs: list[tuple[str, str, str]], directory_mode: bool) -> None:
-    """A run with --key (score.keyed_job), with the same drift gate, report and warnings."""
+def run_keyed(scorer: models.Scorer, config: JobConfig, state: RunState,
+               pairs: list[tuple[str, str, str]], directory_mode: bool, table=None) -> None:
+    """A run with --key (score.keyed_job), with the same drift gate, report and warnings;
+    ``table`` makes OUTPUT a Delta Lake table (score.delta_job)."""
     from score import keyed_job
 
     started = time.perf_counter()
     try:
         done = keyed_job.run(scorer, config, state, pairs, directory_mode,
-                             lambda stats: check_gates(config.input, scorer, stats, config))
+                             lambda stats: check_gates(config.input, scorer, stats, config), table)
     finally:
         state.drift = drift_report(scorer, state.stats)
     seconds = time.perf_counter() - started

@@ -74,6 +74,7 @@ class KeyedRun:
         self.key = config.key
         self.column = config.options.column(scorer)
         self.outputs: list[KeyedOutput] = []
+        self.table = None  # a Delta Lake OUTPUT (score.delta_job.TableOutput), else one file per input
         # One cache for the whole run, as without --key: a new key's sequence scored in one
         # batch is not scored again in the next (with the state it ends in).
         self.cache = new_cache(scorer, config.options, states=True)
@@ -142,7 +143,8 @@ class KeyedRun:
             writer.write(rest)
 
     def _open(self, file: _File) -> KeyedOutput:
-        output = KeyedOutput(file.input, file.output, file.rows, file.scored_schema)
+        output = self.table.open(file) if self.table is not None else \
+            KeyedOutput(file.input, file.output, file.rows, file.scored_schema)
         self.outputs.append(output)
         return output
 
@@ -347,14 +349,18 @@ def _show(key) -> str:
 
 
 def run(scorer: Scorer, config: JobConfig, state: RunState, pairs: list[tuple[str, str, str]],
-        directory_mode: bool, publish_check) -> list[tuple[str, str, int, int]]:
+        directory_mode: bool, publish_check, table=None) -> list[tuple[str, str, int, int]]:
     """Score ``pairs`` with --key; publish the state, then OUTPUT (then _SUCCESS in directory
     mode). ``publish_check(stats)`` raises when the run must not publish (the drift gate).
-    Returns (input, output, rows, invalid rows) per file."""
+    ``table(files)``, when given, makes OUTPUT a Delta Lake table (score.delta_job.TableOutput:
+    every file's rows into it, one commit after the state). Returns (input, output, rows,
+    invalid rows) per file."""
     check_model(scorer)
     record = state.keyed
     work = KeyedRun(scorer, config, state)
     files, ascending = work.scan(pairs)
+    if table is not None:
+        work.table = table(files)
     layout = StateLayout.for_model(scorer, config.key, files[0].key_type)
     reader = StateReader(config.state_in, layout) if config.state_in else None
     if reader is not None:
@@ -372,7 +378,9 @@ def run(scorer: Scorer, config: JobConfig, state: RunState, pairs: list[tuple[st
             output.close(metadata)
         publish_check(state.stats)
         writer.commit()
-        for output in work.outputs:
+        if work.table is not None:
+            work.table.commit()
+        for output in work.outputs if work.table is None else ():
             output.sink.commit(output.rows)
     except BaseException:
         writer.abort()

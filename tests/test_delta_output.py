@@ -14,7 +14,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import FIXTURE_MODEL, ROOT, assert_refused, random_x, read_json, run_score, write_x
+from conftest import (
+    FIXTURE_MODEL,
+    RAGGED_MODEL,
+    ROOT,
+    assert_refused,
+    random_x,
+    read_json,
+    run_score,
+    write_x,
+)
 
 deltalake = pytest.importorskip("deltalake")
 
@@ -96,9 +105,6 @@ def test_a_transaction_below_the_recorded_one_is_refused_naming_both(day, tmp_pa
                                        "delta", id="mode_without_delta"),
     pytest.param(["--txn-id", "daily:1"], "error: --txn-id applies to a Delta Lake OUTPUT: add "
                                           "--output-format delta", id="txn_without_delta"),
-    pytest.param(["--output-format", "delta", "--key", "id", "--state-out", "state"],
-                 "error: --output-format delta with --key is not supported yet: write the scored file, "
-                 "then append it to a table", id="with_key"),
 ])
 def test_flags_that_cannot_work_are_usage_errors(day, tmp_path, flags, line):
     table = tmp_path / "scores"
@@ -259,3 +265,70 @@ def test_delta_rs_keeps_each_type_the_job_writes_as_it_is(arrow_type):
 
     written = pa.schema([("c", delta_type(arrow_type))])
     assert pa.schema(deltalake.Schema.from_arrow(written).to_arrow()) == written
+
+
+# --key with a Delta Lake OUTPUT ---------------------------------------------------------------
+def keyed_day(path: Path, keys: list, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    rows = [rng.integers(0, 11, int(rng.integers(1, 7))).tolist() for _ in keys]
+    pq.write_table(pa.table({"user": keys, "x": pa.array(rows, pa.list_(pa.int64()))}), path)
+    return path
+
+
+def keyed_run(day: Path, output: Path, state_out: Path, state_in: Path | None, *extra):
+    return run_score(day, output, "--model", RAGGED_MODEL, "--key", "user", "--state-out", state_out,
+                     "--quiet", *(["--state-in", state_in] if state_in else []), *extra)
+
+
+def test_a_chain_of_keyed_runs_appends_to_a_table_what_the_parquet_chain_writes(tmp_path):
+    days = [keyed_day(tmp_path / "day0.parquet", [f"u{i}" for i in range(8)], 0),
+            keyed_day(tmp_path / "day1.parquet", [f"u{i}" for i in range(4, 12)][::-1], 1)]
+    table = tmp_path / "scores"
+    for index, day in enumerate(days):
+        previous = tmp_path / f"plain-state{index - 1}" if index else None
+        assert keyed_run(day, tmp_path / f"plain{index}.parquet", tmp_path / f"plain-state{index}",
+                         previous).code == 0
+        previous = tmp_path / f"state{index - 1}" if index else None
+        extra = ("--output-format", "delta", "--txn-id", f"daily:{index}",
+                 *(("--mode", "append") if index else ()), "--summary", tmp_path / "s.json")
+        result = keyed_run(day, table, tmp_path / f"state{index}", previous, *extra)
+        assert (result.code, result.stderr) == (0, "")
+        assert pq.read_table(tmp_path / f"state{index}").equals(pq.read_table(tmp_path / f"plain-state{index}"))
+        summary = read_json(tmp_path / "s.json")
+        assert (summary["output_table"]["version"], summary["keys_scored"]) == (index, 8)
+    expected = pa.concat_tables([pq.read_table(tmp_path / f"plain{index}.parquet") for index in range(2)])
+    found = rows_of(table)
+    assert found.num_rows == expected.num_rows == 16
+    key = [("steps_before", "ascending"), ("user", "ascending")]
+    expected, found = expected.sort_by(key), found.sort_by(key)
+    for name in ("user", "x", "y_pred", "top_k_values", "top_k_probs", "error", "steps_before"):
+        assert found.column(name).to_pylist() == expected.column(name).to_pylist(), name
+
+
+def test_a_retried_keyed_append_publishes_nothing_when_its_state_is_there(tmp_path):
+    day = keyed_day(tmp_path / "day.parquet", ["a", "b", "c"], 2)
+    table, state = tmp_path / "scores", tmp_path / "state"
+    flags = ("--output-format", "delta", "--txn-id", "daily:7")
+    assert keyed_run(day, table, state, None, *flags).code == 0
+    before = (state / "_SUCCESS").read_text()
+    retried = keyed_run(day, table, state, None, *flags, "--mode", "append")
+    assert (retried.code, retried.lines) == (0, [f"warning: {table}: transaction daily:7 is already "
+                                                 f"committed (table version 0); nothing was published"])
+    assert (version(table), (state / "_SUCCESS").read_text()) == (0, before)
+    elsewhere = keyed_run(day, table, tmp_path / "other-state", None, *flags, "--mode", "append")
+    assert_refused(elsewhere, 65, f"error: {table}: transaction daily:7 is already committed (table "
+                                  f"version 0), but --state-out {tmp_path / 'other-state'} holds no "
+                                  f"state: the run that committed it wrote its state elsewhere; give "
+                                  f"that run's --state-out, or a new --txn-id VERSION", tmp_path / "other-state")
+
+
+def test_a_failed_keyed_run_commits_nothing_and_publishes_no_state(tmp_path):
+    table, state = tmp_path / "scores", tmp_path / "state"
+    assert keyed_run(keyed_day(tmp_path / "day0.parquet", ["a", "b"], 3), table, state, None,
+                     "--output-format", "delta").code == 0
+    repeated = keyed_day(tmp_path / "day1.parquet", ["a", "c", "a"], 4)
+    result = keyed_run(repeated, table, tmp_path / "state1", state, "--output-format", "delta", "--mode", "append")
+    assert result.code == 65 and "'a'" in result.lines[-1], result.stderr
+    assert version(table) == 0 and not (tmp_path / "state1").exists()
+    assert sorted(path.name for path in table.glob("*.parquet")) == \
+        sorted(uri.rsplit("/", 1)[-1] for uri in deltalake.DeltaTable(table).file_uris())

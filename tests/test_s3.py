@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, random_x, reference, run_score, write_x
@@ -414,3 +415,29 @@ def test_a_delta_tables_snapshot_on_the_store_is_scored(s3, s3_server, tmp_path,
     result = run_score("s3://landing/events", "s3://scored/events.parquet", "--model", model_path, "--quiet")
     assert (result.code, result.stderr) == (0, "")
     assert_scored(read_object(s3, "scored", "events.parquet", tmp_path), model_path, second)
+
+
+def test_a_delta_table_on_the_store_is_written_and_appended_to_once(s3, tmp_path, model_path):
+    """--output-format delta on a store: the job writes the data files through its own S3
+    client and delta-rs commits them with the job's endpoint and credentials; a retried append
+    with the same --txn-id adds nothing."""
+    deltalake = pytest.importorskip("deltalake")
+    from score import delta_log
+
+    first, second = random_x(40, seed=3), random_x(25, seed=4)
+    table = "s3://scored/lake/scores"
+    for x, extra in ((first, ()), (second, ("--mode", "append", "--txn-id", "daily:2"))):
+        day = write_x(tmp_path / f"day{len(x)}.parquet", x, day=pa.array([len(x)] * len(x)))
+        result = run_score(day, table, "--model", model_path, "--quiet", "--output-format", "delta", *extra)
+        assert (result.code, result.stderr) == (0, "")
+    retried = run_score(tmp_path / "day25.parquet", table, "--model", model_path, "--quiet",
+                        "--output-format", "delta", "--mode", "append", "--txn-id", "daily:2")
+    assert (retried.code, retried.lines) == (0, [f"warning: {table}: transaction daily:2 is already "
+                                                 f"committed (table version 1); nothing was published"])
+    found = deltalake.DeltaTable(table, storage_options=delta_log.storage_options(table))
+    assert (found.version(), found.transaction_version("daily")) == (1, 2)
+    rows = found.to_pyarrow_table().sort_by("id")
+    for x in (first, second):
+        assert_scored(rows.filter(pc.equal(rows.column("day"), len(x))), model_path, x)
+    data = sorted(key.rsplit("/", 1)[-1] for key in objects(s3, "scored") if key.endswith(".parquet"))
+    assert data == sorted(uri.rsplit("/", 1)[-1] for uri in found.file_uris())  # no orphan

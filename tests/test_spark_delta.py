@@ -121,6 +121,9 @@ def test_spark_refuses_an_append_of_another_schema_naming_the_columns(spark, mod
     pytest.param(("--output-format", "delta", "--txn-id", "daily"),
                  "error: --txn-id 'daily': expected APP:VERSION, an application id and a non-negative integer "
                  "(for example daily-scores:20261203)", id="malformed_txn"),
+    pytest.param(("--output-format", "delta", "--key", "user", "--state-out", "state"),
+                 "error: python -m score.spark --key with --output-format delta is not supported yet: write "
+                 "the scored dataset, or run python -m score --key --output-format delta", id="with_key"),
 ])
 def test_spark_table_flags_that_cannot_work_are_usage_errors(model_path, tmp_path, monkeypatch, flags, line):
     day = write_x(tmp_path / "day.parquet", random_x(5, seed=9))

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from score import delta_output, storage
 from score.delta_files import DataFile, DataFiles, remove_run_files
-from score.errors import InvalidInput
+from score.errors import InvalidInput, UsageError
 from score.spark.dataframe import arrow_schema, map_in_arrow, scoring_plan
 
 if TYPE_CHECKING:
@@ -48,9 +48,12 @@ class TaskPlan:
 def check(config: SparkJobConfig) -> delta_output.Target | None:
     """Before Spark starts: the local job's refusals (2, 65, 73) and the table as it is now;
     None when OUTPUT is Parquet."""
-    delta_output.check_flags(config.output_format, config.mode, config.txn_id, config.key)
+    delta_output.check_flags(config.output_format, config.mode, config.txn_id)
     if config.output_format != "delta":
         return None
+    if config.key is not None:
+        raise UsageError("python -m score.spark --key with --output-format delta is not supported yet: "
+                         "write the scored dataset, or run python -m score --key --output-format delta")
     return delta_output.inspect(config.output, config.mode, delta_output.parse_txn(config.txn_id))
 
 
