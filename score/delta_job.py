@@ -29,6 +29,7 @@ from score.job import (
     no_baseline_warning,
     run_keyed,
 )
+from score.keyed_files import CountedRows
 
 
 def run(scorer: models.Scorer, config: JobConfig, state: RunState) -> None:
@@ -180,26 +181,23 @@ class TableOutput:
         self.files.abort()
 
 
-class TableFile:
+class TableFile(CountedRows):
     """One input file's rows in a TableOutput, as score.keyed_job writes a KeyedOutput."""
 
     def __init__(self, table: TableOutput, input_location: str, rows: int) -> None:
         self.table, self.input, self.rows = table, input_location, rows
         self.location = table.target.location
-        self.written = self.invalid = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
         try:
             self.table.files.write_batch(delta_output.conform(batch, self.table.schema, self.location))
         except OSError as error:
             raise storage.write_error(self.location, error) from None
-        self.written += batch.num_rows
-        self.invalid += batch.num_rows - batch.column("error").null_count
+        self.count(batch)
 
     def close(self, metadata: dict[str, str]) -> None:
-        if self.written != self.rows:
-            raise InvalidInput(f"{self.input}: corrupt Parquet file (the footer claims {self.rows} "
-                               f"rows but {self.written} were read)")
+        """Nothing to close: the table's files close at commit; the rows must be the footer's."""
+        self.check_rows()
 
     def abort(self) -> None:
         self.table.abort()

@@ -14,12 +14,30 @@ from score.sink import open_sink, write_error
 READ_ROWS = 65_536  # rows per record batch read
 
 
-class KeyedOutput:
+class CountedRows:
+    """What a keyed run counts of each input file's scored rows: written and invalid, and at the
+    end, that they are the rows its footer claims."""
+
+    input: str
+    rows: int
+    written: int = 0
+    invalid: int = 0
+
+    def count(self, batch: pa.RecordBatch) -> None:
+        self.written += batch.num_rows
+        self.invalid += batch.num_rows - batch.column("error").null_count
+
+    def check_rows(self) -> None:
+        if self.written != self.rows:
+            raise InvalidInput(f"{self.input}: corrupt Parquet file (the footer claims {self.rows} "
+                               f"rows but {self.written} were read)")
+
+
+class KeyedOutput(CountedRows):
     """One scored file: written as its rows come, published only when the whole run is done."""
 
     def __init__(self, input_location: str, location: str, rows: int, schema: pa.Schema) -> None:
         self.input, self.location, self.rows, self.schema = input_location, location, rows, schema
-        self.written = self.invalid = 0
         self.sink = open_sink(location)
         try:
             self.writer = pq.ParquetWriter(self.sink.target, schema, use_dictionary=dictionary_columns(schema))
@@ -32,13 +50,10 @@ class KeyedOutput:
             self.writer.write_batch(batch)
         except OSError as error:
             raise write_error(self.location, error) from None
-        self.written += batch.num_rows
-        self.invalid += batch.num_rows - batch.column("error").null_count
+        self.count(batch)
 
     def close(self, metadata: dict[str, str]) -> None:
-        if self.written != self.rows:
-            raise InvalidInput(f"{self.input}: corrupt Parquet file (the footer claims {self.rows} "
-                               f"rows but {self.written} were read)")
+        self.check_rows()
         try:
             self.writer.add_key_value_metadata(metadata)
             self.writer.close()
