@@ -55,8 +55,11 @@ class StateWriter:
                 self._staging = _local_staging(location)
                 target = os.path.join(self._staging, PART_NAME)
             # Page checksums: the reader verifies them, so a flipped bit is refused, not resumed.
+            # Statistics for the key and the steps only: min/max of the state tensors serve no
+            # reader, and computing them took 15% of writing a 200k-key state (0.64 -> 0.53 s).
             self._writer = pq.ParquetWriter(target, layout.schema(), use_dictionary=[layout.key],
-                                            write_page_checksum=True)
+                                            write_page_checksum=True,
+                                            write_statistics=[layout.key, store.STEPS])
 
     @contextlib.contextmanager
     def _failing(self) -> Iterator[None]:
