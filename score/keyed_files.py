@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from score import inputs
+from score import inputs, pipeline
 from score.columns import dictionary_columns
 from score.errors import InvalidInput
 from score.sink import open_sink, write_error
@@ -44,17 +44,19 @@ class KeyedOutput(CountedRows):
         except OSError as error:
             self.sink.abort()
             raise write_error(location, error) from None
+        self.background = pipeline.BackgroundWriter(self.writer)  # encoding beside the scoring
 
     def write(self, batch: pa.RecordBatch) -> None:
         try:
-            self.writer.write_batch(batch)
+            self.background.write(batch)
         except OSError as error:
             raise write_error(self.location, error) from None
         self.count(batch)
 
     def close(self, metadata: dict[str, str]) -> None:
-        self.check_rows()
         try:
+            self.background.finish()
+            self.check_rows()
             self.writer.add_key_value_metadata(metadata)
             self.writer.close()
         except OSError as error:
@@ -62,6 +64,10 @@ class KeyedOutput(CountedRows):
         self.writer = None
 
     def abort(self) -> None:
+        try:
+            self.background.finish()
+        except BaseException:  # noqa: BLE001  (the first error is the one to report)
+            pass
         if self.writer is not None:
             try:
                 self.writer.close()

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from score import atomic, sink, sink_common, storage
+from score import atomic, pipeline, sink, sink_common, storage
 from score import state_store as store
 from score.errors import OutputError, SeqscoreError
 from score.state_store import MANIFEST, PART_NAME, STATE_FORMAT, StateChunk, StateLayout
@@ -44,6 +44,7 @@ class StateWriter:
         self._fingerprint: str | None = None
         self._finished = False  # committed or aborted
         self._staging = self._sink = self._writer = self._staging_part = None
+        self._background: pipeline.BackgroundWriter | None = None
         with self._failing():
             if part is not None:
                 target = os.path.join(storage.local_path(location), atomic.hidden_name(part))
@@ -60,6 +61,9 @@ class StateWriter:
             self._writer = pq.ParquetWriter(target, layout.schema(), use_dictionary=[layout.key],
                                             write_page_checksum=True,
                                             write_statistics=[layout.key, store.STEPS])
+            # Encoding, checksums and the digest in a thread of their own (pyarrow and hashlib
+            # release the GIL), beside the scoring of the next rows.
+            self._background = pipeline.BackgroundWriter(_RowGroups(self._writer, self._digest))
 
     @contextlib.contextmanager
     def _failing(self) -> Iterator[None]:
@@ -111,14 +115,14 @@ class StateWriter:
         arrays = [store.key_arrow(chunk.keys, self.layout.key_type), pa.array(chunk.steps, pa.int64())]
         arrays += [pa.FixedSizeListArray.from_arrays(pa.array(state.reshape(-1), pa.float32()), units)
                    for state, (_, units) in zip(chunk.states, self.layout.tensors, strict=True)]
-        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.layout.schema()))
-        _update_digest(self._digest, chunk)
+        self._background.write((pa.Table.from_arrays(arrays, schema=self.layout.schema()), chunk))
 
     def commit(self) -> None:
         """Close the part file with its metadata, add the manifest, and publish."""
         assert not self._finished, "commit once, and not after abort"
         with self._failing():
             self._flush(final=True)
+            self._background.finish()
             metadata = self._metadata()
             manifest = json.dumps({**metadata, "status": "succeeded"}, indent=2) + "\n"
             self._writer.add_key_value_metadata(metadata)
@@ -143,7 +147,8 @@ class StateWriter:
 
     @property
     def digest(self) -> str:
-        """The sha256 of the entries written so far (of a part: its share of the dataset's)."""
+        """The sha256 of the entries written (of a part: its share of the dataset's); complete
+        after commit(), when the background writer has written them all."""
         return self._digest.hexdigest()
 
     def _metadata(self) -> dict[str, str]:
@@ -157,6 +162,9 @@ class StateWriter:
         if self._finished:
             return
         self._finished = True
+        if self._background is not None:
+            with contextlib.suppress(BaseException):  # already failing: the first error is the one reported
+                self._background.finish()
         if self._writer is not None:
             with contextlib.suppress(Exception):  # already failing: the first error is the one reported
                 self._writer.close()
@@ -218,6 +226,18 @@ def _local_staging(location: str) -> str:
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         return atomic.staging_directory(path)
+
+
+class _RowGroups:
+    """What the background writer calls: each row group written, then fed to the digest, in order."""
+
+    def __init__(self, writer: pq.ParquetWriter, digest) -> None:
+        self.writer, self.digest = writer, digest
+
+    def write_batch(self, item: tuple[pa.Table, StateChunk]) -> None:
+        table, chunk = item
+        self.writer.write_table(table)
+        _update_digest(self.digest, chunk)
 
 
 def _update_digest(digest, chunk: StateChunk) -> None:
