@@ -64,6 +64,7 @@ class BenchConfig:
     keyed_state_keys: int = 1_000_000  # the large state: keys 0..N-1, written directly
     keyed_state_steps: int = 50  # the steps each key of the large state has consumed
     keyed_lookup_rows: int = 200_000  # the input against the large state: a random subset of keys
+    keyed_rounds: int = 4  # the incremental run and the full rescoring, in turns: fastest of each
     labels_pairs: int = 10  # the labels section: runs without and with --labels, in turns
     labels_noise: float = 0.05  # share of the labelled copy's steps whose label is replaced
     delta_rounds: int = 5  # the delta section: rounds of every Parquet/Delta path, in turns
@@ -88,6 +89,7 @@ QUICK = BenchConfig(
     keyed_state_keys=100_000,
     keyed_lookup_rows=20_000,
     labels_pairs=1,
+    keyed_rounds=1,
     delta_rounds=1,
 )
 
@@ -302,6 +304,7 @@ class KeyedResults:
     profile_total: float = 0.0  # seconds the profiler saw
     profile_seconds: float = 0.0  # wall time of the profiled run
     memory: dict[str, MemoryPeak] = field(default_factory=dict)  # ONE_ROW, runs over KEYED_RSS_MB
+    rounds: dict[str, list[float]] = field(default_factory=dict)  # INCREMENTAL, FULL: every round's s
 
     @property
     def keys(self) -> int:

@@ -230,7 +230,7 @@ def keyed_markdown(results: Results, quick: bool) -> list[str]:
         f" --summary S.json` (bench.measure: wall time and the child's own peak RSS), in this"
         f" order: the histories keyed from the zero state, which writes *state-history* (the"
         f" cost of rescoring every history with state output); then, in turns"
-        f" ({config.repeat} each, fastest shown), the **incremental** run (the day from"
+        f" ({config.keyed_rounds} each, fastest shown), the **incremental** run (the day from"
         f" state-history) and the **full rescoring** (each whole history without `--key`, what"
         f" users must run today); then the whole histories with `--key` from zero, whose"
         f" *state-full* must equal the incremental run's *state-incremental*. The counts are"
@@ -247,6 +247,7 @@ def keyed_markdown(results: Results, quick: bool) -> list[str]:
         f" full rescoring with state output ({full_keyed.seconds / incremental.seconds:.2f}x); it"
         f" reads and writes {short_count(keyed.keys)} states of {keyed.state_floats * 4:,} bytes"
         f" ({keyed.keys * keyed.state_floats * 4 / 1e6:.0f} MB of float32 each way).",
+        *rounds_lines(keyed),
         "",
         "The two states after the day, read back with pyarrow (state-incremental: the histories'"
         " state, then the day; state-full: each whole history from zero):",
@@ -299,3 +300,17 @@ def summary_lines(keyed: KeyedResults) -> list[str]:
     for target, measured, met in keyed.targets():
         lines.append(f"{format_met(met)}  {target}: {measured}")
     return lines
+
+
+def rounds_lines(keyed: KeyedResults) -> list[str]:
+    """Every round's seconds of the two runs in turns (the fastest of each is the ratio's)."""
+    if len(keyed.rounds.get(INCREMENTAL, [])) < 2:
+        return []
+    incremental, full = keyed.rounds[INCREMENTAL], keyed.rounds[FULL]
+    pairs = ", ".join(f"{full_s / incremental_s:.2f}x" for incremental_s, full_s in zip(incremental, full))
+    return [
+        "",
+        f"Round by round (in turns): incremental {', '.join(f'{s:.2f}' for s in incremental)} s;"
+        f" full rescoring {', '.join(f'{s:.2f}' for s in full)} s; each round's own ratio {pairs}.",
+    ]
+

@@ -120,9 +120,10 @@ def run_keyed(config: BenchConfig, log=print) -> KeyedResults:
     # 3. The day from that state, and each whole history rescored as users must today, in
     # turns so that a busy spell on the machine slows both.
     incremental, full = [], []
-    for round_ in range(config.repeat):
+    for round_ in range(config.keyed_rounds):
         log(
-            f"keyed: the day from the state, then the full rescoring ({round_ + 1}/{config.repeat})"
+            f"keyed: the day from the state, then the full rescoring"
+            f" ({round_ + 1}/{config.keyed_rounds})"
         )
         run, summaries[INCREMENTAL] = timed_run(model, plans[INCREMENTAL], config)
         incremental.append(run)
@@ -157,6 +158,7 @@ def run_keyed(config: BenchConfig, log=print) -> KeyedResults:
         summaries,
         diff,
         source,
+        rounds={INCREMENTAL: [run.seconds for run in incremental], FULL: [run.seconds for run in full]},
     )
 
     # 6. Where a run's time or memory goes, when it misses its target.
