@@ -15,7 +15,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import FIXTURE_MODEL, RAGGED_MODEL, ROOT, assert_refused, read_json, run_score
+from conftest import (
+    FIXTURE_MODEL,
+    RAGGED_MODEL,
+    ROOT,
+    assert_refused,
+    delta_rows,
+    read_json,
+    run_score,
+)
 
 deltalake = pytest.importorskip("deltalake")
 
@@ -63,7 +71,7 @@ def test_the_live_snapshot_is_scored_never_the_dead_files(churned, tmp_path):
     out, summary = tmp_path / "scored.parquet", tmp_path / "summary.json"
     result = run_score(churned, out, "--model", FIXTURE_MODEL, "--summary", summary, "--quiet")
     assert result.code == 0, result.stderr
-    snapshot = deltalake.DeltaTable(churned).to_pyarrow_table()
+    snapshot = delta_rows(churned)
     assert snapshot.num_rows == 140
     found = pq.read_table(out)
     assert found.num_rows == 140
@@ -80,7 +88,7 @@ def test_partition_columns_pass_through_like_any_other(tmp_path):
     out = tmp_path / "scored.parquet"
     result = run_score(path, out, "--model", FIXTURE_MODEL, "--quiet")
     assert result.code == 0, result.stderr
-    snapshot = deltalake.DeltaTable(path).to_pyarrow_table()
+    snapshot = delta_rows(path)
     found = pq.read_table(out)
     assert set(found.column("day").to_pylist()) == {"2026-12-01", "2026-12-02"}
     assert_same_rows(found, score_plain(snapshot.select(found.column_names[:3]), tmp_path,
@@ -91,7 +99,7 @@ def test_input_version_reads_the_table_as_it_was(churned, tmp_path):
     out = tmp_path / "v1.parquet"
     result = run_score(churned, out, "--model", FIXTURE_MODEL, "--input-version", "1", "--quiet")
     assert result.code == 0, result.stderr
-    version_1 = deltalake.DeltaTable(churned, version=1).to_pyarrow_table()
+    version_1 = delta_rows(churned, version=1)
     assert_same_rows(pq.read_table(out), score_plain(version_1, tmp_path, "--model", str(FIXTURE_MODEL)))
 
 
@@ -176,7 +184,7 @@ def test_labels_and_a_keyed_chain_take_a_table_too(tmp_path):
                            "--summary", tmp_path / "t.json")
     assert from_table.code == 0, from_table.stderr
     plain = tmp_path / "plain.parquet"
-    pq.write_table(deltalake.DeltaTable(path).to_pyarrow_table(), plain)
+    pq.write_table(delta_rows(path), plain)
     from_file = run_score(plain, tmp_path / "p.parquet", *flags, "--state-out", tmp_path / "ps",
                           "--summary", tmp_path / "p.json")
     assert from_file.code == 0, from_file.stderr

@@ -19,6 +19,7 @@ from conftest import (
     RAGGED_MODEL,
     ROOT,
     assert_refused,
+    delta_rows,
     random_x,
     read_json,
     run_score,
@@ -35,7 +36,7 @@ def version(table: Path) -> int:
 
 
 def rows_of(table: Path) -> pa.Table:
-    return deltalake.DeltaTable(table).to_pyarrow_table()
+    return delta_rows(table)
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def test_polars_and_duckdb_read_the_table(day, tmp_path):
     assert frame.shape == (500, 6)
     assert frame["y_pred"].list.len().to_list() == [4] * 500
     connection = duckdb.connect()  # DuckDB's delta extension is a download: it takes the table's Arrow
-    connection.register("scores", deltalake.DeltaTable(table).to_pyarrow_dataset())
+    connection.register("scores", delta_rows(table))
     assert connection.sql("select count(*), sum(len(y_pred)) from scores").fetchall() == [(500, 2000)]
 
 
@@ -149,7 +150,7 @@ def test_overwrite_replaces_the_rows_in_one_commit(day, tmp_path):
     assert (result.code, result.stderr) == (0, "")
     assert (version(table), rows_of(table).num_rows) == (1, 7)
     assert "region" in rows_of(table).column_names
-    assert deltalake.DeltaTable(table, version=0).to_pyarrow_table().num_rows == 500  # time travel
+    assert delta_rows(table, version=0).num_rows == 500  # time travel
 
 
 @pytest.mark.parametrize("new", [True, False], ids=["new_table", "existing_table"])

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, random_x, reference, run_score, write_x
+from conftest import ROOT, delta_rows, random_x, reference, run_score, write_x
 
 from score import storage
 
@@ -436,7 +436,7 @@ def test_a_delta_table_on_the_store_is_written_and_appended_to_once(s3, tmp_path
                                                  f"committed (table version 1); nothing was published"])
     found = deltalake.DeltaTable(table, storage_options=delta_log.storage_options(table))
     assert (found.version(), found.transaction_version("daily")) == (1, 2)
-    rows = found.to_pyarrow_table().sort_by("id")
+    rows = delta_rows(found).sort_by("id")
     for x in (first, second):
         assert_scored(rows.filter(pc.equal(rows.column("day"), len(x))), model_path, x)
     data = sorted(key.rsplit("/", 1)[-1] for key in objects(s3, "scored") if key.endswith(".parquet"))

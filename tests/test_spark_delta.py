@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import needs_spark, random_x, read_json, run_score, run_spark_cli, write_x
+from conftest import delta_rows, needs_spark, random_x, read_json, run_score, run_spark_cli, write_x
 
 from score import spark as scale
 from score.errors import InvalidInput
@@ -49,8 +49,8 @@ def test_spark_writes_the_table_the_local_job_writes(spark, model_path, tmp_path
     state = spark_run(spark, Path(day), table, model_path)
     assert state.output_table == {"format": "delta", "location": str(table), "version": 0, "committed": True,
                                   "mode": "create", "transaction": None}
-    expected = deltalake.DeltaTable(local).to_pyarrow_table().sort_by("id")
-    found = deltalake.DeltaTable(table).to_pyarrow_table().sort_by("id")
+    expected = delta_rows(local).sort_by("id")
+    found = delta_rows(table).sort_by("id")
     assert found.schema == expected.schema
     for name in expected.column_names:
         assert found.column(name).to_pylist() == expected.column(name).to_pylist(), name
@@ -69,7 +69,7 @@ def test_spark_appends_once_per_transaction_and_the_retry_does_not_start_spark(s
     state = spark_run(spark, Path(second), table, model_path, mode="append", txn_id="daily:2")
     assert state.output_table["version"] == 1
     table_now = deltalake.DeltaTable(table)
-    assert (table_now.to_pyarrow_table().num_rows, table_now.transaction_version("daily")) == (160, 2)
+    assert (delta_rows(table_now).num_rows, table_now.transaction_version("daily")) == (160, 2)
     monkeypatch.setattr(spark_session, "start_session", lambda config: pytest.fail("Spark started"))
     code, lines = run_spark_cli(second, table, "--model", model_path, "--output-format", "delta", "--mode",
                                 "append", "--txn-id", "daily:2", "--summary", tmp_path / "s.json")
