@@ -8,7 +8,7 @@ import time
 
 import pyarrow as pa
 
-from score import delta_output, inputs, pipeline, storage
+from score import delta_output, inputs, storage
 from score import model as models
 from score.core import (
     ScoreOptions,
@@ -43,8 +43,7 @@ def run(scorer: models.Scorer, config: JobConfig, state: RunState) -> None:
     if done is not None and config.key is not None:
         check_state_published(config, done)
     if done is not None:
-        state.output_table = {"format": "delta", "location": config.output, "version": target.version,
-                              "committed": False, "transaction": str(txn), "already_committed": True}
+        state.output_table = delta_output.table_record(config.output, target.version, config.mode, txn, False)
         state.warnings.append(done)
         return
     if config.key is not None:
@@ -53,15 +52,10 @@ def run(scorer: models.Scorer, config: JobConfig, state: RunState) -> None:
         version = _into_table(scorer, config, state, target, txn, pairs)
         if models.baseline(scorer) is None:  # (run_keyed says it itself)
             state.warnings.append(no_baseline_warning(scorer))
+    state.output_table = delta_output.table_record(config.output, version, config.mode, txn, version is not None)
     if version is None:  # another run committed the same transaction meanwhile
-        state.output_table = {"format": "delta", "location": config.output, "version": None,
-                              "committed": False, "transaction": str(txn), "already_committed": True}
-        state.warnings.append(f"{config.output}: transaction {txn} was committed by another run "
-                              f"while this one scored; nothing was published")
+        state.warnings.append(delta_output.committed_meanwhile(config.output, txn))
         return
-    state.output_table = {"format": "delta", "location": config.output, "version": version,
-                          "committed": True, "mode": config.mode or "create",
-                          "transaction": str(txn) if txn is not None else None}
     if config.progress != "none":  # the one line a file's reporter says, for the table
         rows, invalid = sum(r.rows for r in state.files), sum(r.rows_invalid for r in state.files)
         print(f"scored {config.input} -> {config.output}: {rows:,} rows ({invalid:,} invalid), "
@@ -171,11 +165,7 @@ class TableOutput:
         return TableFile(self, file.input, file.rows)
 
     def commit(self) -> None:
-        written = self.files.finish()
-        pipeline.release_freed_memory()  # the batches' blocks, before delta-rs comes in
-        self.version = delta_output.commit(self.target, self.schema, written, self.mode, self.txn)
-        if self.version is None:
-            self.files.abort()
+        self.version = delta_output.commit_files(self.target, self.files, self.mode, self.txn)
 
     def abort(self) -> None:
         self.files.abort()

@@ -177,7 +177,7 @@ def write(target: Target, schema: pa.Schema, batches: Iterator[pa.RecordBatch], 
                 background.write(batch) if background is not None else files.write_batch(batch)
             if background is not None:
                 background.finish()
-            written = files.finish()
+            files.finish()
         except OSError as error:
             raise storage.write_error(target.location, error) from None
         finish()
@@ -189,11 +189,34 @@ def write(target: Target, schema: pa.Schema, batches: Iterator[pa.RecordBatch], 
                 pass
         files.abort()
         raise
-    pipeline.release_freed_memory()  # the batches' blocks, before delta-rs comes in
-    version = commit(target, schema, written, mode, txn)
+    return commit_files(target, files, mode, txn)
+
+
+def commit_files(target: Target, files: DataFiles, mode: str | None, txn: Transaction | None) -> int | None:
+    """Close ``files`` and commit them (commit); when ``txn`` landed meanwhile, remove them.
+    The batches' memory is handed back first: delta-rs comes in only now."""
+    written = files.finish()
+    pipeline.release_freed_memory()
+    version = commit(target, files.schema, written, mode, txn)
     if version is None:
         files.abort()
     return version
+
+
+def table_record(location: str, version: int | None, mode: str | None, txn: Transaction | None,
+                 committed: bool) -> dict:
+    """The summary's `output_table`: the version committed, or the one found already holding
+    ``txn`` (None when another run committed it while this one scored)."""
+    if committed:
+        return {"format": "delta", "location": location, "version": version, "committed": True,
+                "mode": mode or "create", "transaction": str(txn) if txn is not None else None}
+    return {"format": "delta", "location": location, "version": version, "committed": False,
+            "transaction": str(txn), "already_committed": True}
+
+
+def committed_meanwhile(location: str, txn: Transaction | None) -> str:
+    """The warning of a run whose transaction another run committed while it scored (exit 0)."""
+    return f"{location}: transaction {txn} was committed by another run while this one scored; nothing was published"
 
 
 def commit(target: Target, schema: pa.Schema, files: list[DataFile], mode: str | None,

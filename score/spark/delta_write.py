@@ -63,8 +63,7 @@ def already_committed(config: SparkJobConfig, target: delta_output.Target, state
     line = delta_output.already_committed(target, txn)
     if line is None:
         return False
-    state.output_table = {"format": "delta", "location": config.output, "version": target.version,
-                          "committed": False, "transaction": str(txn), "already_committed": True}
+    state.output_table = delta_output.table_record(config.output, target.version, config.mode, txn, False)
     state.warnings.append(line)
     return True
 
@@ -126,16 +125,11 @@ def run(session: SparkSession, config: SparkJobConfig, scorer: models.Scorer, st
     # 5. Commit. From here on a failure may have committed: the files stay.
     state.orphans = None
     version = delta_output.commit(target, written_schema, files, config.mode, txn)
+    state.output_table = delta_output.table_record(config.output, version, config.mode, txn, version is not None)
     if version is None:
         remove_run_files(config.output, plan.prefix)
-        state.output_table = {"format": "delta", "location": config.output, "version": None,
-                              "committed": False, "transaction": str(txn), "already_committed": True}
-        state.warnings.append(f"{config.output}: transaction {txn} was committed by another run "
-                              f"while this one scored; nothing was published")
+        state.warnings.append(delta_output.committed_meanwhile(config.output, txn))
         return
     if config.output in state.created:
         state.created.remove(config.output)
-    state.output_table = {"format": "delta", "location": config.output, "version": version,
-                          "committed": True, "mode": config.mode or "create",
-                          "transaction": str(txn) if txn is not None else None}
     state.published = True
